@@ -1,0 +1,152 @@
+//! Startup as a value: [`Application::build`] wires the state and binds the listener (port 0 in
+//! tests); [`Application::run_until_stopped`] serves until the cancellation token fires, then drains.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{AdminTokens, ServiceAccountVerifier};
+use crate::config::{Config, NotifyMode};
+use crate::contacts::Contacts;
+use crate::notify::{NotifyClient, SandboxCallback};
+use crate::outbox::worker::Deliverer;
+use crate::telemetry::PiiHasher;
+use crate::toggles::Toggles;
+use crate::{db, http, metrics};
+
+/// Everything a handler needs, built once at startup. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    pub verifier: Arc<ServiceAccountVerifier>,
+    pub admin: Arc<AdminTokens>,
+    pub toggles: Toggles,
+    pub deliverer: Deliverer,
+    pub pii: PiiHasher,
+    pub metrics: PrometheusHandle,
+    /// Wakes the local delivery loop when a request queues a notification.
+    pub wake_workers: Arc<Notify>,
+    /// True while the delivery loop runs (readiness).
+    pub workers_running: Arc<AtomicBool>,
+}
+
+/// Startup failure: the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Database(#[from] db::DbError),
+    #[error("could not read toggles: {0}")]
+    Toggles(#[source] sqlx::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthInitError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyInitError),
+    #[error(transparent)]
+    Contacts(#[from] crate::contacts::ContactsInitError),
+    #[error("could not bind {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// A built, bound application.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects (creating and migrating the database when configured), loads toggles, builds the
+    /// upstream clients and binds the listener.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let metrics = metrics::install();
+        let pool = db::connect(&config.database).await?;
+        if config.database.migrate_on_start {
+            db::migrate(&pool).await?;
+        }
+        Toggles::register_known_features(&pool).await.map_err(StartupError::Toggles)?;
+        let toggles = Toggles::load(pool.clone()).await.map_err(StartupError::Toggles)?;
+
+        let addr = config.http_addr();
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr: addr.to_string(), source })?;
+        let local = listener.local_addr().map_err(|source| StartupError::Bind { addr: addr.to_string(), source })?;
+
+        // In sandbox mode the fake VA Notify reports delivery to our own callback route.
+        let sandbox_callback = (config.notify.mode == NotifyMode::Sandbox).then(|| SandboxCallback {
+            url: format!("http://{local}/va_notify/callbacks"),
+            bearer_token: config.notify.callback_token.expose().to_owned(),
+        });
+        let notify = NotifyClient::from_config(&config.notify, sandbox_callback)?;
+        let contacts = Contacts::from_config(&config.contacts)?;
+        let pii = PiiHasher::new(config.telemetry.pii_hash_key.expose());
+        let deliverer = Deliverer::new(pool.clone(), contacts, notify, pii.clone(), &config.worker, &config.notify);
+
+        let state = AppState {
+            verifier: Arc::new(ServiceAccountVerifier::from_config(&config.auth)?),
+            admin: Arc::new(AdminTokens::from_config(&config.admin)),
+            config: Arc::new(config),
+            db: pool,
+            toggles,
+            deliverer,
+            pii,
+            metrics,
+            wake_workers: Arc::new(Notify::new()),
+            workers_running: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Self { listener, state })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The shared state (tests use it to reach the pool and the deliverer).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` fires: stops accepting, lets in-flight requests finish, stops
+    /// claiming and waits (up to `http.shutdown_grace_seconds`) for deliveries in flight.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let state = self.state;
+        let grace = Duration::from_secs(state.config.http.shutdown_grace_seconds);
+        let background = CancellationToken::new();
+
+        let watcher = tokio::spawn(state.toggles.clone().watch(
+            Duration::from_millis(state.config.toggles.refresh_interval_ms),
+            background.clone(),
+        ));
+        let workers = state.config.worker.enabled.then(|| {
+            tokio::spawn(state.deliverer.clone().run(
+                state.wake_workers.clone(),
+                state.workers_running.clone(),
+                background.clone(),
+            ))
+        });
+
+        tracing::info!(addr = %self.listener.local_addr()?, "ebg-notify listening");
+        let app = http::router(state.clone());
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+
+        tracing::info!("shutting down: draining deliveries in flight");
+        background.cancel();
+        let drain = async {
+            if let Some(workers) = workers {
+                let _ = workers.await;
+            }
+            let _ = watcher.await;
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!("deliveries still in flight after the grace period; their leases will expire and be retried");
+        }
+        state.db.close().await;
+        served
+    }
+}

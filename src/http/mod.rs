@@ -1,0 +1,89 @@
+//! HTTP routes and the middleware stack shared by all of them.
+
+mod callbacks;
+mod extract;
+mod health;
+mod metrics_route;
+pub mod openapi;
+mod send_email;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use extract::{AdminAuth, ServiceAccountAuth};
+
+use crate::app::AppState;
+use crate::error::Outcome;
+use crate::metrics as m;
+
+/// The path EBG calls; also the suffix of the scope its token must carry.
+pub const SEND_EMAIL_PATH: &str = "/v0/event_bus_gateway/send_email";
+
+/// Builds the router with every route and layer.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.http.body_limit_bytes;
+    let timeout = Duration::from_secs(state.config.http.request_timeout_seconds);
+    let ebg = Router::new()
+        .route(SEND_EMAIL_PATH, post(send_email::send_email))
+        .route_layer(middleware::from_fn(count_requests));
+    Router::new()
+        .merge(ebg)
+        .route("/va_notify/callbacks", post(callbacks::receive))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics_route::render))
+        .route("/openapi.json", get(openapi::document))
+        .layer(middleware::from_fn(observe_latency))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(CatchPanicLayer::new())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+                let request_id =
+                    req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                // The URI is not recorded: query strings may carry parameters, and paths under /c/ carry tokens.
+                tracing::info_span!("request", method = %req.method(), route, request_id)
+            }),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Counts send_* requests by the outcome the handler or error attached.
+async fn count_requests(req: Request, next: Next) -> Response {
+    let endpoint = match req.uri().path() {
+        SEND_EMAIL_PATH => "send_email",
+        _ => "other",
+    };
+    let response = next.run(req).await;
+    let outcome = response.extensions().get::<Outcome>().map(|o| o.0).unwrap_or("rejected_other");
+    metrics::counter!(m::REQUESTS, "endpoint" => endpoint, "outcome" => outcome).increment(1);
+    response
+}
+
+/// Records request latency by matched route (never the raw path) and status class.
+async fn observe_latency(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let response = next.run(req).await;
+    let class = match response.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::histogram!(m::HTTP_DURATION, "route" => route, "status" => class).record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,156 @@
+//! `POST /v0/event_bus_gateway/send_email` (SPEC §2.1): vets-api's contract, made durable.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::extract::{Params, ServiceAccountAuth};
+use crate::app::AppState;
+use crate::error::{ApiError, Outcome};
+use crate::outbox::{self, CHANNEL_EMAIL, NewNotification, Status};
+use crate::toggles::EMAILS_ENABLED;
+
+/// Longest Idempotency-Key accepted.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// BGS participant ids are numeric; anything else cannot be a Veteran and is refused up front.
+const MAX_PARTICIPANT_ID_LEN: usize = 20;
+
+/// Body returned when the caller sends `Accept: application/json`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AcceptedBody {
+    /// The notification id (also the `reference` sent to VA Notify).
+    pub id: Uuid,
+    /// `queued`, `suppressed`, `duplicate`, or the current state of an idempotent replay.
+    pub status: String,
+}
+
+/// Queue an email telling the Veteran a decision letter is ready.
+///
+/// `template_id` may come in the query string, a form body or a JSON body. The participant is taken
+/// from the service-account token. Answers 200 with an empty body once the request is committed
+/// (JSON with `Accept: application/json`), including when the toggle is off (recorded as `suppressed`).
+#[utoipa::path(
+    post,
+    path = "/v0/event_bus_gateway/send_email",
+    tag = "event_bus_gateway",
+    params(
+        ("template_id" = Option<String>, Query, description = "VA Notify template UUID (or send it in the body)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key, at most 255 characters"),
+    ),
+    request_body(content(
+        (crate::http::openapi::TemplateParams = "application/json"),
+        (crate::http::openapi::TemplateParams = "application/x-www-form-urlencoded"),
+    ), description = "Optional: template_id may instead be in the query string"),
+    responses(
+        (status = 200, description = "Recorded (empty body; JSON with Accept: application/json)", body = AcceptedBody),
+        (status = 400, description = "template_id missing or not a UUID; malformed body", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Token missing, malformed, badly signed, or without the exact scope", body = crate::http::openapi::ServiceAccountErrorBody),
+        (status = 403, description = "Token expired", body = crate::http::openapi::ServiceAccountErrorBody),
+        (status = 413, description = "Body larger than the limit", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "Body neither JSON nor form", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Token without a usable participant_id; Idempotency-Key reused for another request", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("service_account" = []))
+)]
+pub async fn send_email(
+    State(state): State<AppState>,
+    ServiceAccountAuth(account): ServiceAccountAuth,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let template_id = template_id(&params)?;
+    let participant_id = participant_id(account.participant_id.as_deref())?;
+    let idempotency_key = idempotency_key(&headers)?;
+
+    let enabled = state.toggles.is_enabled(EMAILS_ENABLED, participant_id);
+    let new = NewNotification {
+        channel: CHANNEL_EMAIL,
+        participant_id: participant_id.to_owned(),
+        template_id,
+        idempotency_key,
+        enabled,
+    };
+    let window = Duration::from_secs(state.config.accept.duplicate_window_seconds);
+    let accepted = outbox::accept(&state.db, &new, window).await?;
+    if accepted.status == Status::Queued && !accepted.replayed {
+        state.wake_workers.notify_one();
+    }
+    tracing::info!(
+        notification_id = %accepted.id,
+        participant = %state.pii.participant(participant_id),
+        status = %accepted.status,
+        replayed = accepted.replayed,
+        "send_email accepted"
+    );
+
+    let outcome = match (accepted.replayed, accepted.status) {
+        (true, _) => "idempotent_replay",
+        (false, Status::Suppressed) => "suppressed",
+        (false, Status::Duplicate) => "duplicate",
+        (false, _) => "accepted",
+    };
+    let mut response = if wants_json(&headers) {
+        Json(AcceptedBody { id: accepted.id, status: accepted.status.to_string() }).into_response()
+    } else {
+        // vets-api parity: 200 with an empty body.
+        StatusCode::OK.into_response()
+    };
+    response.extensions_mut().insert(Outcome(outcome));
+    Ok(response)
+}
+
+fn template_id(params: &Params) -> Result<Uuid, ApiError> {
+    let raw = params.string("template_id")?.ok_or(ApiError::MissingParameter { field: "template_id" })?;
+    Uuid::parse_str(raw).map_err(|_| ApiError::InvalidParameter {
+        field: "template_id",
+        detail: "template_id must be a VA Notify template UUID".into(),
+    })
+}
+
+fn participant_id(from_token: Option<&str>) -> Result<&str, ApiError> {
+    let pid = from_token.map(str::trim).filter(|p| !p.is_empty()).ok_or_else(|| ApiError::Unprocessable {
+        field: "participant_id",
+        detail: "the service account token has no user_attributes.participant_id".into(),
+    })?;
+    if pid.len() > MAX_PARTICIPANT_ID_LEN || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::Unprocessable {
+            field: "participant_id",
+            detail: "user_attributes.participant_id must be a numeric participant id".into(),
+        });
+    }
+    Ok(pid)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let invalid = |detail: &str| ApiError::InvalidParameter { field: "Idempotency-Key", detail: detail.into() };
+    let key = value.to_str().map_err(|_| invalid("Idempotency-Key must be visible ASCII"))?.trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(invalid("Idempotency-Key must be 1 to 255 characters"));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn participant_ids_must_be_numeric() {
+        assert_eq!(participant_id(Some(" 600061742 ")).unwrap(), "600061742");
+        assert!(participant_id(None).is_err());
+        assert!(participant_id(Some("")).is_err());
+        assert!(participant_id(Some("1; drop table notifications")).is_err());
+        assert!(participant_id(Some("123456789012345678901")).is_err());
+    }
+}

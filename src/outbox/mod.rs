@@ -1,0 +1,271 @@
+//! The outbox: every accepted request is a row in `notifications`, and that row is also the
+//! delivery queue entry (SPEC §1, §10). Workers claim due rows with `FOR UPDATE SKIP LOCKED` and a
+//! lease; the lease expiry is stored as the row's `next_attempt_at`, so a crashed worker's rows simply
+//! become due again.
+
+pub mod backoff;
+mod status;
+pub mod worker;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub use status::Status;
+
+/// Delivery channel of a notification.
+pub const CHANNEL_EMAIL: &str = "email";
+
+/// A request to record.
+#[derive(Clone, Debug)]
+pub struct NewNotification {
+    pub channel: &'static str,
+    pub participant_id: String,
+    pub template_id: Uuid,
+    pub idempotency_key: Option<String>,
+    /// The toggle's answer for this participant; `false` records the row as `suppressed`.
+    pub enabled: bool,
+}
+
+/// The committed outcome of an accept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: Uuid,
+    pub status: Status,
+    /// True when an earlier request with the same Idempotency-Key answered for this one.
+    pub replayed: bool,
+}
+
+/// Why an accept did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The Idempotency-Key was used before for a different participant, template or channel.
+    #[error("Idempotency-Key was already used for a different request")]
+    KeyConflict,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Records a request durably: returns only after the row is committed.
+#[tracing::instrument(skip_all, fields(channel = new.channel))]
+pub async fn accept(pool: &PgPool, new: &NewNotification, duplicate_window: Duration) -> Result<Accepted, AcceptError> {
+    let window = pg_interval(duplicate_window);
+    let (id, status, replayed, key_conflict): (Uuid, String, bool, bool) =
+        sqlx::query_as("select id, status, replayed, key_conflict from accept_notification($1, $2, $3, $4, $5, $6, $7)")
+            .bind(Uuid::new_v4())
+            .bind(new.channel)
+            .bind(&new.participant_id)
+            .bind(new.template_id)
+            .bind(new.idempotency_key.as_deref())
+            .bind(new.enabled)
+            .bind(window)
+            .fetch_one(pool)
+            .await?;
+    if key_conflict {
+        return Err(AcceptError::KeyConflict);
+    }
+    let status = Status::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("unknown status {status}").into()))?;
+    Ok(Accepted { id, status, replayed })
+}
+
+/// A row leased to a worker.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub participant_id: String,
+    pub template_id: Uuid,
+    pub attempts: i32,
+    /// Proves the lease is still ours when the result is written.
+    pub lease_token: Uuid,
+}
+
+/// Leases up to `limit` due rows (queued, waiting for a retry, or with an expired lease).
+#[tracing::instrument(skip_all, fields(limit))]
+pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as(
+        "with due as (
+             select id from notifications
+             where status in ('queued', 'retry_wait', 'sending') and next_attempt_at <= now()
+             order by next_attempt_at
+             limit $1
+             for update skip locked
+         )
+         update notifications n
+         set status = 'sending', lease_token = gen_random_uuid(),
+             next_attempt_at = now() + $2, updated_at = now()
+         from due where n.id = due.id
+         returning n.id, n.participant_id, n.template_id, n.attempts, n.lease_token",
+    )
+    .bind(limit)
+    .bind(pg_interval(lease))
+    .fetch_all(pool)
+    .await
+}
+
+/// Counts a delivery try and, when a VA Notify call follows, records it as in flight first, so a
+/// crash during the call leaves a trace. Returns the try number, or `None` if the lease was lost.
+pub async fn start_try(pool: &PgPool, row: &Claimed, calls_notify: bool) -> Result<Option<i32>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let attempt: Option<i32> = sqlx::query_scalar(
+        "update notifications set attempts = attempts + 1, updated_at = now()
+         where id = $1 and lease_token = $2 and status = 'sending' returning attempts",
+    )
+    .bind(row.id)
+    .bind(row.lease_token)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let (Some(n), true) = (attempt, calls_notify) {
+        sqlx::query("insert into notification_attempts (notification_id, attempt) values ($1, $2)")
+            .bind(row.id)
+            .bind(n)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(attempt)
+}
+
+/// What a finished VA Notify call returned, for `notification_attempts`.
+#[derive(Clone, Debug)]
+pub struct CallRecord {
+    pub attempt: i32,
+    pub outcome: &'static str,
+    pub http_status: Option<u16>,
+    pub error_class: Option<&'static str>,
+    pub va_notify_id: Option<Uuid>,
+}
+
+/// The next state of a leased row.
+#[derive(Clone, Debug)]
+pub enum Transition {
+    /// VA Notify accepted it.
+    Sent { va_notify_id: Uuid },
+    /// Try again at `at`.
+    Retry { at: DateTime<Utc>, reason: String },
+    /// A terminal state (`failed`, `dead`, `skipped`) with its reason.
+    Finish { status: Status, reason: String },
+    /// No call was made (circuit open): give the try back and come back at `at`.
+    Defer { at: DateTime<Utc>, reason: String },
+}
+
+/// Writes the outcome of a try, fenced by the lease token. Returns false if the lease was lost
+/// (another worker reclaimed the row); the caller then drops its result.
+#[tracing::instrument(skip_all, fields(notification_id = %row.id))]
+pub async fn finish_try(
+    pool: &PgPool,
+    row: &Claimed,
+    call: Option<&CallRecord>,
+    transition: &Transition,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let updated = match transition {
+        Transition::Sent { va_notify_id } => sqlx::query(
+            "update notifications set status = 'sent', status_reason = null, va_notify_id = $3, sent_at = now(),
+                 next_attempt_at = null, lease_token = null, updated_at = now()
+             where id = $1 and lease_token = $2",
+        )
+        .bind(row.id)
+        .bind(row.lease_token)
+        .bind(va_notify_id),
+        Transition::Retry { at, reason } => sqlx::query(
+            "update notifications set status = 'retry_wait', status_reason = $3, next_attempt_at = $4,
+                 lease_token = null, updated_at = now()
+             where id = $1 and lease_token = $2",
+        )
+        .bind(row.id)
+        .bind(row.lease_token)
+        .bind(reason)
+        .bind(*at),
+        Transition::Finish { status, reason } => sqlx::query(
+            "update notifications set status = $3, status_reason = $4, next_attempt_at = null,
+                 lease_token = null, updated_at = now()
+             where id = $1 and lease_token = $2",
+        )
+        .bind(row.id)
+        .bind(row.lease_token)
+        .bind(status.as_str())
+        .bind(reason),
+        Transition::Defer { at, reason } => sqlx::query(
+            "update notifications set status = case when attempts > 1 then 'retry_wait' else 'queued' end,
+                 attempts = attempts - 1, status_reason = $3, next_attempt_at = $4, lease_token = null, updated_at = now()
+             where id = $1 and lease_token = $2",
+        )
+        .bind(row.id)
+        .bind(row.lease_token)
+        .bind(reason)
+        .bind(*at),
+    }
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !updated {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    if let Some(call) = call {
+        if matches!(transition, Transition::Defer { .. }) {
+            // No request left the process: the in-flight record was never a call.
+            sqlx::query("delete from notification_attempts where notification_id = $1 and attempt = $2")
+                .bind(row.id)
+                .bind(call.attempt)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "update notification_attempts set finished_at = now(), outcome = $3, http_status = $4,
+                     error_class = $5, va_notify_id = $6
+                 where notification_id = $1 and attempt = $2",
+            )
+            .bind(row.id)
+            .bind(call.attempt)
+            .bind(call.outcome)
+            .bind(call.http_status.map(i32::from))
+            .bind(call.error_class)
+            .bind(call.va_notify_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Gives leased rows back (graceful shutdown): due again at once, for any replica.
+pub async fn release(pool: &PgPool, row: &Claimed) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update notifications set status = case when attempts > 0 then 'retry_wait' else 'queued' end,
+             next_attempt_at = now(), lease_token = null, updated_at = now()
+         where id = $1 and lease_token = $2",
+    )
+    .bind(row.id)
+    .bind(row.lease_token)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Rows waiting for delivery by state, and the age of the oldest due one. Walks only the small
+/// partial index of pending rows, so it is cheap to run on every scrape.
+pub async fn queue_depth(pool: &PgPool) -> Result<(Vec<(String, i64)>, f64), sqlx::Error> {
+    let depth: Vec<(String, i64)> = sqlx::query_as(
+        "select status, count(*) from notifications
+         where status in ('queued', 'retry_wait', 'sending') group by status",
+    )
+    .fetch_all(pool)
+    .await?;
+    let oldest: Option<f64> = sqlx::query_scalar(
+        "select extract(epoch from now() - min(next_attempt_at))::float8 from notifications
+         where status in ('queued', 'retry_wait', 'sending') and next_attempt_at <= now()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((depth, oldest.unwrap_or(0.0).max(0.0)))
+}
+
+fn pg_interval(d: Duration) -> sqlx::postgres::types::PgInterval {
+    // Only fails for durations with sub-microsecond precision, which config never produces.
+    sqlx::postgres::types::PgInterval::try_from(d).unwrap_or_default()
+}

@@ -1,0 +1,263 @@
+//! Delivery workers: claim due rows, resolve the contact, call VA Notify, record the outcome.
+//!
+//! One claim loop per replica feeds up to `worker.concurrency` deliveries at a time. Tests drive
+//! [`Deliverer::run_once`] to process whatever is due without sleeping.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Days, Utc};
+use sqlx::PgPool;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{CallRecord, Claimed, Status, Transition, backoff};
+use crate::config::{NotifyConfig, WorkerConfig};
+use crate::contacts::{ContactError, Contacts};
+use crate::metrics as m;
+use crate::notify::{BreakerState, EmailRequest, ErrorClass, NotifyClient, NotifyError, web_host};
+use crate::telemetry::PiiHasher;
+
+/// Everything a delivery needs; cheap to clone into each delivery task.
+#[derive(Clone)]
+pub struct Deliverer {
+    pool: PgPool,
+    contacts: Contacts,
+    notify: NotifyClient,
+    pii: PiiHasher,
+    config: WorkerConfig,
+    /// The `host` personalisation VA.gov links are built from.
+    host: Arc<str>,
+    breaker_open_for: Duration,
+}
+
+impl Deliverer {
+    pub fn new(
+        pool: PgPool,
+        contacts: Contacts,
+        notify: NotifyClient,
+        pii: PiiHasher,
+        config: &WorkerConfig,
+        notify_config: &NotifyConfig,
+    ) -> Self {
+        Self {
+            pool,
+            contacts,
+            notify,
+            pii,
+            config: config.clone(),
+            host: web_host(&notify_config.hostname).into(),
+            breaker_open_for: Duration::from_secs(notify_config.breaker_open_seconds),
+        }
+    }
+
+    /// Claims what is due now (up to the concurrency) and delivers it; returns how many rows it took.
+    pub async fn run_once(&self) -> Result<usize, sqlx::Error> {
+        let rows = super::claim(&self.pool, self.config.concurrency as i64, self.lease()).await?;
+        let count = rows.len();
+        futures::future::join_all(rows.into_iter().map(|row| self.deliver(row))).await;
+        Ok(count)
+    }
+
+    /// Runs the claim loop until `cancel` fires, then waits for deliveries in flight.
+    pub async fn run(self, wake: Arc<Notify>, running: Arc<AtomicBool>, cancel: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let tasks = TaskTracker::new();
+        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        running.store(true, Ordering::SeqCst);
+        while !cancel.is_cancelled() {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => break,
+                permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            // While the breaker is open, claiming would only push rows back: wait instead.
+            let rows = if self.notify.breaker_state() == BreakerState::Open {
+                Ok(Vec::new())
+            } else {
+                super::claim(&self.pool, permits.len() as i64, self.lease()).await
+            };
+            match rows {
+                Ok(rows) if !rows.is_empty() => {
+                    for (row, permit) in rows.into_iter().zip(permits.drain(..)) {
+                        let this = self.clone();
+                        tasks.spawn(async move {
+                            this.deliver(row).await;
+                            drop(permit);
+                        });
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "claiming due notifications failed"),
+            }
+            drop(permits);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+        running.store(false, Ordering::SeqCst);
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.config.lease_seconds)
+    }
+
+    /// Delivers one leased row and records the outcome. Errors are logged, never propagated:
+    /// an unrecorded outcome leaves the lease to expire, and the row is tried again.
+    #[tracing::instrument(skip_all, fields(notification_id = %row.id, participant = %self.pii.participant(&row.participant_id)))]
+    pub async fn deliver(&self, row: Claimed) {
+        if let Err(e) = self.try_deliver(&row).await {
+            tracing::warn!(error = %e, "recording a delivery outcome failed; the lease will expire and the row be retried");
+        }
+    }
+
+    async fn try_deliver(&self, row: &Claimed) -> Result<(), sqlx::Error> {
+        let contact = match self.contacts.lookup(&row.participant_id).await {
+            Ok(contact) => contact,
+            Err(e) => return self.contact_failed(row, &e).await,
+        };
+        let Some(attempt) = super::start_try(&self.pool, row, true).await? else {
+            return lease_lost();
+        };
+        let email = EmailRequest {
+            template_id: row.template_id,
+            participant_id: &row.participant_id,
+            first_name: &contact.first_name,
+            host: &self.host,
+            reference: row.id,
+        };
+        let result = self.notify.send_email(&email).await;
+        let (call, transition) = match result {
+            Ok(sent) => (
+                CallRecord { attempt, outcome: "sent", http_status: Some(201), error_class: None, va_notify_id: Some(sent.id) },
+                Transition::Sent { va_notify_id: sent.id },
+            ),
+            Err(e) => (
+                CallRecord {
+                    attempt,
+                    outcome: outcome_label(e.class),
+                    http_status: e.http_status,
+                    error_class: Some(e.error),
+                    va_notify_id: None,
+                },
+                self.after_notify_error(attempt, &e),
+            ),
+        };
+        if !super::finish_try(&self.pool, row, Some(&call), &transition).await? {
+            return lease_lost();
+        }
+        record(&transition);
+        Ok(())
+    }
+
+    async fn contact_failed(&self, row: &Claimed, e: &ContactError) -> Result<(), sqlx::Error> {
+        let transition = match e {
+            ContactError::NotFound | ContactError::NoFirstName => Transition::Finish { status: Status::Skipped, reason: e.reason().into() },
+            ContactError::Misconfigured(_) => {
+                tracing::error!(reason = e.reason(), "contact directory is misconfigured; notification failed (replay it once fixed)");
+                Transition::Finish { status: Status::Failed, reason: e.reason().into() }
+            }
+            ContactError::Transient(_) => {
+                // A failed lookup counts as a try, so an outage of the directory still ends in `dead`, not a loop.
+                let Some(attempt) = super::start_try(&self.pool, row, false).await? else {
+                    return lease_lost();
+                };
+                self.retry_or_dead(attempt, e.reason())
+            }
+        };
+        if !super::finish_try(&self.pool, row, None, &transition).await? {
+            return lease_lost();
+        }
+        record(&transition);
+        Ok(())
+    }
+
+    fn after_notify_error(&self, attempt: i32, e: &NotifyError) -> Transition {
+        let reason = format!("va_notify_{}", e.error);
+        match e.class {
+            ErrorClass::Retryable => self.retry_or_dead(attempt, &reason),
+            // VA's daily limit resets at midnight UTC: park until then instead of hammering it.
+            ErrorClass::DailyLimit => Transition::Retry { at: next_utc_midnight(Utc::now()) + jitter(Duration::from_secs(300)), reason },
+            ErrorClass::Final => Transition::Finish { status: Status::Failed, reason },
+            ErrorClass::CircuitOpen => Transition::Defer { at: Utc::now() + self.breaker_open_for, reason },
+        }
+    }
+
+    fn retry_or_dead(&self, attempt: i32, reason: &str) -> Transition {
+        if attempt >= self.config.max_attempts as i32 {
+            return Transition::Finish { status: Status::Dead, reason: reason.to_owned() };
+        }
+        let delay = backoff::retry_delay(
+            attempt as u32,
+            Duration::from_secs(self.config.retry_base_seconds),
+            Duration::from_secs(self.config.retry_max_seconds),
+            rand::random::<f64>(),
+        );
+        Transition::Retry { at: Utc::now() + delay, reason: reason.to_owned() }
+    }
+}
+
+fn lease_lost() -> Result<(), sqlx::Error> {
+    tracing::warn!("lease expired before the outcome was recorded; another worker owns the row now");
+    Ok(())
+}
+
+fn outcome_label(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::Retryable => "retryable",
+        ErrorClass::DailyLimit => "daily_limit",
+        ErrorClass::Final => "final",
+        ErrorClass::CircuitOpen => "circuit_open",
+    }
+}
+
+/// Counts the transition; reasons are built from bounded labels only.
+fn record(transition: &Transition) {
+    match transition {
+        Transition::Sent { .. } => {
+            metrics::counter!(m::DELIVERIES, "status" => "sent", "reason" => "").increment(1);
+            tracing::info!(status = "sent", "notification sent");
+        }
+        Transition::Retry { reason, .. } | Transition::Defer { reason, .. } => {
+            metrics::counter!(m::RETRIES, "reason" => reason.clone()).increment(1);
+            tracing::info!(status = "retry_wait", reason = %reason, "notification will be retried");
+        }
+        Transition::Finish { status, reason } => {
+            metrics::counter!(m::DELIVERIES, "status" => status.as_str(), "reason" => reason.clone()).increment(1);
+            if *status == Status::Dead {
+                metrics::counter!(m::DEAD_LETTERS).increment(1);
+            }
+            tracing::info!(status = status.as_str(), reason = %reason, "notification finished");
+        }
+    }
+}
+
+fn next_utc_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
+    let tomorrow = now.date_naive().checked_add_days(Days::new(1)).unwrap_or(now.date_naive());
+    tomorrow.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or(now)
+}
+
+fn jitter(max: Duration) -> Duration {
+    max.mul_f64(rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daily_limit_parks_until_midnight_utc() {
+        let now: DateTime<Utc> = "2026-11-24T17:30:00Z".parse().unwrap();
+        assert_eq!(next_utc_midnight(now), "2026-11-25T00:00:00Z".parse::<DateTime<Utc>>().unwrap());
+    }
+}
