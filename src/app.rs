@@ -119,10 +119,12 @@ impl Application {
         let grace = Duration::from_secs(state.config.http.shutdown_grace_seconds);
         let background = CancellationToken::new();
 
-        let watcher = tokio::spawn(state.toggles.clone().watch(
-            Duration::from_millis(state.config.toggles.refresh_interval_ms),
-            background.clone(),
-        ));
+        let watcher = tokio::spawn(
+            state
+                .toggles
+                .clone()
+                .watch(Duration::from_millis(state.config.toggles.refresh_interval_ms), background.clone()),
+        );
         let workers = state.config.worker.enabled.then(|| {
             tokio::spawn(state.deliverer.clone().run(
                 state.wake_workers.clone(),
@@ -144,7 +146,9 @@ impl Application {
             let _ = watcher.await;
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
-            tracing::warn!("deliveries still in flight after the grace period; their leases will expire and be retried");
+            tracing::warn!(
+                "deliveries still in flight after the grace period; their leases will expire and be retried"
+            );
         }
         state.db.close().await;
         served

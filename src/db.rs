@@ -87,10 +87,18 @@ pub async fn is_ready(pool: &PgPool) -> bool {
 /// True for errors that mean "the database is unreachable right now" (answer 503 so the caller retries).
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => {
-            // Class 08 = connection exception, 57P = operator intervention (shutdown, restart), 53 = resources.
-            db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53"))
+            // SQLSTATE classes: 08 connection exception, 57 operator intervention (shutdown, restart),
+            // 53 insufficient resources, 55 "database not accepting connections", 40 serialization
+            // failure or deadlock, 28 authentication (a rotated password), 3D database missing.
+            db.code()
+                .is_some_and(|c| ["08", "57", "53", "55", "40", "28", "3D"].iter().any(|class| c.starts_with(class)))
         }
         _ => false,
     }

@@ -72,7 +72,9 @@ impl ApiError {
         match self {
             Self::ServiceAccount(AuthError::Expired) => StatusCode::FORBIDDEN,
             Self::ServiceAccount(_) | Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::MissingParameter { .. } | Self::InvalidParameter { .. } | Self::MalformedBody(_) => StatusCode::BAD_REQUEST,
+            Self::MissingParameter { .. } | Self::InvalidParameter { .. } | Self::MalformedBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -86,14 +88,14 @@ impl ApiError {
         match self {
             Self::ServiceAccount(AuthError::Expired) => "forbidden",
             Self::ServiceAccount(_) | Self::Unauthorized => "unauthorized",
-            Self::MissingParameter { field } | Self::InvalidParameter { field, .. } | Self::Unprocessable { field, .. } => {
-                match *field {
-                    "template_id" => "rejected_template_id",
-                    "participant_id" => "rejected_participant_id",
-                    "Idempotency-Key" => "rejected_idempotency_key",
-                    _ => "rejected_other",
-                }
-            }
+            Self::MissingParameter { field }
+            | Self::InvalidParameter { field, .. }
+            | Self::Unprocessable { field, .. } => match *field {
+                "template_id" => "rejected_template_id",
+                "participant_id" => "rejected_participant_id",
+                "Idempotency-Key" => "rejected_idempotency_key",
+                _ => "rejected_other",
+            },
             Self::UnsupportedMediaType => "rejected_content_type",
             Self::PayloadTooLarge => "rejected_too_large",
             Self::MalformedBody(_) => "rejected_malformed",
@@ -150,7 +152,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
         match &self {
-            Self::Internal(e) => tracing::error!(error = ?e, "request failed"),
+            Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
             Self::Unavailable(e) => tracing::warn!(error = %e, "database unavailable; answered 503"),
             // The message never contains the token or PII (AuthError labels are fixed strings).
             _ => tracing::info!(status = status.as_u16(), error = %self, "request rejected"),

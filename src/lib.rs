@@ -2,8 +2,18 @@
 //!
 //! Request path: [`http`] (routes) -> [`auth`] -> [`toggles`] -> [`outbox`] (durable queue).
 //! Delivery path: [`outbox::worker`] -> [`contacts`] -> [`notify`] (VA Notify).
+//! Startup: [`config`] -> [`app::Application`]; the binary's verbs live in [`cli`].
 
+pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod contacts;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod metrics;
 pub mod notify;
+pub mod outbox;
+pub mod telemetry;
+pub mod toggles;

@@ -13,7 +13,9 @@ pub fn init(cfg: &TelemetryConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match cfg.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_events(FmtSpan::NONE).try_init(),
+        LogFormat::Json => {
+            builder.json().flatten_event(true).with_current_span(true).with_span_events(FmtSpan::NONE).try_init()
+        }
         LogFormat::Pretty => builder.compact().try_init(),
     };
 }

@@ -91,7 +91,12 @@ impl FromRequest<AppState> for Params {
             Some("application/json") => match serde_json::from_slice::<Value>(&body) {
                 Ok(Value::Object(map)) => params.extend(map),
                 Ok(_) => return Err(ApiError::MalformedBody("the JSON body must be an object".into())),
-                Err(e) => return Err(ApiError::MalformedBody(format!("the body is not valid JSON ({})", e.classify_label()))),
+                Err(e) => {
+                    return Err(ApiError::MalformedBody(format!(
+                        "the body is not valid JSON ({})",
+                        e.classify_label()
+                    )));
+                }
             },
             Some("application/x-www-form-urlencoded") => {
                 let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)

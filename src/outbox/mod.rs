@@ -52,21 +52,23 @@ pub enum AcceptError {
 #[tracing::instrument(skip_all, fields(channel = new.channel))]
 pub async fn accept(pool: &PgPool, new: &NewNotification, duplicate_window: Duration) -> Result<Accepted, AcceptError> {
     let window = pg_interval(duplicate_window);
-    let (id, status, replayed, key_conflict): (Uuid, String, bool, bool) =
-        sqlx::query_as("select id, status, replayed, key_conflict from accept_notification($1, $2, $3, $4, $5, $6, $7)")
-            .bind(Uuid::new_v4())
-            .bind(new.channel)
-            .bind(&new.participant_id)
-            .bind(new.template_id)
-            .bind(new.idempotency_key.as_deref())
-            .bind(new.enabled)
-            .bind(window)
-            .fetch_one(pool)
-            .await?;
+    let (id, status, replayed, key_conflict): (Uuid, String, bool, bool) = sqlx::query_as(
+        "select id, status, replayed, key_conflict from accept_notification($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(Uuid::new_v4())
+    .bind(new.channel)
+    .bind(&new.participant_id)
+    .bind(new.template_id)
+    .bind(new.idempotency_key.as_deref())
+    .bind(new.enabled)
+    .bind(window)
+    .fetch_one(pool)
+    .await?;
     if key_conflict {
         return Err(AcceptError::KeyConflict);
     }
-    let status = Status::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("unknown status {status}").into()))?;
+    let status =
+        Status::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("unknown status {status}").into()))?;
     Ok(Accepted { id, status, replayed })
 }
 

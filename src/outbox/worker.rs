@@ -139,7 +139,13 @@ impl Deliverer {
         let result = self.notify.send_email(&email).await;
         let (call, transition) = match result {
             Ok(sent) => (
-                CallRecord { attempt, outcome: "sent", http_status: Some(201), error_class: None, va_notify_id: Some(sent.id) },
+                CallRecord {
+                    attempt,
+                    outcome: "sent",
+                    http_status: Some(201),
+                    error_class: None,
+                    va_notify_id: Some(sent.id),
+                },
                 Transition::Sent { va_notify_id: sent.id },
             ),
             Err(e) => (
@@ -162,9 +168,14 @@ impl Deliverer {
 
     async fn contact_failed(&self, row: &Claimed, e: &ContactError) -> Result<(), sqlx::Error> {
         let transition = match e {
-            ContactError::NotFound | ContactError::NoFirstName => Transition::Finish { status: Status::Skipped, reason: e.reason().into() },
+            ContactError::NotFound | ContactError::NoFirstName => {
+                Transition::Finish { status: Status::Skipped, reason: e.reason().into() }
+            }
             ContactError::Misconfigured(_) => {
-                tracing::error!(reason = e.reason(), "contact directory is misconfigured; notification failed (replay it once fixed)");
+                tracing::error!(
+                    reason = e.reason(),
+                    "contact directory is misconfigured; notification failed (replay it once fixed)"
+                );
                 Transition::Finish { status: Status::Failed, reason: e.reason().into() }
             }
             ContactError::Transient(_) => {
@@ -187,7 +198,9 @@ impl Deliverer {
         match e.class {
             ErrorClass::Retryable => self.retry_or_dead(attempt, &reason),
             // VA's daily limit resets at midnight UTC: park until then instead of hammering it.
-            ErrorClass::DailyLimit => Transition::Retry { at: next_utc_midnight(Utc::now()) + jitter(Duration::from_secs(300)), reason },
+            ErrorClass::DailyLimit => {
+                Transition::Retry { at: next_utc_midnight(Utc::now()) + jitter(Duration::from_secs(300)), reason }
+            }
             ErrorClass::Final => Transition::Finish { status: Status::Failed, reason },
             ErrorClass::CircuitOpen => Transition::Defer { at: Utc::now() + self.breaker_open_for, reason },
         }

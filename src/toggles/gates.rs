@@ -161,7 +161,9 @@ mod tests {
     fn enabled_share_tracks_the_setting() {
         for pct in [2.0, 25.0, 50.0, 75.0] {
             let on = (0..100_000u32)
-                .filter(|i| actor_in_percentage("event_bus_gateway_emails_enabled", &(600_000_000 + i).to_string(), pct))
+                .filter(|i| {
+                    actor_in_percentage("event_bus_gateway_emails_enabled", &(600_000_000 + i).to_string(), pct)
+                })
                 .count();
             let share = on as f64 / 1_000.0;
             assert!((share - pct).abs() <= 1.0, "{pct}% gave {share}%");

@@ -1,0 +1,131 @@
+//! The `ebg-notify` binary's verbs (SPEC §11). `main.rs` only calls [`run`].
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Application;
+use crate::config::Config;
+use crate::{auth, db, telemetry};
+
+#[derive(Parser)]
+#[command(name = "ebg-notify", version, about = "Notification gateway for the VA Event Bus Gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP and run delivery workers (the default).
+    Serve,
+    /// Apply database migrations and exit (the production deploy step).
+    Migrate,
+    /// Print a development service-account token for EBG's routes (local profile only).
+    Token {
+        /// Participant id placed in `user_attributes.participant_id`.
+        #[arg(long)]
+        participant_id: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Requeue notifications that ended `failed` or `dead` (after fixing the cause).
+    Replay {
+        /// Only this state.
+        #[arg(long, value_parser = ["failed", "dead"], default_value = "dead")]
+        status: String,
+        /// Only rows created at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only these notification ids (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<uuid::Uuid>,
+        /// Count what would be requeued, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Parses the command line and runs the verb.
+pub async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load()?;
+    telemetry::init(&config.telemetry);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let pool = db::connect(&config.database).await?;
+            db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Token { participant_id, ttl } => {
+            anyhow::ensure!(
+                config.profile == crate::config::Profile::Local,
+                "`token` mints development tokens and is refused outside the local profile"
+            );
+            let token = auth::mint_dev_token(&config.auth, &participant_id, Duration::from_secs(ttl))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Replay { status, since, ids, dry_run } => replay(config, &status, since, &ids, dry_run).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await.context("startup failed")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    app.run_until_stopped(shutdown).await.context("server error")
+}
+
+/// Cancels `token` on SIGTERM (orchestrators) or Ctrl-C (developers).
+async fn stop_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+    token.cancel();
+}
+
+async fn replay(
+    config: Config,
+    status: &str,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    ids: &[uuid::Uuid],
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database).await?;
+    let filter = "status = $1 and ($2::timestamptz is null or created_at >= $2)
+                  and (cardinality($3::uuid[]) = 0 or id = any($3))";
+    let sql = if dry_run {
+        format!("select count(*) from notifications where {filter}")
+    } else {
+        // Attempts restart from zero: the cause was fixed, so the row gets a full set of tries.
+        format!(
+            "with r as (update notifications set status = 'queued', status_reason = 'replayed', attempts = 0,
+                 next_attempt_at = now(), updated_at = now() where {filter} returning 1) select count(*) from r"
+        )
+    };
+    let count: i64 = sqlx::query_scalar(&sql).bind(status).bind(since).bind(ids).fetch_one(&pool).await?;
+    println!("{} {count} notification(s) in state {status}", if dry_run { "would requeue" } else { "requeued" });
+    Ok(())
+}
