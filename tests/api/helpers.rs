@@ -229,6 +229,15 @@ impl TestApp {
         self.client.get(format!("{}/metrics", self.address)).send().await.unwrap().text().await.unwrap()
     }
 
+    /// Value of one series in `/metrics`, e.g. `ebg_requests_total{endpoint="send_email",outcome="accepted"}`;
+    /// 0 when absent. (Counters are process-wide; compare before and after, not absolute values.)
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    }
+
     /// Stops the server and waits for it to drain.
     pub async fn stop(mut self) {
         self.shutdown.cancel();

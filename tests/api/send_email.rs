@@ -59,13 +59,15 @@ async fn accept_json_returns_the_id_and_state() {
 #[tokio::test]
 async fn toggle_off_still_answers_200_but_records_suppressed() {
     let app = app().spawn().await;
+    let series = r#"ebg_requests_total{endpoint="send_email",outcome="suppressed"}"#;
+    let before = app.metric(series).await;
     let response = app.send_email(TEMPLATE_ID).await;
     assert_eq!(response.status(), 200);
     let (status, reason): (String, Option<String>) =
         sqlx::query_as("select status, status_reason from notifications").fetch_one(&app.db).await.unwrap();
     assert_eq!((status.as_str(), reason.as_deref()), ("suppressed", Some("toggle_disabled")));
     assert_eq!(app.deliver_due().await, 0, "suppressed rows are not delivered");
-    assert!(app.metrics().await.contains(r#"ebg_requests_total{endpoint="send_email",outcome="suppressed"} 1"#));
+    assert_eq!(app.metric(series).await, before + 1.0);
 }
 
 #[tokio::test]
