@@ -123,21 +123,22 @@ impl BgsClient {
 
 /// Turns a status and a parsed body into the lookup's result.
 fn interpret(status: StatusCode, answer: Result<BgsAnswer, ParseError>) -> Result<Contact, ContactError> {
-    match answer {
-        Ok(BgsAnswer::Fault(fault)) => Err(classify_fault(&fault)),
-        Ok(BgsAnswer::Person { first_name }) if status.is_success() => {
+    match (answer, status.is_success()) {
+        // Faults decide by their text whatever the status (BGS sends them with 500).
+        (Ok(BgsAnswer::Fault(fault)), _) => Err(classify_fault(&fault)),
+        (Ok(BgsAnswer::Person { first_name }), true) => {
             let first_name = first_name.map(|n| capitalize(&n)).ok_or(ContactError::NoFirstName)?;
             Ok(Contact { first_name })
         }
-        Ok(BgsAnswer::NoPerson) if status.is_success() => Err(ContactError::NotFound),
-        Ok(_) | Err(_) if !status.is_success() => {
-            tracing::warn!(http.status_code = status.as_u16(), "BGS answered an error status without a SOAP fault");
-            Err(ContactError::Transient(status_label(status)))
-        }
-        Ok(_) => Err(ContactError::Transient(status_label(status))),
-        Err(error) => {
+        (Ok(BgsAnswer::NoPerson), true) => Err(ContactError::NotFound),
+        (Err(error), true) => {
             tracing::warn!(%error, "BGS answered 2xx with an unreadable body");
             Err(ContactError::Transient("bgs_bad_response"))
+        }
+        // An error status without a fault is the proxy or the container talking, not the service.
+        (_, false) => {
+            tracing::warn!(http.status_code = status.as_u16(), "BGS answered an error status without a SOAP fault");
+            Err(ContactError::Transient(status_label(status)))
         }
     }
 }
@@ -218,8 +219,9 @@ fn transport_error(error: reqwest::Error) -> ContactError {
     } else {
         "bgs_transport"
     };
-    // reqwest's message names the URL (no participant data: the id travels in the body only).
-    tracing::debug!(reason = label, error = %error, "BGS request failed");
+    // The URL carries no participant data, but it may carry proxy credentials; leave it out.
+    let error = error.without_url();
+    tracing::debug!(reason = label, error = &error as &dyn std::error::Error, "BGS request failed");
     ContactError::Transient(label)
 }
 

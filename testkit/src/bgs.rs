@@ -22,9 +22,13 @@ use quick_xml::name::ResolveResult;
 
 /// Path BGS serves the person service on.
 pub const SERVICE_PATH: &str = "/PersonWebServiceBean/PersonWebService";
+/// SOAP 1.1 envelope namespace.
 pub const SOAP_ENV_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+/// PersonWebService namespace: the operation element's, not its children's.
 pub const SERVICE_NS: &str = "http://person.services.vetsnet.vba.va.gov/";
+/// WS-Security namespace of `Security`, `UsernameToken`, `Username`.
 pub const WSSE_NS: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
+/// Namespace of `VaServiceHeaders` and its children.
 pub const VAWS_NS: &str = "http://vbawebservices.vba.va.gov/vawss";
 const SHARE_NS: &str = "http://services.share.benefits.vba.va.gov/";
 
@@ -54,7 +58,9 @@ pub enum BgsReply {
 /// A request as the fake received it.
 #[derive(Clone, Debug)]
 pub struct BgsRequest {
+    /// HTTP headers as received (including `Host`).
     pub headers: HeaderMap,
+    /// The raw body (lossily decoded if it was not UTF-8).
     pub body: String,
     /// What BGS would read from it, or why BGS would answer "Unable to parse SOAP message".
     pub parsed: Result<ParsedRequest, &'static str>,
@@ -75,6 +81,7 @@ impl BgsRequest {
 /// The parts of a `findPersonByPtcpntId` request BGS acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedRequest {
+    /// Text of the unqualified `ptcpntId`, trimmed.
     pub participant_id: String,
     /// `Security/UsernameToken/Username`.
     pub username: String,
