@@ -1,5 +1,6 @@
 //! Integration tests: the real application over HTTP, a real PostgreSQL, local upstream fakes.
 
+mod contacts_client;
 mod helpers;
 mod operations;
 mod send_email;
