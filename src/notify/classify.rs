@@ -52,28 +52,35 @@ fn error_class_label(body: &[u8]) -> Option<&'static str> {
     Some(KNOWN_ERROR_CLASSES.iter().find(|known| **known == class).copied().unwrap_or("other"))
 }
 
+/// Statuses worth their own label; the rest are grouped by class (`http_4xx`, ...).
+const STATUS_LABELS: &[(u16, &str)] = &[
+    (400, "http_400"),
+    (401, "http_401"),
+    (403, "http_403"),
+    (404, "http_404"),
+    (405, "http_405"),
+    (408, "http_408"),
+    (409, "http_409"),
+    (413, "http_413"),
+    (415, "http_415"),
+    (422, "http_422"),
+    (429, "http_429"),
+    (500, "http_500"),
+    (501, "http_501"),
+    (502, "http_502"),
+    (503, "http_503"),
+    (504, "http_504"),
+];
+
 /// Label for a status whose body names no error class.
 fn status_label(status: u16) -> &'static str {
-    match status {
-        400 => "http_400",
-        401 => "http_401",
-        403 => "http_403",
-        404 => "http_404",
-        405 => "http_405",
-        408 => "http_408",
-        409 => "http_409",
-        413 => "http_413",
-        415 => "http_415",
-        422 => "http_422",
-        429 => "http_429",
-        500 => "http_500",
-        501 => "http_501",
-        502 => "http_502",
-        503 => "http_503",
-        504 => "http_504",
-        300..=399 => "http_3xx",
-        400..=499 => "http_4xx",
-        500..=599 => "http_5xx",
+    if let Some((_, label)) = STATUS_LABELS.iter().find(|(code, _)| *code == status) {
+        return label;
+    }
+    match status / 100 {
+        3 => "http_3xx",
+        4 => "http_4xx",
+        5 => "http_5xx",
         _ => "other",
     }
 }

@@ -140,6 +140,7 @@ pub struct NotifyClient {
     inner: Arc<Mode>,
 }
 
+#[expect(clippy::large_enum_variant, reason = "built once per process and kept behind an Arc")]
 enum Mode {
     Live(Live),
     /// No limiter or breaker: nothing upstream to protect.
