@@ -1,2 +1,6 @@
 //! Local fakes of ebg-notify's upstreams, each an HTTP server on a random loopback port that speaks
 //! the real wire contract (SPEC.md §6 for VA Notify, BGS.md for BGS).
+
+pub mod va_notify;
+
+pub use va_notify::FakeVaNotify;
