@@ -78,14 +78,12 @@ impl LiveTransport {
             reference: email.reference,
             callback_url: self.callback_url.as_deref(),
         };
-        let response = self
-            .http
-            .post(self.endpoint.clone())
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|err| classify_transport(&err))?;
+        let response =
+            self.http.post(self.endpoint.clone()).bearer_auth(token).json(&body).send().await.map_err(|err| {
+                // The cause (DNS, TLS, reset, ...) is only here; the returned label is deliberately coarse.
+                tracing::debug!(error = %err, "VA Notify request failed before a response");
+                classify_transport(&err)
+            })?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await;
 

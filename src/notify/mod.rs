@@ -1,8 +1,8 @@
 //! VA Notify client (SPEC §6): API-key parsing, a fresh JWT per request, the exact email payload,
 //! error classification for the outbox worker, a shared rate limiter and a circuit breaker.
 //!
-//! Layout: [`api_key`] parses the key, [`jwt`] signs, [`client`] makes one HTTP call, [`classify`] reads
-//! the answer, [`breaker`] guards against a failing upstream, [`sandbox`] stands in for VA locally.
+//! Layout: `api_key` parses the key, `jwt` signs, `client` makes one HTTP call, `classify` reads the
+//! answer, `breaker` guards against a failing upstream, `sandbox` stands in for VA locally.
 
 mod api_key;
 mod breaker;

@@ -57,7 +57,7 @@ pub enum Reply {
 /// One request the fake saw.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
-    /// The parsed JSON body; `None` if it was not JSON.
+    /// The parsed JSON body; `None` if it was not JSON or not sent as `application/json`.
     pub body: Option<Value>,
     /// Whether the bearer JWT passed VA's checks.
     pub auth_ok: bool,
@@ -357,7 +357,12 @@ enum Decision {
 
 async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     shared.requests_total.fetch_add(1, Ordering::Relaxed);
-    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    // Like VA (Flask's `get_json`), a body without a JSON content type is not read as JSON.
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    let parsed: Option<Value> = if is_json { serde_json::from_slice(&body).ok() } else { None };
 
     let auth = match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         None => Err((StatusCode::UNAUTHORIZED, "Unauthorized, authentication token must be provided")),
