@@ -1,10 +1,34 @@
-//! VA Notify client (SPEC §6).
+//! VA Notify client (SPEC §6): API-key parsing, a fresh JWT per request, the exact email payload,
+//! error classification for the outbox worker, a shared rate limiter and a circuit breaker.
 //!
-//! INTERFACE STUB: the live client lands in a follow-up commit; only sandbox mode works here.
+//! Layout: `api_key` parses the key, `jwt` signs, `client` makes one HTTP call, `classify` reads the
+//! answer, `breaker` guards against a failing upstream, `sandbox` stands in for VA locally.
 
+mod api_key;
+mod breaker;
+mod classify;
+mod client;
+mod jwt;
+mod sandbox;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tracing::instrument;
 use uuid::Uuid;
 
+use self::api_key::ApiKey;
+use self::breaker::{CallHealth, CircuitBreaker};
+use self::client::LiveTransport;
+use self::sandbox::Sandbox;
 use crate::config::{NotifyConfig, NotifyMode};
+
+/// Counter of calls by outcome: `sent`, `retryable`, `final`, `daily_limit`, `circuit_open`.
+pub const REQUESTS_TOTAL: &str = "ebg_va_notify_requests_total";
+/// Histogram of the HTTP call's duration (not the wait for a rate-limit permit).
+pub const REQUEST_DURATION_SECONDS: &str = "ebg_va_notify_request_duration_seconds";
 
 /// One email to send. `first_name` is PII: never logged.
 pub struct EmailRequest<'a> {
@@ -20,6 +44,7 @@ pub struct EmailRequest<'a> {
 /// VA Notify accepted the notification.
 #[derive(Clone, Debug)]
 pub struct SentNotification {
+    /// VA Notify's notification id (stored as `va_notify_id`).
     pub id: Uuid,
 }
 
@@ -30,10 +55,22 @@ pub enum ErrorClass {
     Retryable,
     /// Daily-limit 429 (`TooManyRequestsError`): park until the next day.
     DailyLimit,
-    /// 400/401/403/404/413: do not retry.
+    /// 400/401/403/404/413 (and other 4xx): do not retry.
     Final,
     /// The circuit breaker is open; no call was made.
     CircuitOpen,
+}
+
+impl ErrorClass {
+    /// The `outcome` label this class is counted under.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::DailyLimit => "daily_limit",
+            Self::Final => "final",
+            Self::CircuitOpen => "circuit_open",
+        }
+    }
 }
 
 /// A failed VA Notify call. `error` is a bounded label (VA's error class or a transport kind).
@@ -41,27 +78,39 @@ pub enum ErrorClass {
 #[error("VA Notify call failed: {class:?} {error} (HTTP {http_status:?})")]
 pub struct NotifyError {
     pub class: ErrorClass,
+    /// The HTTP status, when VA Notify (or a gateway in front of it) answered.
     pub http_status: Option<u16>,
+    /// A VA error class (`AuthError`, `RateLimitError`, ...), `other`, `http_<code>` from a fixed table,
+    /// or a transport kind (`timeout`, `connect`, `transport`).
     pub error: &'static str,
 }
 
+impl NotifyError {
+    fn circuit_open() -> Self {
+        Self { class: ErrorClass::CircuitOpen, http_status: None, error: "circuit_open" }
+    }
+}
+
+/// The client could not be built from its configuration. Never contains the API key's secret.
 #[derive(Debug, thiserror::Error)]
 #[error("notify: {0}")]
 pub struct NotifyInitError(pub String);
 
-/// Maps the API host to the web host VA.gov links use (`api.va.gov` -> `www.va.gov`).
+/// Maps the API host to the web host VA.gov links use (`api.va.gov` -> `www.va.gov`,
+/// `staging-api.va.gov` -> `staging.va.gov`, `dev-api.va.gov` -> `dev.va.gov`); other hosts pass through.
 pub fn web_host(api_host: &str) -> String {
     match api_host {
         "api.va.gov" => "www.va.gov".to_owned(),
         other => match other.strip_suffix("-api.va.gov") {
-            Some(env) => format!("{env}.va.gov"),
-            None => other.to_owned(),
+            Some(env) if !env.is_empty() => format!("{env}.va.gov"),
+            _ => other.to_owned(),
         },
     }
 }
 
 /// Sandbox mode only: where to post the fake `delivered` callback, and the bearer token to use.
 pub struct SandboxCallback {
+    /// Our own `POST /va_notify/callbacks` URL.
     pub url: String,
     pub bearer_token: String,
 }
@@ -74,26 +123,200 @@ pub enum BreakerState {
     HalfOpen,
 }
 
-/// The VA Notify client the workers use (cheap to clone).
+/// Registers descriptions for this module's metrics with the installed recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(REQUESTS_TOTAL, "VA Notify email calls by outcome");
+    metrics::describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Duration of VA Notify email calls, excluding rate-limit waits"
+    );
+}
+
+/// The VA Notify client the workers use. Cheap to clone: all clones share one connection pool, one rate
+/// limiter and one breaker, which is what makes the limit hold per replica.
 #[derive(Clone)]
-pub struct NotifyClient {}
+pub struct NotifyClient {
+    inner: Arc<Mode>,
+}
+
+#[expect(clippy::large_enum_variant, reason = "built once per process and kept behind an Arc")]
+enum Mode {
+    Live(Live),
+    /// No limiter or breaker: nothing upstream to protect.
+    Sandbox(Sandbox),
+}
+
+struct Live {
+    transport: LiveTransport,
+    limiter: DefaultDirectRateLimiter,
+    breaker: CircuitBreaker,
+}
 
 impl NotifyClient {
-    pub fn from_config(
-        cfg: &NotifyConfig,
-        _sandbox_callback: Option<SandboxCallback>,
-    ) -> Result<Self, NotifyInitError> {
-        if cfg.mode == NotifyMode::Live {
-            return Err(NotifyInitError("live mode is not available in this build".into()));
+    /// Builds the client. Live mode parses the API key and validates the URLs; sandbox mode needs neither.
+    pub fn from_config(cfg: &NotifyConfig, sandbox_callback: Option<SandboxCallback>) -> Result<Self, NotifyInitError> {
+        if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 {
+            return Err(NotifyInitError("notify.timeout_ms and notify.connect_timeout_ms: must be at least 1".into()));
         }
-        Ok(Self {})
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.timeout_ms))
+            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            // A redirected POST would turn into a GET and silently not send; treat redirects as errors.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("ebg-notify/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| NotifyInitError(format!("cannot build the HTTP client ({e})")))?;
+
+        let mode = match cfg.mode {
+            NotifyMode::Sandbox => Mode::Sandbox(Sandbox::new(
+                http,
+                sandbox_callback,
+                Duration::from_millis(cfg.sandbox_delivery_delay_ms),
+            )),
+            NotifyMode::Live => {
+                let api_key = ApiKey::parse(cfg.api_key.expose())?;
+                let callback_url = match cfg.callback_url.trim() {
+                    "" => None,
+                    url => Some(validate_callback_url(url)?),
+                };
+                if cfg.breaker_failure_threshold == 0 {
+                    return Err(NotifyInitError("notify.breaker_failure_threshold: must be at least 1".into()));
+                }
+                Mode::Live(Live {
+                    transport: LiveTransport::new(http, &cfg.base_url, &api_key, callback_url)?,
+                    limiter: RateLimiter::direct(smooth_quota(cfg.rate_per_minute)?),
+                    breaker: CircuitBreaker::new(
+                        cfg.breaker_failure_threshold,
+                        Duration::from_secs(cfg.breaker_open_seconds),
+                    ),
+                })
+            }
+        };
+        Ok(Self { inner: Arc::new(mode) })
     }
 
-    pub async fn send_email(&self, _email: &EmailRequest<'_>) -> Result<SentNotification, NotifyError> {
-        Ok(SentNotification { id: Uuid::new_v4() })
+    /// Sends one email: fails fast if the breaker is open, waits for a rate-limit permit, then makes
+    /// exactly one call. Retrying is the caller's job (keep `reference` the same).
+    #[instrument(name = "va_notify.send_email", skip_all, fields(reference = %email.reference))]
+    pub async fn send_email(&self, email: &EmailRequest<'_>) -> Result<SentNotification, NotifyError> {
+        let result = match &*self.inner {
+            Mode::Sandbox(sandbox) => Ok(sandbox.send(email)),
+            Mode::Live(live) => live.send(email).await,
+        };
+        let outcome = match &result {
+            Ok(_) => "sent",
+            Err(err) => {
+                tracing::debug!(
+                    class = err.class.outcome(),
+                    error = err.error,
+                    http_status = err.http_status,
+                    "VA Notify call failed"
+                );
+                err.class.outcome()
+            }
+        };
+        metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome).increment(1);
+        result
     }
 
+    /// The breaker's state now; always `Closed` in sandbox mode.
     pub fn breaker_state(&self) -> BreakerState {
-        BreakerState::Closed
+        match &*self.inner {
+            Mode::Live(live) => live.breaker.state(Instant::now()),
+            Mode::Sandbox(_) => BreakerState::Closed,
+        }
+    }
+}
+
+impl Live {
+    async fn send(&self, email: &EmailRequest<'_>) -> Result<SentNotification, NotifyError> {
+        // Checked before queueing on the limiter so an open breaker answers at once, and again (taking
+        // the permit) after, because the breaker may have opened while we waited.
+        if self.breaker.check(Instant::now()).is_err() {
+            return Err(NotifyError::circuit_open());
+        }
+        self.limiter.until_ready().await;
+        let permit = self.breaker.try_acquire(Instant::now()).map_err(|_| NotifyError::circuit_open())?;
+
+        let started = Instant::now();
+        let result = self.transport.post(email).await;
+        metrics::histogram!(REQUEST_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+
+        let health = match &result {
+            Err(err) if err.class == ErrorClass::Retryable => CallHealth::Failed,
+            _ => CallHealth::Healthy,
+        };
+        permit.settle(health, Instant::now());
+        result
+    }
+}
+
+const MINUTE_NANOS: u64 = 60_000_000_000;
+
+/// A limiter for `rate_per_minute` that never exceeds it in any 60 s window, yet is smooth: the burst is
+/// about 100 ms worth of permits (1..=50) instead of governor's default of a whole minute's worth, and the
+/// replenish period is stretched so that burst plus steady rate still fits in 60 s.
+fn smooth_quota(rate_per_minute: u32) -> Result<Quota, NotifyInitError> {
+    let burst = (rate_per_minute / 600).clamp(1, 50);
+    // With burst b and period T, a half-open 60 s window admits at most b - 1 + 60 s / T requests;
+    // T = 60 s / (rate - b + 1) makes that exactly `rate`. `burst <= rate / 600` keeps the divisor >= 1.
+    let steady = rate_per_minute.checked_sub(burst - 1).filter(|n| *n > 0);
+    // Rounded up to whole nanoseconds: rounding down would let very high rates overshoot.
+    let quota =
+        steady.and_then(|steady| Quota::with_period(Duration::from_nanos(MINUTE_NANOS.div_ceil(u64::from(steady)))));
+    let burst = NonZeroU32::new(burst);
+    match (quota, burst) {
+        (Some(quota), Some(burst)) => Ok(quota.allow_burst(burst)),
+        _ => Err(NotifyInitError("notify.rate_per_minute: must be at least 1".into())),
+    }
+}
+
+/// VA Notify only accepts https callback URLs; catching a typo here beats every send failing with a 400.
+fn validate_callback_url(raw: &str) -> Result<String, NotifyInitError> {
+    match url::Url::parse(raw) {
+        Ok(url) if url.scheme() == "https" && url.host().is_some() => Ok(raw.to_owned()),
+        _ => Err(NotifyInitError("notify.callback_url: must be an https URL (or empty for none)".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn web_host_maps_api_hosts() {
+        assert_eq!(web_host("api.va.gov"), "www.va.gov");
+        assert_eq!(web_host("staging-api.va.gov"), "staging.va.gov");
+        assert_eq!(web_host("dev-api.va.gov"), "dev.va.gov");
+        assert_eq!(web_host("localhost:3000"), "localhost:3000");
+        assert_eq!(web_host("-api.va.gov"), "-api.va.gov");
+    }
+
+    #[test]
+    fn quota_is_smooth_and_fits_the_minute() {
+        for rate in [1, 59, 60, 600, 3000, 120_000, u32::MAX] {
+            let quota = smooth_quota(rate).unwrap();
+            let burst = quota.burst_size().get();
+            assert!((1..=50).contains(&burst), "rate {rate}: burst {burst}");
+            let steady_in_minute = Duration::from_secs(60).as_nanos() / quota.replenish_interval().as_nanos();
+            assert!(u128::from(burst) - 1 + steady_in_minute <= u128::from(rate), "rate {rate} overshoots");
+        }
+        assert_eq!(smooth_quota(3000).unwrap().burst_size().get(), 5);
+        assert!(smooth_quota(0).is_err());
+    }
+
+    #[test]
+    fn callback_url_must_be_https() {
+        assert!(validate_callback_url("https://api.va.gov/va_notify/callbacks").is_ok());
+        assert!(validate_callback_url("http://api.va.gov/va_notify/callbacks").is_err());
+        assert!(validate_callback_url("api.va.gov/callbacks").is_err());
+    }
+
+    #[test]
+    fn outcome_labels_are_the_documented_ones() {
+        let all = [ErrorClass::Retryable, ErrorClass::DailyLimit, ErrorClass::Final, ErrorClass::CircuitOpen];
+        let labels: Vec<_> = all.iter().map(|c| c.outcome()).collect();
+        assert_eq!(labels, ["retryable", "daily_limit", "final", "circuit_open"]);
     }
 }

@@ -2,4 +2,7 @@
 //! the real wire contract (SPEC.md §6 for VA Notify, BGS.md for BGS).
 
 pub mod bgs;
+pub mod va_notify;
+
 pub use bgs::FakeBgs;
+pub use va_notify::FakeVaNotify;

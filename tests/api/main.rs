@@ -2,5 +2,6 @@
 
 mod contacts_client;
 mod helpers;
+mod notify_client;
 mod operations;
 mod send_email;
