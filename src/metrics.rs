@@ -59,4 +59,11 @@ fn describe() {
     describe_gauge!(QUEUE_DEPTH, "Notifications waiting for delivery, by state.");
     describe_gauge!(QUEUE_OLDEST_DUE_AGE, metrics::Unit::Seconds, "Age of the oldest due notification.");
     describe_counter!(TOGGLE_REFRESH_FAILURES, "Failed refreshes of the in-memory toggle snapshot.");
+    describe_counter!("ebg_contact_lookups_total", "Contact lookups by outcome and source (cache, bgs, sandbox).");
+    describe_histogram!(
+        "ebg_bgs_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "BGS PersonWebService call latency."
+    );
+    crate::notify::describe_metrics();
 }

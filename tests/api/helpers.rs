@@ -28,7 +28,6 @@ pub fn server_url() -> String {
 /// A running application.
 pub struct TestApp {
     pub address: String,
-    pub port: u16,
     pub db: PgPool,
     pub database_url: String,
     pub state: AppState,
@@ -53,6 +52,22 @@ impl TestAppBuilder {
     /// Runs the delivery loop in the background (tests otherwise drive it with `deliver_due`).
     pub fn with_workers(self) -> Self {
         self.env("EBG_WORKER__ENABLED", "true")
+    }
+
+    /// Sends through a fake VA Notify (live mode, no rate limit to speak of).
+    pub fn notify(self, fake: &ebg_testkit::FakeVaNotify) -> Self {
+        self.env("EBG_NOTIFY__MODE", "live")
+            .env("EBG_NOTIFY__BASE_URL", fake.base_url())
+            .env("EBG_NOTIFY__API_KEY", fake.api_key())
+            .env("EBG_NOTIFY__RATE_PER_MINUTE", 1_000_000)
+            .env("EBG_NOTIFY__TIMEOUT_MS", 1_000)
+    }
+
+    /// Resolves first names through a fake BGS.
+    pub fn bgs(self, fake: &ebg_testkit::FakeBgs) -> Self {
+        self.env("EBG_CONTACTS__MODE", "bgs")
+            .env("EBG_CONTACTS__BGS_URL", fake.base_url())
+            .env("EBG_CONTACTS__TIMEOUT_MS", 1_000)
     }
 
     /// Shares an existing database (several replicas on one database).
@@ -94,7 +109,6 @@ impl TestAppBuilder {
         let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
-            port,
             db: state.db.clone(),
             database_url,
             state,

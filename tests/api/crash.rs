@@ -1,0 +1,158 @@
+//! The real binary, SIGKILLed under load and restarted: every acknowledged request is sent, and
+//! only a call that was in flight at the crash may be sent twice (reconciled by its reference).
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ebg_testkit::FakeVaNotify;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_binary(env: &[(String, String)], port: u16) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ebg-notify"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("EBG_") || k == "DATABASE_URL") {
+        cmd.env_remove(key);
+    }
+    cmd.envs(env.iter().cloned())
+        .env("EBG_HTTP__ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts")
+}
+
+async fn wait_ready(client: &reqwest::Client, port: u16) {
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("binary never became ready");
+}
+
+/// Sends `count` requests for distinct participants, `parallel` at a time; returns the acknowledged ids.
+async fn load(port: u16, from: u32, count: u32, acked: Arc<Mutex<Vec<Uuid>>>) {
+    let client = reqwest::Client::new();
+    let token_of = |i: u32| token_for(&(600_200_000 + i).to_string());
+    let url = format!("http://127.0.0.1:{port}{SEND_EMAIL}");
+    let requests = futures::stream::iter(from..from + count).map(|i| {
+        let (client, url, acked, token) = (client.clone(), url.clone(), acked.clone(), token_of(i));
+        async move {
+            let sent = client
+                .post(&url)
+                .bearer_auth(token)
+                .header("Accept", "application/json")
+                .json(&json!({ "template_id": TEMPLATE_ID }))
+                .send()
+                .await;
+            if let Ok(r) = sent {
+                if r.status() == 200 {
+                    if let Ok(body) = r.json::<serde_json::Value>().await {
+                        if let Some(id) = body["id"].as_str().and_then(|s| s.parse().ok()) {
+                            acked.lock().unwrap().push(id);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    use futures::StreamExt;
+    requests.buffer_unordered(16).collect::<Vec<()>>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_nothing_and_doubles_only_in_flight_calls() {
+    let notify = FakeVaNotify::start().await;
+    notify.set_latency(Duration::from_millis(30));
+    let env = app()
+        .notify(&notify)
+        .with_workers()
+        .env("EBG_WORKER__CONCURRENCY", 8)
+        .env("EBG_WORKER__LEASE_SECONDS", 5)
+        .config_env();
+    let database_url = env.iter().rev().find(|(k, _)| k == "EBG_DATABASE__URL").unwrap().1.clone();
+    let client = reqwest::Client::new();
+
+    let port = free_port();
+    let mut first = start_binary(&env, port);
+    wait_ready(&client, port).await;
+    let db = sqlx::PgPool::connect(&database_url).await.unwrap();
+    sqlx::query("insert into flipper_gates (feature_key, key, value) values ('event_bus_gateway_emails_enabled', 'boolean', 'true')")
+        .execute(&db)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await; // toggle refresh interval is 200 ms in tests
+
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let running = tokio::spawn(load(port, 0, 600, acked.clone()));
+    // Kill once a good part of the load is acknowledged and deliveries are in flight.
+    let mut waited = 0;
+    while acked.lock().unwrap().len() < 150 && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    first.kill().unwrap(); // SIGKILL: no shutdown hooks run
+    first.wait().unwrap();
+    let _ = running.await;
+    let before_restart = acked.lock().unwrap().len();
+    assert!(before_restart >= 150, "load too small to mean anything: {before_restart}");
+
+    let port = free_port();
+    let mut second = start_binary(&env, port);
+    wait_ready(&client, port).await;
+    load(port, 600, 100, acked.clone()).await;
+    let acked: Vec<Uuid> = acked.lock().unwrap().clone();
+
+    // Crashed leases expire after 5 s; then everything must go out.
+    let mut all_sent = false;
+    for _ in 0..300 {
+        let pending: i64 =
+            sqlx::query_scalar("select count(*) from notifications where id = any($1) and status <> 'sent'")
+                .bind(&acked)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        if pending == 0 {
+            all_sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert!(all_sent, "some acknowledged notifications were never sent");
+
+    let mut sends: HashMap<String, usize> = HashMap::new();
+    for r in notify.accepted_references() {
+        *sends.entry(r).or_default() += 1;
+    }
+    for id in &acked {
+        assert!(sends.contains_key(&id.to_string()), "acknowledged {id} never reached VA Notify");
+    }
+    // A double send is allowed only where a call was in flight at the crash (an attempt row that never finished).
+    let doubled: Vec<Uuid> = sends.iter().filter(|(_, n)| **n > 1).map(|(r, _)| r.parse().unwrap()).collect();
+    for id in &doubled {
+        assert_eq!(sends[&id.to_string()], 2, "{id} sent more than twice");
+        let in_flight: i64 = sqlx::query_scalar(
+            "select count(*) from notification_attempts where notification_id = $1 and outcome = 'in_flight'",
+        )
+        .bind(id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(in_flight, 1, "{id} was sent twice without a call in flight at the crash");
+    }
+    assert!(doubled.len() <= 8, "more doubles ({}) than calls that can be in flight", doubled.len());
+    eprintln!("acknowledged {} ({} before the kill), doubled {}", acked.len(), before_restart, doubled.len());
+}

@@ -1,0 +1,284 @@
+//! Delivery end to end: accepted request -> worker -> fake BGS -> fake VA Notify, and every way it ends.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ebg_testkit::bgs::BgsReply;
+use ebg_testkit::va_notify::Reply;
+use ebg_testkit::{FakeBgs, FakeVaNotify};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// App wired to both fakes, toggle on, the default participant known to BGS as JANE.
+async fn wired(extra: &[(&str, &str)]) -> (TestApp, FakeVaNotify, FakeBgs) {
+    let notify = FakeVaNotify::start().await;
+    let bgs = FakeBgs::start().await;
+    bgs.add_person(PARTICIPANT_ID, "JANE");
+    let mut builder = app().notify(&notify).bgs(&bgs);
+    for (k, v) in extra {
+        builder = builder.env(k, v);
+    }
+    let app = builder.spawn().await;
+    app.enable_emails().await;
+    (app, notify, bgs)
+}
+
+async fn queue_one(app: &TestApp) -> Uuid {
+    let response = app
+        .post_send_email()
+        .bearer_auth(token_for(PARTICIPANT_ID))
+        .header("Accept", "application/json")
+        .json(&json!({ "template_id": TEMPLATE_ID }))
+        .send()
+        .await
+        .unwrap();
+    accepted(response).await.0
+}
+
+async fn attempts(app: &TestApp, id: Uuid) -> Vec<(i32, String, Option<i32>)> {
+    sqlx::query_as(
+        "select attempt, outcome, http_status from notification_attempts where notification_id = $1 order by attempt",
+    )
+    .bind(id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn happy_path_sends_exactly_the_va_notify_payload() {
+    let (app, notify, bgs) = wired(&[]).await;
+    let id = queue_one(&app).await;
+    assert_eq!(app.deliver_due().await, 1);
+
+    let accepted = notify.accepted();
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(
+        accepted[0].body.as_ref().unwrap(),
+        &json!({
+            "template_id": TEMPLATE_ID,
+            "recipient_identifier": { "id_type": "PID", "id_value": PARTICIPANT_ID },
+            "personalisation": { "host": "www.va.gov", "first_name": "Jane" },
+            "reference": id.to_string(),
+        })
+    );
+    assert_eq!(bgs.lookups_for(PARTICIPANT_ID), 1);
+    let (status, va_id): (String, Option<Uuid>) =
+        sqlx::query_as("select status, va_notify_id from notifications where id = $1")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(status, "sent");
+    assert!(va_id.is_some());
+    assert_eq!(attempts(&app, id).await, vec![(1, "sent".to_owned(), Some(201))]);
+}
+
+#[tokio::test]
+async fn va_notify_outage_is_retried_with_backoff_and_sent_once_after_recovery() {
+    let (app, notify, _bgs) = wired(&[]).await;
+    notify.script([Reply::Status500, Reply::BadGateway, Reply::ServiceUnavailable, Reply::RateLimit]);
+    let id = queue_one(&app).await;
+    for expected in 1..=4 {
+        assert_eq!(app.deliver_due().await, 1);
+        let (status, reason) = app.status_of(id).await;
+        assert_eq!(status, "retry_wait", "after failure {expected}");
+        assert!(reason.unwrap().starts_with("va_notify_"));
+    }
+    app.deliver_all().await;
+    assert_eq!(app.status_of(id).await.0, "sent");
+    assert_eq!(notify.accepted_references(), vec![id.to_string()], "sent exactly once");
+    let outcomes: Vec<String> = attempts(&app, id).await.into_iter().map(|a| a.1).collect();
+    assert_eq!(outcomes, ["retryable", "retryable", "retryable", "retryable", "sent"]);
+    // Every try carried the same reference, so VA-side records can be reconciled.
+    assert!(notify.requests().iter().all(|r| r.reference() == Some(id.to_string().as_str())));
+}
+
+#[tokio::test]
+async fn retries_back_off_exponentially_from_the_configured_base() {
+    let (app, notify, _bgs) =
+        wired(&[("EBG_WORKER__RETRY_BASE_SECONDS", "30"), ("EBG_WORKER__RETRY_MAX_SECONDS", "3600")]).await;
+    notify.script([Reply::Status500, Reply::Status500]);
+    let id = queue_one(&app).await;
+    let wait_after_try = |app: &TestApp| {
+        let db = app.db.clone();
+        async move {
+            let secs: f64 = sqlx::query_scalar(
+                "select extract(epoch from next_attempt_at - now())::float8 from notifications where id = $1",
+            )
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            secs
+        }
+    };
+    app.deliver_due().await;
+    let first = wait_after_try(&app).await;
+    assert!((14.0..=30.5).contains(&first), "first retry in {first}s (base 30 s, equal jitter)");
+    assert_eq!(app.deliver_due().await, 0, "not due before its time");
+    // Make it due now and fail again: the ceiling doubles.
+    sqlx::query("update notifications set next_attempt_at = now() where id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.deliver_due().await;
+    let second = wait_after_try(&app).await;
+    assert!((29.0..=60.5).contains(&second), "second retry in {second}s");
+}
+
+#[tokio::test]
+async fn a_timed_out_call_is_retried_with_the_same_reference() {
+    let (app, notify, _bgs) = wired(&[("EBG_NOTIFY__TIMEOUT_MS", "300")]).await;
+    notify.script([Reply::Timeout(Duration::from_millis(800))]);
+    let id = queue_one(&app).await;
+    app.deliver_due().await;
+    assert_eq!(app.status_of(id).await, ("retry_wait".to_owned(), Some("va_notify_timeout".to_owned())));
+    app.deliver_all().await;
+    assert_eq!(app.status_of(id).await.0, "sent");
+    let refs: Vec<Option<String>> = notify.requests().iter().map(|r| r.reference().map(str::to_owned)).collect();
+    assert_eq!(refs, vec![Some(id.to_string()), Some(id.to_string())]);
+}
+
+#[tokio::test]
+async fn a_400_fails_the_notification_without_retrying() {
+    let (app, notify, _bgs) = wired(&[]).await;
+    notify.script([Reply::BadRequest]);
+    let id = queue_one(&app).await;
+    app.deliver_all().await;
+    let (status, reason) = app.status_of(id).await;
+    assert_eq!(status, "failed");
+    assert_eq!(reason.as_deref(), Some("va_notify_BadRequestError"));
+    assert_eq!(notify.requests_total(), 1, "not retried");
+}
+
+#[tokio::test]
+async fn the_daily_limit_parks_the_notification_until_tomorrow() {
+    let (app, notify, _bgs) = wired(&[]).await;
+    notify.script([Reply::DailyLimit]);
+    let id = queue_one(&app).await;
+    app.deliver_all().await;
+    let (status, parked_until): (String, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("select status, next_attempt_at from notifications where id = $1")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(status, "retry_wait");
+    let tomorrow = chrono::Utc::now().date_naive().succ_opt().unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    assert!(parked_until >= tomorrow, "parked until {parked_until}");
+    assert_eq!(notify.requests_total(), 1, "no hammering");
+}
+
+#[tokio::test]
+async fn exhausted_attempts_end_dead_with_the_last_reason() {
+    let (app, notify, _bgs) = wired(&[("EBG_WORKER__MAX_ATTEMPTS", "3")]).await;
+    notify.script([Reply::Status500, Reply::Status500, Reply::Status500]);
+    let before = app.metric("ebg_dead_letters_total").await;
+    let id = queue_one(&app).await;
+    app.deliver_all().await;
+    assert_eq!(app.status_of(id).await, ("dead".to_owned(), Some("va_notify_http_500".to_owned())));
+    assert_eq!(notify.requests_total(), 3);
+    assert_eq!(app.metric("ebg_dead_letters_total").await, before + 1.0);
+}
+
+#[tokio::test]
+async fn unknown_people_and_missing_first_names_are_skipped_not_retried() {
+    let (app, notify, bgs) = wired(&[]).await;
+    bgs.add_person_without_first_name("600000002");
+    let unknown = {
+        let r = app.post_send_email().bearer_auth(token_for("600000001")).header("Accept", "application/json");
+        accepted(r.json(&json!({ "template_id": TEMPLATE_ID })).send().await.unwrap()).await.0
+    };
+    let nameless = {
+        let r = app.post_send_email().bearer_auth(token_for("600000002")).header("Accept", "application/json");
+        accepted(r.json(&json!({ "template_id": TEMPLATE_ID })).send().await.unwrap()).await.0
+    };
+    app.deliver_all().await;
+    assert_eq!(app.status_of(unknown).await, ("skipped".to_owned(), Some("person_not_found".to_owned())));
+    assert_eq!(app.status_of(nameless).await, ("skipped".to_owned(), Some("no_first_name".to_owned())));
+    assert_eq!(notify.requests_total(), 0);
+    assert_eq!(bgs.lookups_for("600000001"), 1, "looked up once, not retried");
+}
+
+#[tokio::test]
+async fn a_transient_bgs_fault_is_retried_then_sent() {
+    let (app, notify, bgs) = wired(&[]).await;
+    bgs.script([BgsReply::TuxedoDown]);
+    let id = queue_one(&app).await;
+    app.deliver_due().await;
+    assert_eq!(app.status_of(id).await.0, "retry_wait");
+    app.deliver_all().await;
+    assert_eq!(app.status_of(id).await.0, "sent");
+    assert_eq!(notify.accepted_references(), vec![id.to_string()]);
+}
+
+#[tokio::test]
+async fn a_bgs_logon_fault_fails_loudly() {
+    let (app, notify, bgs) = wired(&[]).await;
+    bgs.script([BgsReply::LogonNotFound]);
+    let id = queue_one(&app).await;
+    app.deliver_all().await;
+    assert_eq!(app.status_of(id).await, ("failed".to_owned(), Some("bgs_logon_not_found".to_owned())));
+    assert_eq!(notify.requests_total(), 0);
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_database_never_send_a_row_twice() {
+    let notify = FakeVaNotify::start().await;
+    notify.set_latency(Duration::from_millis(5));
+    let first = app().notify(&notify).with_workers().env("EBG_WORKER__CONCURRENCY", 4).spawn().await;
+    let second = app()
+        .database(&first.database_url)
+        .notify(&notify)
+        .with_workers()
+        .env("EBG_WORKER__CONCURRENCY", 4)
+        .spawn()
+        .await;
+    first.enable_emails().await;
+    second.state.toggles.refresh().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..120u32 {
+        let replica = if i % 2 == 0 { &first } else { &second };
+        let r = replica
+            .post_send_email()
+            .bearer_auth(token_for(&(600_100_000 + i).to_string()))
+            .header("Accept", "application/json")
+            .json(&json!({ "template_id": TEMPLATE_ID }))
+            .send()
+            .await
+            .unwrap();
+        ids.push(accepted(r).await.0);
+    }
+    let done = first.eventually(Duration::from_secs(20), || async { first.count("sent").await == 120 }).await;
+    assert!(done, "sent: {}", first.count("sent").await);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in notify.accepted_references() {
+        *seen.entry(r).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 120);
+    assert!(seen.values().all(|&n| n == 1), "a reference was sent twice");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_deliveries_in_flight() {
+    let notify = FakeVaNotify::start().await;
+    notify.set_latency(Duration::from_millis(400));
+    let app = app().notify(&notify).with_workers().spawn().await;
+    app.enable_emails().await;
+    let db = app.db.clone();
+    let url = app.database_url.clone();
+    let id = queue_one(&app).await;
+    // Wait until the call is in flight, then stop.
+    let in_flight = app.eventually(Duration::from_secs(5), || async { notify.requests_total() == 1 }).await;
+    assert!(in_flight);
+    app.stop().await;
+    let _ = db;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let status: String =
+        sqlx::query_scalar("select status from notifications where id = $1").bind(id).fetch_one(&pool).await.unwrap();
+    assert_eq!(status, "sent", "the in-flight delivery was finished and recorded before exit");
+}
