@@ -8,13 +8,13 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AdminTokens, ServiceAccountVerifier};
 use crate::config::{Config, NotifyMode};
 use crate::contacts::Contacts;
 use crate::notify::{NotifyClient, SandboxCallback};
+use crate::outbox::Wakeup;
 use crate::outbox::worker::Deliverer;
 use crate::telemetry::PiiHasher;
 use crate::toggles::Toggles;
@@ -32,7 +32,7 @@ pub struct AppState {
     pub pii: PiiHasher,
     pub metrics: PrometheusHandle,
     /// Wakes the local delivery loop when a request queues a notification.
-    pub wake_workers: Arc<Notify>,
+    pub wake_workers: Wakeup,
     /// True while the delivery loop runs (readiness).
     pub workers_running: Arc<AtomicBool>,
 }
@@ -91,12 +91,12 @@ impl Application {
             verifier: Arc::new(ServiceAccountVerifier::from_config(&config.auth)?),
             admin: Arc::new(AdminTokens::from_config(&config.admin)),
             config: Arc::new(config),
-            db: pool,
+            db: pool.clone(),
             toggles,
             deliverer,
             pii,
             metrics,
-            wake_workers: Arc::new(Notify::new()),
+            wake_workers: Wakeup::new(pool),
             workers_running: Arc::new(AtomicBool::new(false)),
         };
         Ok(Self { listener, state })

@@ -79,7 +79,7 @@ pub async fn send_email(
     let window = Duration::from_secs(state.config.accept.duplicate_window_seconds);
     let accepted = outbox::accept(&state.db, &new, window).await?;
     if accepted.status == Status::Queued && !accepted.replayed {
-        state.wake_workers.notify_one();
+        state.wake_workers.wake();
     }
     tracing::info!(
         notification_id = %accepted.id,

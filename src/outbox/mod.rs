@@ -5,6 +5,7 @@
 
 pub mod backoff;
 mod status;
+mod wakeup;
 pub mod worker;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use status::Status;
+pub use wakeup::Wakeup;
 
 /// Delivery channel of a notification.
 pub const CHANNEL_EMAIL: &str = "email";

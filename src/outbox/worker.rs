@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, Utc};
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{CallRecord, Claimed, Status, Transition, backoff};
+use super::{CallRecord, Claimed, Status, Transition, Wakeup, backoff};
 use crate::config::{NotifyConfig, WorkerConfig};
 use crate::contacts::{ContactError, Contacts};
 use crate::metrics as m;
@@ -62,10 +62,11 @@ impl Deliverer {
     }
 
     /// Runs the claim loop until `cancel` fires, then waits for deliveries in flight.
-    pub async fn run(self, wake: Arc<Notify>, running: Arc<AtomicBool>, cancel: CancellationToken) {
+    pub async fn run(self, wake: Wakeup, running: Arc<AtomicBool>, cancel: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let tasks = TaskTracker::new();
         let poll = Duration::from_millis(self.config.poll_interval_ms);
+        let peers = tokio::spawn(wake.clone().listen_for_peers(cancel.clone()));
         running.store(true, Ordering::SeqCst);
         while !cancel.is_cancelled() {
             let first = tokio::select! {
@@ -104,6 +105,7 @@ impl Deliverer {
             }
         }
         running.store(false, Ordering::SeqCst);
+        let _ = peers.await;
         tasks.close();
         tasks.wait().await;
     }

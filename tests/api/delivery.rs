@@ -282,3 +282,28 @@ async fn graceful_shutdown_finishes_deliveries_in_flight() {
         sqlx::query_scalar("select status from notifications where id = $1").bind(id).fetch_one(&pool).await.unwrap();
     assert_eq!(status, "sent", "the in-flight delivery was finished and recorded before exit");
 }
+
+#[tokio::test]
+async fn a_request_accepted_by_one_replica_wakes_the_workers_of_another() {
+    let notify = FakeVaNotify::start().await;
+    // The accepting replica runs no workers; the delivering one would poll only every 30 s.
+    let acceptor = app().notify(&notify).spawn().await;
+    let deliverer = app()
+        .database(&acceptor.database_url)
+        .notify(&notify)
+        .with_workers()
+        .env("EBG_WORKER__POLL_INTERVAL_MS", 30_000)
+        .spawn()
+        .await;
+    acceptor.enable_emails().await;
+    let running = deliverer
+        .eventually(Duration::from_secs(5), || async {
+            deliverer.state.workers_running.load(std::sync::atomic::Ordering::SeqCst)
+        })
+        .await;
+    assert!(running);
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the delivering loop go idle and its listener start
+    let id = queue_one(&acceptor).await;
+    let sent = acceptor.eventually(Duration::from_secs(3), || async { acceptor.status_of(id).await.0 == "sent" }).await;
+    assert!(sent, "woken through Postgres, not by its 30 s poll");
+}
