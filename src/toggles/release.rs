@@ -153,10 +153,11 @@ fn select(
     toggle: &FeatureToggle,
     window: chrono::Duration,
 ) -> (Vec<Uuid>, ReleaseOutcome) {
-    // Deterministic: a percentage-of-time gate below 100% never fires here (see the module docs).
-    let no_draw = || 1.0;
+    // Deterministic: the time gate is either fully open (100%) or ignored (see the module docs). With
+    // it at 0 the gate never draws; at 100 a draw of 0.0 is always inside.
     let mut effective = toggle.clone();
     effective.gates.percentage_of_time = if toggle.gates.percentage_of_time >= 100.0 { 100.0 } else { 0.0 };
+    let draw = || 0.0;
 
     let mut outcome = ReleaseOutcome::default();
     let mut ids = Vec::new();
@@ -164,11 +165,9 @@ fn select(
     let mut enabled: HashMap<String, bool> = HashMap::new();
     for c in candidates {
         outcome.suppressed += 1;
-        let is_enabled = *enabled.entry(c.participant_id.clone()).or_insert_with(|| {
-            // A 100% time gate with `no_draw` = 1.0 would compare 1.0 < 1.0; open it explicitly.
-            effective.gates.percentage_of_time >= 100.0 && !effective.paused
-                || effective.is_open_for(feature, Some(&c.participant_id), no_draw)
-        });
+        let is_enabled = *enabled
+            .entry(c.participant_id.clone())
+            .or_insert_with(|| effective.is_open_for(feature, Some(&c.participant_id), draw));
         if !is_enabled {
             outcome.still_disabled += 1;
             continue;
