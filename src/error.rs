@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The request is well-formed but cannot be processed (422).
     #[error("unprocessable {field}: {detail}")]
     Unprocessable { field: &'static str, detail: String },
+    /// The named resource does not exist (404).
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
     /// The body is not JSON, form or empty (415).
     #[error("unsupported content type")]
     UnsupportedMediaType,
@@ -76,6 +79,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -96,6 +100,7 @@ impl ApiError {
                 "Idempotency-Key" => "rejected_idempotency_key",
                 _ => "rejected_other",
             },
+            Self::NotFound { .. } => "not_found",
             Self::UnsupportedMediaType => "rejected_content_type",
             Self::PayloadTooLarge => "rejected_too_large",
             Self::MalformedBody(_) => "rejected_malformed",
@@ -123,6 +128,9 @@ impl ApiError {
             Self::Unprocessable { field, detail } => json!({ "errors": [{
                 "title": "Unprocessable Entity", "detail": detail, "code": "422", "status": code,
                 "source": { "parameter": field },
+            }]}),
+            Self::NotFound { what } => json!({ "errors": [{
+                "title": "Not Found", "detail": format!("{what} not found"), "code": "404", "status": code,
             }]}),
             Self::UnsupportedMediaType => json!({ "errors": [{
                 "title": "Unsupported Media Type",

@@ -25,6 +25,8 @@ pub const QUEUE_DEPTH: &str = "ebg_queue_depth";
 pub const QUEUE_OLDEST_DUE_AGE: &str = "ebg_queue_oldest_due_age_seconds";
 /// Times the toggle snapshot could not be refreshed.
 pub const TOGGLE_REFRESH_FAILURES: &str = "ebg_toggle_refresh_failures_total";
+/// Seconds since the toggle snapshot was last refreshed successfully (staleness).
+pub const TOGGLE_SNAPSHOT_AGE: &str = "ebg_toggle_snapshot_age_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -59,6 +61,7 @@ fn describe() {
     describe_gauge!(QUEUE_DEPTH, "Notifications waiting for delivery, by state.");
     describe_gauge!(QUEUE_OLDEST_DUE_AGE, metrics::Unit::Seconds, "Age of the oldest due notification.");
     describe_counter!(TOGGLE_REFRESH_FAILURES, "Failed refreshes of the in-memory toggle snapshot.");
+    describe_gauge!(TOGGLE_SNAPSHOT_AGE, metrics::Unit::Seconds, "Time since the toggle snapshot was last refreshed.");
     describe_counter!("ebg_contact_lookups_total", "Contact lookups by outcome and source (cache, bgs, sandbox).");
     describe_histogram!(
         "ebg_bgs_request_duration_seconds",

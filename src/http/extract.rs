@@ -50,6 +50,56 @@ impl FromRequestParts<AppState> for AdminAuth {
     }
 }
 
+/// A caller allowed to read admin data: anyone when `admin.protect_reads` is off, else an admin token.
+/// Carries the token's name when one was presented and valid.
+pub struct AdminReadAuth(pub Option<String>);
+
+impl FromRequestParts<AppState> for AdminReadAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match AdminAuth::from_request_parts(parts, state).await {
+            Ok(admin) => Ok(Self(Some(admin.name))),
+            Err(_) if !state.config.admin.protect_reads => Ok(Self(None)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What the audit log records about a request besides who made it: the `X-Reason` header and the
+/// `x-request-id` (set by the request-id layer when the caller sent none).
+pub struct RequestMeta {
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl RequestMeta {
+    /// The reason from `X-Reason`, else from the `reason` parameter.
+    pub fn reason_or(&self, params: &Params) -> Result<Option<String>, ApiError> {
+        match &self.reason {
+            Some(r) => Ok(Some(r.clone())),
+            None => Ok(params.string("reason")?.map(str::to_owned)),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        Ok(Self { reason: header("x-reason"), request_id: header("x-request-id") })
+    }
+}
+
 /// Request parameters merged the way Rails builds `params`: the query string, overridden by a
 /// JSON or form body. Values are kept as JSON so handlers can tell a string from a number.
 pub struct Params(pub HashMap<String, Value>);
@@ -62,6 +112,28 @@ impl Params {
             Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.trim())),
             Some(_) => Err(ApiError::InvalidParameter { field, detail: format!("{field} must be a string") }),
+        }
+    }
+
+    /// A scalar parameter as text, as Rack would see it: strings trimmed, numbers and booleans
+    /// printed; `None` when absent, null, blank, or not a scalar.
+    pub fn text(&self, field: &str) -> Option<String> {
+        match self.0.get(field)? {
+            Value::String(s) if s.trim().is_empty() => None,
+            Value::String(s) => Some(s.trim().to_owned()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
+    /// A boolean parameter: JSON `true`/`false` or the strings `true`/`false`/`1`/`0`; `None` when absent.
+    pub fn boolean(&self, field: &'static str) -> Result<Option<bool>, ApiError> {
+        match self.text(field).as_deref() {
+            None => Ok(None),
+            Some("true" | "1") => Ok(Some(true)),
+            Some("false" | "0") => Ok(Some(false)),
+            Some(_) => Err(ApiError::InvalidParameter { field, detail: format!("{field} must be true or false") }),
         }
     }
 }

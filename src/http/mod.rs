@@ -1,7 +1,9 @@
 //! HTTP routes and the middleware stack shared by all of them.
 
+pub mod admin;
 mod callbacks;
 mod extract;
+pub mod flipper_api;
 mod health;
 mod metrics_route;
 pub mod openapi;
@@ -22,7 +24,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-pub use extract::{AdminAuth, ServiceAccountAuth};
+pub use extract::{AdminAuth, AdminReadAuth, Params, RequestMeta, ServiceAccountAuth};
 
 use crate::app::AppState;
 use crate::error::Outcome;
@@ -45,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics_route::render))
         .route("/openapi.json", get(openapi::document))
+        .nest(flipper_api::MOUNT, flipper_api::routes())
+        .merge(admin::routes())
         .layer(middleware::from_fn(observe_latency))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))

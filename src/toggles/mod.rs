@@ -3,12 +3,16 @@
 //! Gates live in Flipper's own tables; evaluation reads an in-memory [`Snapshot`] so the request
 //! path never queries for a toggle. The snapshot is reloaded on every `ebg_toggles_changed`
 //! notification (a trigger on the tables fires it, whoever writes) and on a short timer as a fallback.
+//! Writes go through [`store`], which records each one in the audit log; [`release`] queues mail that
+//! was suppressed while a feature was off.
 
 mod gates;
+pub mod release;
+pub mod store;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -27,16 +31,38 @@ pub const KNOWN_FEATURES: &[&str] = &[EMAILS_ENABLED];
 /// Postgres channel the toggle tables' triggers notify.
 const CHANGED_CHANNEL: &str = "ebg_toggles_changed";
 
-/// Every feature's gates at one moment.
+/// A refresh that takes longer than this counts as failed, so a hung query cannot freeze the
+/// staleness gauge while the snapshot silently ages.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One feature's evaluable state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FeatureToggle {
+    /// Flipper's gates.
+    pub gates: Gates,
+    /// Kill switch: when set the feature is off for everyone, whatever the gates say.
+    pub paused: bool,
+}
+
+impl FeatureToggle {
+    /// Whether the feature is on for `actor`; `random` feeds the percentage-of-time gate.
+    pub fn is_open_for(&self, feature_key: &str, actor: Option<&str>, random: impl FnOnce() -> f64) -> bool {
+        !self.paused && self.gates.is_open_for(feature_key, actor, random)
+    }
+}
+
+/// Every feature's gates and kill switch at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub features: HashMap<String, Gates>,
+    pub features: HashMap<String, FeatureToggle>,
 }
 
 /// Shared, cheaply cloned handle to the current toggle snapshot.
 #[derive(Clone)]
 pub struct Toggles {
     current: Arc<RwLock<Arc<Snapshot>>>,
+    /// When the snapshot was last loaded successfully (the staleness gauge is measured from it).
+    refreshed_at: Arc<Mutex<Instant>>,
     pool: PgPool,
 }
 
@@ -45,7 +71,12 @@ impl Toggles {
     /// would silently suppress (or send) mail.
     pub async fn load(pool: PgPool) -> Result<Self, sqlx::Error> {
         let snapshot = read_snapshot(&pool).await?;
-        Ok(Self { current: Arc::new(RwLock::new(Arc::new(snapshot))), pool })
+        metrics::gauge!(m::TOGGLE_SNAPSHOT_AGE).set(0.0);
+        Ok(Self {
+            current: Arc::new(RwLock::new(Arc::new(snapshot))),
+            refreshed_at: Arc::new(Mutex::new(Instant::now())),
+            pool,
+        })
     }
 
     /// Registers the features this service uses, off, if they are not there yet.
@@ -71,7 +102,7 @@ impl Toggles {
         let enabled = snapshot
             .features
             .get(feature)
-            .is_some_and(|gates| gates.is_open_for(feature, Some(actor), rand::random::<f64>));
+            .is_some_and(|toggle| toggle.is_open_for(feature, Some(actor), rand::random::<f64>));
         metrics::counter!(m::TOGGLE_EVALUATIONS, "feature" => feature_label(feature), "result" => if enabled { "enabled" } else { "disabled" })
             .increment(1);
         enabled
@@ -81,7 +112,14 @@ impl Toggles {
     pub async fn refresh(&self) -> Result<(), sqlx::Error> {
         let snapshot = read_snapshot(&self.pool).await?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        *self.refreshed_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        metrics::gauge!(m::TOGGLE_SNAPSHOT_AGE).set(0.0);
         Ok(())
+    }
+
+    /// Time since the snapshot was last loaded successfully.
+    pub fn snapshot_age(&self) -> Duration {
+        self.refreshed_at.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
     }
 
     /// Keeps the snapshot fresh until `cancel` fires: reloads on every change notification and
@@ -104,17 +142,36 @@ impl Toggles {
                     }
                 }
             }
-            if let Err(e) = self.refresh().await {
-                metrics::counter!(m::TOGGLE_REFRESH_FAILURES).increment(1);
-                tracing::warn!(error = %e, "toggle snapshot refresh failed; serving the previous snapshot");
+            match tokio::time::timeout(REFRESH_TIMEOUT, self.refresh()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    metrics::counter!(m::TOGGLE_REFRESH_FAILURES).increment(1);
+                    tracing::warn!(error = %e, "toggle snapshot refresh failed; serving the previous snapshot");
+                }
+                Err(_) => {
+                    metrics::counter!(m::TOGGLE_REFRESH_FAILURES).increment(1);
+                    tracing::warn!("toggle snapshot refresh timed out; serving the previous snapshot");
+                }
             }
+            // Set on every pass, success or not, so a stale snapshot shows as a growing age.
+            metrics::gauge!(m::TOGGLE_SNAPSHOT_AGE).set(self.snapshot_age().as_secs_f64());
         }
     }
 
     async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen(CHANGED_CHANNEL).await.ok()?;
-        Some(listener)
+        let listen = async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(CHANGED_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listen.await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                // Changes still arrive through the periodic refresh, only later; say so.
+                tracing::warn!(error = %e, "cannot listen for toggle changes; relying on the periodic refresh");
+                None
+            }
+        }
     }
 }
 
@@ -132,24 +189,13 @@ fn feature_label(feature: &str) -> &'static str {
 }
 
 async fn read_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
-    let keys: Vec<String> = sqlx::query_scalar("select key from flipper_features").fetch_all(pool).await?;
-    let rows: Vec<(String, String, Option<String>)> =
-        sqlx::query_as("select feature_key, key, value from flipper_gates").fetch_all(pool).await?;
-    let mut features: HashMap<String, Gates> = keys.into_iter().map(|k| (k, Gates::default())).collect();
-    for (feature, gate, value) in rows {
-        // Flipper also reads gates of features missing from flipper_features; so do we.
-        let gates = features.entry(feature).or_default();
-        let value = value.unwrap_or_default();
-        match gate.as_str() {
-            "boolean" => gates.boolean = value == "true",
-            "actors" => {
-                gates.actors.insert(value);
-            }
-            "percentage_of_actors" => gates.percentage_of_actors = parse_percentage(&value).unwrap_or(0.0),
-            "percentage_of_time" => gates.percentage_of_time = parse_percentage(&value).unwrap_or(0.0),
-            // Groups and expressions need Ruby code to evaluate; they stay closed here.
-            _ => {}
-        }
-    }
+    let features = store::all_features(pool)
+        .await?
+        .into_iter()
+        .map(|record| {
+            let toggle = FeatureToggle { gates: record.gates(), paused: record.paused };
+            (record.key, toggle)
+        })
+        .collect();
     Ok(Snapshot { features })
 }

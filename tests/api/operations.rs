@@ -23,7 +23,26 @@ async fn openapi_document_lists_every_public_route() {
     let doc: Value =
         app.client.get(format!("{}/openapi.json", app.address)).send().await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in [SEND_EMAIL, "/va_notify/callbacks", "/health/live", "/health/ready", "/metrics", "/openapi.json"] {
+    for path in [
+        SEND_EMAIL,
+        "/va_notify/callbacks",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/openapi.json",
+        "/flipper/api/features",
+        "/flipper/api/features/{name}",
+        "/flipper/api/features/{name}/clear",
+        "/flipper/api/features/{name}/boolean",
+        "/flipper/api/features/{name}/percentage_of_actors",
+        "/flipper/api/features/{name}/percentage_of_time",
+        "/flipper/api/features/{name}/actors",
+        "/flipper/api/actors/{flipper_id}",
+        "/admin/features/{name}/pause",
+        "/admin/features/{name}/resume",
+        "/admin/features/{name}/audit",
+        "/admin/notifications/release",
+    ] {
         assert!(doc["paths"][path].is_object(), "missing {path}");
     }
     let send = &doc["paths"][SEND_EMAIL]["post"];
@@ -31,6 +50,14 @@ async fn openapi_document_lists_every_public_route() {
         assert!(send["responses"][status].is_object(), "send_email lacks {status}");
     }
     assert!(doc["components"]["securitySchemes"]["service_account"].is_object());
+    for (path, method) in [
+        ("/flipper/api/features/{name}/boolean", "post"),
+        ("/flipper/api/features/{name}/boolean", "delete"),
+        ("/flipper/api/features/{name}/actors", "delete"),
+        ("/flipper/api/features", "post"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "missing {method} {path}");
+    }
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! The `ebg-notify` binary's verbs (SPEC §11). `main.rs` only calls [`run`].
 
+mod flags;
+
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,6 +34,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Inspect and change feature toggles directly in the database (same audit trail as the admin API).
+    Flags(flags::FlagsArgs),
     /// Requeue notifications that ended `failed` or `dead` (after fixing the cause).
     Replay {
         /// Only this state.
@@ -72,6 +76,7 @@ pub async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay { status, since, ids, dry_run } => replay(config, &status, since, &ids, dry_run).await,
+        Command::Flags(args) => flags::run(config, args).await,
     }
 }
 

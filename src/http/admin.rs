@@ -1,0 +1,211 @@
+//! Admin routes beyond Flipper (SPEC §4.4): the kill switch, the audit log, and releasing mail that
+//! was suppressed while the toggle was off.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::extract::{AdminAuth, AdminReadAuth, Params, RequestMeta};
+use super::flipper_api::feature_json;
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::toggles::EMAILS_ENABLED;
+use crate::toggles::release::{self, ReleaseOutcome, ReleaseRequest};
+use crate::toggles::store::{self, AuditContext, AuditEntry, Change, StoreError};
+
+/// Audit page size when `limit` is not given, and the most one page returns.
+const DEFAULT_AUDIT_LIMIT: i64 = 50;
+const MAX_AUDIT_LIMIT: i64 = 500;
+
+/// The admin routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/features/{name}/pause", post(pause))
+        .route("/admin/features/{name}/resume", post(resume))
+        .route("/admin/features/{name}/audit", get(audit))
+        .route("/admin/notifications/release", post(release_suppressed))
+}
+
+/// Pause/resume body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReasonParam {
+    /// Why; required for pause (or send it as `X-Reason`).
+    pub reason: Option<String>,
+}
+
+/// One page of the audit log, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `before_id` for the next (older) page; null on the last page.
+    pub next_before_id: Option<i64>,
+}
+
+/// Audit query.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct AuditQuery {
+    /// Page size, 1–500 (default 50).
+    pub limit: Option<i64>,
+    /// Only entries older than this id.
+    pub before_id: Option<i64>,
+}
+
+/// Release body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReleaseParams {
+    /// RFC 3339; rows created at or after this time.
+    pub from: String,
+    /// RFC 3339; rows created before this time.
+    pub to: String,
+    /// Count only.
+    pub dry_run: Option<bool>,
+}
+
+/// Kill switch on: the feature is off for everyone, its gates stay as they are.
+#[utoipa::path(post, path = "/admin/features/{name}/pause", tag = "admin",
+    params(
+        ("name" = String, Path, description = "Feature key"),
+        ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)"),
+    ),
+    request_body(content((ReasonParam = "application/json"), (ReasonParam = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "The feature, paused", body = super::flipper_api::FeatureBody),
+        (status = 401, description = "Admin token required"),
+        (status = 404, description = "No such feature", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Reason missing", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("admin" = [])))]
+pub async fn pause(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    meta: RequestMeta,
+    Path(name): Path<String>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    let reason = meta.reason_or(&params)?.ok_or_else(|| ApiError::Unprocessable {
+        field: "reason",
+        detail: "a reason is required to pause a feature (X-Reason header or reason field)".into(),
+    })?;
+    let ctx = AuditContext { actor: admin.name, reason: Some(reason), request_id: meta.request_id };
+    switch(&state, &name, Change::Pause, &ctx).await
+}
+
+/// Kill switch off: the stored gates apply again, exactly as before the pause.
+#[utoipa::path(post, path = "/admin/features/{name}/resume", tag = "admin",
+    params(
+        ("name" = String, Path, description = "Feature key"),
+        ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)"),
+    ),
+    request_body(content((ReasonParam = "application/json"), (ReasonParam = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "The feature, resumed", body = super::flipper_api::FeatureBody),
+        (status = 401, description = "Admin token required"),
+        (status = 404, description = "No such feature", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("admin" = [])))]
+pub async fn resume(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    meta: RequestMeta,
+    Path(name): Path<String>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    let ctx = AuditContext { actor: admin.name, reason: meta.reason_or(&params)?, request_id: meta.request_id };
+    switch(&state, &name, Change::Resume, &ctx).await
+}
+
+async fn switch(state: &AppState, name: &str, change: Change, ctx: &AuditContext) -> Result<Json<Value>, ApiError> {
+    let record = store::apply(&state.db, name, &change, ctx).await.map_err(|e| match e {
+        StoreError::NotFound | StoreError::InvalidName => ApiError::NotFound { what: "feature" },
+        StoreError::InvalidPercentage | StoreError::InvalidActor => ApiError::Internal(e.into()),
+        StoreError::Database(e) => e.into(),
+    })?;
+    if let Err(e) = state.toggles.refresh().await {
+        tracing::warn!(error = %e, "toggle snapshot refresh after a write failed");
+    }
+    Ok(Json(feature_json(&record, true, true)))
+}
+
+/// The feature's audit log, newest first.
+#[utoipa::path(get, path = "/admin/features/{name}/audit", tag = "admin",
+    params(("name" = String, Path, description = "Feature key"), AuditQuery),
+    responses(
+        (status = 200, description = "One page", body = AuditPage),
+        (status = 400, description = "limit out of range", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Admin token required (admin.protect_reads)"),
+    ),
+    security((), ("admin" = [])))]
+pub async fn audit(
+    State(state): State<AppState>,
+    _reader: AdminReadAuth,
+    Path(name): Path<String>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let Query(query) = query.map_err(|_| ApiError::InvalidParameter {
+        field: "limit",
+        detail: "limit and before_id must be integers".into(),
+    })?;
+    let limit = query.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
+    if !(1..=MAX_AUDIT_LIMIT).contains(&limit) {
+        return Err(ApiError::InvalidParameter { field: "limit", detail: "limit must be from 1 to 500".into() });
+    }
+    let entries = store::audit_log(&state.db, &name, limit, query.before_id).await?;
+    // A full page may have more behind it; a short one is the last.
+    let next_before_id = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.id)).flatten();
+    Ok(Json(AuditPage { entries, next_before_id }))
+}
+
+/// Queues the `suppressed` emails of a time range whose participants are enabled now.
+///
+/// Idempotent: a released row is `queued`, no longer `suppressed`. Percentage-of-time gates are not
+/// rolled (only 100% counts) and only the first of several notifications for the same participant and
+/// template within the duplicate window is released.
+#[utoipa::path(post, path = "/admin/notifications/release", tag = "admin",
+    request_body(content((ReleaseParams = "application/json"), (ReleaseParams = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "Counts", body = ReleaseOutcome),
+        (status = 400, description = "from/to missing or not RFC 3339, or from not before to", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Admin token required"),
+        (status = 503, description = "Database unavailable", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("admin" = [])))]
+pub async fn release_suppressed(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    meta: RequestMeta,
+    params: Params,
+) -> Result<Json<ReleaseOutcome>, ApiError> {
+    let from = time(&params, "from")?;
+    let to = time(&params, "to")?;
+    if from >= to {
+        return Err(ApiError::InvalidParameter { field: "from", detail: "from must be before to".into() });
+    }
+    let dry_run = params.boolean("dry_run")?.unwrap_or(false);
+    // Decide on the state as it is in the database now, not as this replica last heard of it.
+    state.toggles.refresh().await?;
+    let request = ReleaseRequest {
+        feature: EMAILS_ENABLED.to_owned(),
+        from,
+        to,
+        dry_run,
+        duplicate_window: std::time::Duration::from_secs(state.config.accept.duplicate_window_seconds),
+    };
+    let ctx = AuditContext { actor: admin.name, reason: meta.reason_or(&params)?, request_id: meta.request_id };
+    let outcome = release::release_suppressed(&state.db, &state.toggles.snapshot(), &request, &ctx).await?;
+    if outcome.released > 0 && !dry_run {
+        state.wake_workers.notify_one();
+    }
+    tracing::info!(dry_run, released = outcome.released, suppressed = outcome.suppressed, "release of suppressed mail");
+    Ok(Json(outcome))
+}
+
+fn time(params: &Params, field: &'static str) -> Result<DateTime<Utc>, ApiError> {
+    let raw = params.string(field)?.ok_or(ApiError::MissingParameter { field })?;
+    DateTime::parse_from_rfc3339(raw).map(|t| t.with_timezone(&Utc)).map_err(|_| ApiError::InvalidParameter {
+        field,
+        detail: format!("{field} must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z"),
+    })
+}

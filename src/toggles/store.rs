@@ -1,0 +1,520 @@
+//! Writes to the toggle tables (SPEC §4.2–§4.4), shared by the Flipper API, the admin routes and the CLI.
+//!
+//! Every write runs in one transaction together with its `feature_audit` row, so the log can never
+//! miss a change nor record one that did not commit. Writes to one feature are serialised by a
+//! transaction-scoped advisory lock, which makes each row's `before` exactly the previous row's `after`.
+//!
+//! Flipper's semantics are kept (its ActiveRecord adapter): enabling the boolean gate removes every
+//! other gate first, disabling it removes all gates, a percentage replaces the previous one, and any
+//! enable/disable registers the feature. Values are stored as Ruby prints them.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+
+use super::gates::{Gates, format_percentage, parse_percentage};
+
+/// Flipper's gate keys as stored in `flipper_gates.key`.
+pub mod gate_key {
+    pub const BOOLEAN: &str = "boolean";
+    pub const ACTORS: &str = "actors";
+    pub const PERCENTAGE_OF_ACTORS: &str = "percentage_of_actors";
+    pub const PERCENTAGE_OF_TIME: &str = "percentage_of_time";
+    pub const GROUPS: &str = "groups";
+    pub const EXPRESSION: &str = "expression";
+}
+
+/// Longest feature key the tables hold (`varchar(255)`).
+const MAX_KEY_LEN: usize = 255;
+
+/// One feature as stored: the raw gate values (so the Flipper API prints them exactly as Flipper
+/// would, `"0"` and `null` being different answers) and the kill switch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeatureRecord {
+    /// Feature key.
+    pub key: String,
+    /// `boolean` gate value (`"true"` when set).
+    pub boolean: Option<String>,
+    /// `actors` gate: flipper ids.
+    pub actors: BTreeSet<String>,
+    /// `percentage_of_actors` gate value as stored, e.g. `"25"`, `"2.5"`, `"0"`.
+    pub percentage_of_actors: Option<String>,
+    /// `percentage_of_time` gate value as stored.
+    pub percentage_of_time: Option<String>,
+    /// `groups` gate: group names (kept and shown; groups need Ruby code, so they never open here).
+    pub groups: BTreeSet<String>,
+    /// `expression` gate as stored JSON text (shown, never evaluated here).
+    pub expression: Option<String>,
+    /// Kill switch (`feature_controls.paused`): off for everyone while the gates stay as they are.
+    pub paused: bool,
+}
+
+impl FeatureRecord {
+    fn empty(key: &str) -> Self {
+        Self { key: key.to_owned(), ..Self::default() }
+    }
+
+    /// The evaluable gates (unparseable percentages count as 0, as Flipper's typecast would fail closed).
+    pub fn gates(&self) -> Gates {
+        let pct = |v: &Option<String>| v.as_deref().and_then(parse_percentage).unwrap_or(0.0);
+        Gates {
+            boolean: self.boolean.as_deref() == Some("true"),
+            actors: self.actors.clone(),
+            percentage_of_actors: pct(&self.percentage_of_actors),
+            percentage_of_time: pct(&self.percentage_of_time),
+        }
+    }
+
+    /// Whether the feature is enabled for `actor` now: never while paused, else any open gate.
+    pub fn is_enabled_for(&self, actor: &str) -> bool {
+        !self.paused && self.gates().is_open_for(&self.key, Some(actor), rand::random::<f64>)
+    }
+
+    /// The audit snapshot, in the format documented on `feature_audit` (the rollout report reads it):
+    /// `{"boolean": bool, "actors": [ids], "percentage_of_actors": number, "percentage_of_time": number, "paused": bool}`.
+    pub fn audit_snapshot(&self) -> Value {
+        let gates = self.gates();
+        json!({
+            "boolean": gates.boolean,
+            "actors": gates.actors,
+            "percentage_of_actors": gates.percentage_of_actors,
+            "percentage_of_time": gates.percentage_of_time,
+            "paused": self.paused,
+        })
+    }
+
+    fn apply_gate_row(&mut self, gate: &str, value: Option<String>) {
+        match gate {
+            gate_key::BOOLEAN => self.boolean = value,
+            gate_key::ACTORS => self.actors.extend(value),
+            gate_key::PERCENTAGE_OF_ACTORS => self.percentage_of_actors = value,
+            gate_key::PERCENTAGE_OF_TIME => self.percentage_of_time = value,
+            gate_key::GROUPS => self.groups.extend(value),
+            gate_key::EXPRESSION => self.expression = value,
+            // Gates from newer Flipper versions are kept in the table but not understood here.
+            _ => {}
+        }
+    }
+}
+
+/// Who made a change and why; recorded on the audit row.
+#[derive(Clone, Debug, Default)]
+pub struct AuditContext {
+    /// Admin token name, `cli:<user>`, or `rollout`.
+    pub actor: String,
+    /// Free-text reason (`X-Reason` header, `reason` field, or `--reason`).
+    pub reason: Option<String>,
+    /// The request's `x-request-id`, when made over HTTP.
+    pub request_id: Option<String>,
+}
+
+/// One change to one feature.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Register the feature (Flipper `add`).
+    AddFeature,
+    /// Remove the feature, its gates and its kill-switch row (Flipper `remove`).
+    RemoveFeature,
+    /// Remove every gate, keep the feature (Flipper `clear`).
+    Clear,
+    /// Boolean gate on; Flipper clears the other gates first.
+    EnableBoolean,
+    /// Boolean gate off; Flipper clears all gates.
+    DisableBoolean,
+    /// Percentage of actors, 0–100 (0 is Flipper's "disable").
+    SetPercentageOfActors(f64),
+    /// Percentage of time, 0–100.
+    SetPercentageOfTime(f64),
+    /// Add a flipper id to the actors gate.
+    AddActor(String),
+    /// Remove a flipper id from the actors gate.
+    RemoveActor(String),
+    /// Kill switch on: off for everyone, gates untouched.
+    Pause,
+    /// Kill switch off: the stored gates apply again.
+    Resume,
+}
+
+impl Change {
+    /// The audit `operation`.
+    fn operation(&self) -> &'static str {
+        match self {
+            Self::AddFeature => "add_feature",
+            Self::RemoveFeature => "remove_feature",
+            Self::Clear => "clear",
+            Self::EnableBoolean | Self::AddActor(_) => "enable",
+            Self::DisableBoolean | Self::RemoveActor(_) => "disable",
+            Self::SetPercentageOfActors(p) | Self::SetPercentageOfTime(p) => {
+                if *p > 0.0 {
+                    "enable"
+                } else {
+                    "disable"
+                }
+            }
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+        }
+    }
+
+    /// The audit `gate`.
+    fn gate(&self) -> Option<&'static str> {
+        match self {
+            Self::EnableBoolean | Self::DisableBoolean => Some(gate_key::BOOLEAN),
+            Self::AddActor(_) | Self::RemoveActor(_) => Some(gate_key::ACTORS),
+            Self::SetPercentageOfActors(_) => Some(gate_key::PERCENTAGE_OF_ACTORS),
+            Self::SetPercentageOfTime(_) => Some(gate_key::PERCENTAGE_OF_TIME),
+            _ => None,
+        }
+    }
+
+    /// The audit `value` (also the stored gate value where there is one).
+    fn value(&self) -> Option<String> {
+        match self {
+            Self::EnableBoolean => Some("true".to_owned()),
+            Self::AddActor(id) | Self::RemoveActor(id) => Some(id.clone()),
+            Self::SetPercentageOfActors(p) | Self::SetPercentageOfTime(p) => Some(format_percentage(*p)),
+            _ => None,
+        }
+    }
+}
+
+/// One `feature_audit` row.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub feature_key: String,
+    /// add_feature, remove_feature, clear, enable, disable, pause, resume, release_suppressed.
+    pub operation: String,
+    /// boolean, actors, percentage_of_actors, percentage_of_time, or null.
+    pub gate: Option<String>,
+    pub value: Option<String>,
+    /// Gate snapshot before the change.
+    #[schema(value_type = Object)]
+    pub before: Value,
+    /// Gate snapshot after the change.
+    #[schema(value_type = Object)]
+    pub after: Value,
+    /// Admin token name, `cli:<user>`, or `rollout`.
+    pub actor: String,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// Why a write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Pause/resume of a feature that does not exist.
+    #[error("feature not found")]
+    NotFound,
+    /// Blank or longer than 255 characters.
+    #[error("feature name must be 1 to 255 characters")]
+    InvalidName,
+    /// Not a number in 0..=100.
+    #[error("percentage must be a number from 0 to 100")]
+    InvalidPercentage,
+    /// Blank flipper id.
+    #[error("flipper id must not be blank")]
+    InvalidActor,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Applies `change` to `feature` and records it, in one transaction; returns the feature afterwards.
+#[tracing::instrument(skip_all, fields(operation = change.operation()))]
+pub async fn apply(
+    pool: &PgPool,
+    feature: &str,
+    change: &Change,
+    ctx: &AuditContext,
+) -> Result<FeatureRecord, StoreError> {
+    validate(feature, change)?;
+    let mut tx = pool.begin().await?;
+    lock_feature(&mut tx, feature).await?;
+    let (exists, before) = fetch(&mut tx, feature).await?;
+    if matches!(change, Change::Pause | Change::Resume) && !exists {
+        return Err(StoreError::NotFound);
+    }
+    write(&mut tx, feature, change, ctx).await?;
+    let (_, after) = fetch(&mut tx, feature).await?;
+    insert_audit(&mut tx, feature, change.operation(), change.gate(), change.value().as_deref(), &before, &after, ctx)
+        .await?;
+    tx.commit().await?;
+    Ok(after)
+}
+
+fn validate(feature: &str, change: &Change) -> Result<(), StoreError> {
+    if feature.trim().is_empty() || feature.len() > MAX_KEY_LEN {
+        return Err(StoreError::InvalidName);
+    }
+    match change {
+        Change::SetPercentageOfActors(p) | Change::SetPercentageOfTime(p)
+            if !(p.is_finite() && (0.0..=100.0).contains(p)) =>
+        {
+            Err(StoreError::InvalidPercentage)
+        }
+        Change::AddActor(id) | Change::RemoveActor(id) if id.trim().is_empty() => Err(StoreError::InvalidActor),
+        _ => Ok(()),
+    }
+}
+
+/// Serialises writers of one feature until the transaction ends.
+pub(crate) async fn lock_feature(conn: &mut PgConnection, feature: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended('ebg_toggles/' || $1, 0))")
+        .bind(feature)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn write(conn: &mut PgConnection, feature: &str, change: &Change, ctx: &AuditContext) -> Result<(), sqlx::Error> {
+    // Flipper's `Feature#enable`/`#disable` call `adapter.add` first: every gate write registers the feature.
+    if !matches!(change, Change::RemoveFeature | Change::Clear | Change::Pause | Change::Resume) {
+        sqlx::query("insert into flipper_features (key) values ($1) on conflict (key) do nothing")
+            .bind(feature)
+            .execute(&mut *conn)
+            .await?;
+    }
+    match change {
+        Change::AddFeature => {}
+        Change::RemoveFeature => {
+            delete_gates(conn, feature, None).await?;
+            sqlx::query("delete from feature_controls where feature_key = $1")
+                .bind(feature)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("delete from flipper_features where key = $1").bind(feature).execute(&mut *conn).await?;
+        }
+        Change::Clear | Change::DisableBoolean => delete_gates(conn, feature, None).await?,
+        Change::EnableBoolean => {
+            delete_gates(conn, feature, None).await?;
+            insert_gate(conn, feature, gate_key::BOOLEAN, "true").await?;
+        }
+        Change::SetPercentageOfActors(p) | Change::SetPercentageOfTime(p) => {
+            let key = change.gate().unwrap_or(gate_key::PERCENTAGE_OF_ACTORS);
+            delete_gates(conn, feature, Some(key)).await?;
+            insert_gate(conn, feature, key, &format_percentage(*p)).await?;
+        }
+        Change::AddActor(id) => insert_gate(conn, feature, gate_key::ACTORS, id).await?,
+        Change::RemoveActor(id) => {
+            sqlx::query("delete from flipper_gates where feature_key = $1 and key = $2 and value = $3")
+                .bind(feature)
+                .bind(gate_key::ACTORS)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Change::Pause | Change::Resume => {
+            sqlx::query(
+                "insert into feature_controls (feature_key, paused, reason, changed_by, changed_at)
+                 values ($1, $2, $3, $4, now())
+                 on conflict (feature_key) do update
+                 set paused = excluded.paused, reason = excluded.reason, changed_by = excluded.changed_by,
+                     changed_at = excluded.changed_at",
+            )
+            .bind(feature)
+            .bind(matches!(change, Change::Pause))
+            .bind(ctx.reason.as_deref())
+            .bind(&ctx.actor)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete_gates(conn: &mut PgConnection, feature: &str, key: Option<&str>) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from flipper_gates where feature_key = $1 and ($2::text is null or key = $2)")
+        .bind(feature)
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn insert_gate(conn: &mut PgConnection, feature: &str, key: &str, value: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into flipper_gates (feature_key, key, value) values ($1, $2, $3)
+         on conflict (feature_key, key, value) do nothing",
+    )
+    .bind(feature)
+    .bind(key)
+    .bind(value)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends one audit row. `before`/`after` are [`FeatureRecord::audit_snapshot`]s.
+#[allow(clippy::too_many_arguments)] // Mirrors the row's columns; a struct would only rename them.
+pub(crate) async fn insert_audit(
+    conn: &mut PgConnection,
+    feature: &str,
+    operation: &str,
+    gate: Option<&str>,
+    value: Option<&str>,
+    before: &FeatureRecord,
+    after: &FeatureRecord,
+    ctx: &AuditContext,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into feature_audit (feature_key, operation, gate, value, before, after, actor, reason, request_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(feature)
+    .bind(operation)
+    .bind(gate)
+    .bind(value)
+    .bind(before.audit_snapshot())
+    .bind(after.audit_snapshot())
+    .bind(&ctx.actor)
+    .bind(ctx.reason.as_deref())
+    .bind(ctx.request_id.as_deref())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether `feature` is registered, and its gates and kill switch (gates are read even for an
+/// unregistered key, as Flipper does).
+pub(crate) async fn fetch(conn: &mut PgConnection, feature: &str) -> Result<(bool, FeatureRecord), sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from flipper_features where key = $1)")
+        .bind(feature)
+        .fetch_one(&mut *conn)
+        .await?;
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("select key, value from flipper_gates where feature_key = $1 order by id")
+            .bind(feature)
+            .fetch_all(&mut *conn)
+            .await?;
+    let paused: Option<bool> = sqlx::query_scalar("select paused from feature_controls where feature_key = $1")
+        .bind(feature)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let mut record = FeatureRecord::empty(feature);
+    for (gate, value) in rows {
+        record.apply_gate_row(&gate, value);
+    }
+    record.paused = paused.unwrap_or(false);
+    Ok((exists, record))
+}
+
+/// One registered feature, or `None` when it is not in `flipper_features`.
+pub async fn feature(pool: &PgPool, feature: &str) -> Result<Option<FeatureRecord>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let (exists, record) = fetch(&mut conn, feature).await?;
+    Ok(exists.then_some(record))
+}
+
+/// Every feature, sorted by key: the registered ones, plus any key that only has gate rows.
+pub async fn all_features(pool: &PgPool) -> Result<Vec<FeatureRecord>, sqlx::Error> {
+    let (features, gates, controls) = read_all(pool).await?;
+    let mut records: std::collections::BTreeMap<String, FeatureRecord> =
+        features.into_iter().map(|k| (k.clone(), FeatureRecord::empty(&k))).collect();
+    for (feature, gate, value) in gates {
+        records.entry(feature.clone()).or_insert_with(|| FeatureRecord::empty(&feature)).apply_gate_row(&gate, value);
+    }
+    for (feature, paused) in controls {
+        if let Some(record) = records.get_mut(&feature) {
+            record.paused = paused;
+        }
+    }
+    Ok(records.into_values().collect())
+}
+
+type AllRows = (Vec<String>, Vec<(String, String, Option<String>)>, Vec<(String, bool)>);
+
+/// Reads the three tables in one repeatable-read transaction, so a snapshot never mixes two states.
+async fn read_all(pool: &PgPool) -> Result<AllRows, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read read only").execute(&mut *tx).await?;
+    let features = sqlx::query_scalar("select key from flipper_features").fetch_all(&mut *tx).await?;
+    let gates =
+        sqlx::query_as("select feature_key, key, value from flipper_gates order by id").fetch_all(&mut *tx).await?;
+    let controls = sqlx::query_as("select feature_key, paused from feature_controls").fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok((features, gates, controls))
+}
+
+/// Audit rows of `feature`, newest first; `before_id` continues a previous page.
+pub async fn audit_log(
+    pool: &PgPool,
+    feature: &str,
+    limit: i64,
+    before_id: Option<i64>,
+) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, at, feature_key, operation, gate, value, before, after, actor, reason, request_id
+         from feature_audit
+         where feature_key = $1 and ($2::bigint is null or id < $2)
+         order by id desc
+         limit $3",
+    )
+    .bind(feature)
+    .bind(before_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_gates_and_values_for_the_audit_row() {
+        let cases = [
+            (Change::EnableBoolean, "enable", Some("boolean"), Some("true")),
+            (Change::DisableBoolean, "disable", Some("boolean"), None),
+            (Change::SetPercentageOfActors(2.5), "enable", Some("percentage_of_actors"), Some("2.5")),
+            (Change::SetPercentageOfActors(0.0), "disable", Some("percentage_of_actors"), Some("0")),
+            (Change::SetPercentageOfTime(25.0), "enable", Some("percentage_of_time"), Some("25")),
+            (Change::AddActor("600061742".into()), "enable", Some("actors"), Some("600061742")),
+            (Change::RemoveActor("600061742".into()), "disable", Some("actors"), Some("600061742")),
+            (Change::Pause, "pause", None, None),
+            (Change::Resume, "resume", None, None),
+            (Change::Clear, "clear", None, None),
+            (Change::AddFeature, "add_feature", None, None),
+            (Change::RemoveFeature, "remove_feature", None, None),
+        ];
+        for (change, operation, gate, value) in cases {
+            assert_eq!(change.operation(), operation, "{change:?}");
+            assert_eq!(change.gate(), gate, "{change:?}");
+            assert_eq!(change.value().as_deref(), value, "{change:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_changes_are_refused_before_touching_the_database() {
+        assert!(matches!(validate("", &Change::AddFeature), Err(StoreError::InvalidName)));
+        assert!(matches!(validate(&"x".repeat(256), &Change::AddFeature), Err(StoreError::InvalidName)));
+        assert!(matches!(validate("f", &Change::SetPercentageOfActors(100.5)), Err(StoreError::InvalidPercentage)));
+        assert!(matches!(validate("f", &Change::SetPercentageOfTime(f64::NAN)), Err(StoreError::InvalidPercentage)));
+        assert!(matches!(validate("f", &Change::AddActor(" ".into())), Err(StoreError::InvalidActor)));
+        assert!(validate("f", &Change::SetPercentageOfActors(100.0)).is_ok());
+    }
+
+    #[test]
+    fn audit_snapshot_has_the_documented_shape() {
+        let mut record = FeatureRecord::empty("f");
+        record.actors.insert("1".into());
+        record.percentage_of_actors = Some("2.5".into());
+        record.paused = true;
+        assert_eq!(
+            record.audit_snapshot(),
+            json!({"boolean": false, "actors": ["1"], "percentage_of_actors": 2.5, "percentage_of_time": 0.0, "paused": true})
+        );
+    }
+
+    #[test]
+    fn paused_features_are_off_whatever_the_gates() {
+        let mut record = FeatureRecord::empty("f");
+        record.boolean = Some("true".into());
+        assert!(record.is_enabled_for("1"));
+        record.paused = true;
+        assert!(!record.is_enabled_for("1"));
+    }
+}
