@@ -196,7 +196,7 @@ pub async fn release_suppressed(
     let ctx = AuditContext { actor: admin.name, reason: meta.reason_or(&params)?, request_id: meta.request_id };
     let outcome = release::release_suppressed(&state.db, &state.toggles.snapshot(), &request, &ctx).await?;
     if outcome.released > 0 && !dry_run {
-        state.wake_workers.notify_one();
+        state.wake_workers.wake();
     }
     tracing::info!(dry_run, released = outcome.released, suppressed = outcome.suppressed, "release of suppressed mail");
     Ok(Json(outcome))
