@@ -119,7 +119,8 @@ async fn run(options: Options) -> Result<String, String> {
             shed += 1;
             continue;
         };
-        let (client, url, authorization, results) = (client.clone(), url.clone(), authorization.clone(), results.clone());
+        let (client, url, authorization, results) =
+            (client.clone(), url.clone(), authorization.clone(), results.clone());
         tokio::spawn(async move {
             let body = format!(r#"{{"template_id":"{}"}}"#, Uuid::new_v4());
             let sent = client
