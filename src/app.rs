@@ -14,8 +14,8 @@ use crate::auth::{AdminTokens, ServiceAccountVerifier};
 use crate::config::{Config, NotifyMode};
 use crate::contacts::Contacts;
 use crate::notify::{NotifyClient, SandboxCallback};
-use crate::outbox::Wakeup;
 use crate::outbox::worker::Deliverer;
+use crate::outbox::{AcceptQueue, Wakeup};
 use crate::telemetry::PiiHasher;
 use crate::toggles::Toggles;
 use crate::{db, http, metrics};
@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Wakes the local delivery loop when a request queues a notification.
     pub wake_workers: Wakeup,
+    /// Records send_* requests with group commit.
+    pub accept: AcceptQueue,
     /// True while the delivery loop runs (readiness).
     pub workers_running: Arc<AtomicBool>,
 }
@@ -90,6 +92,12 @@ impl Application {
         let state = AppState {
             verifier: Arc::new(ServiceAccountVerifier::from_config(&config.auth)?),
             admin: Arc::new(AdminTokens::from_config(&config.admin)),
+            accept: AcceptQueue::start(
+                pool.clone(),
+                Duration::from_secs(config.accept.duplicate_window_seconds),
+                config.accept.batch_max,
+                config.accept.writers,
+            ),
             config: Arc::new(config),
             db: pool.clone(),
             toggles,

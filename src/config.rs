@@ -106,6 +106,8 @@ pub struct AuthConfig {
 #[derive(Clone, Debug, Deserialize)]
 pub struct AcceptConfig {
     pub duplicate_window_seconds: u64,
+    pub batch_max: usize,
+    pub writers: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -284,6 +286,12 @@ impl Config {
         check(
             self.auth.scope_base_url.starts_with("http://") || self.auth.scope_base_url.starts_with("https://"),
             "auth.scope_base_url: must be an http(s) URL such as https://api.va.gov",
+        );
+        check(self.accept.batch_max >= 1, "accept.batch_max: must be at least 1");
+        check(self.accept.writers >= 1, "accept.writers: must be at least 1");
+        check(
+            (self.accept.writers as u32) < self.database.max_connections,
+            "accept.writers: must be below database.max_connections (workers and reads need connections too)",
         );
         check(self.worker.concurrency >= 1, "worker.concurrency: must be at least 1");
         check(self.worker.max_attempts >= 1, "worker.max_attempts: must be at least 1");

@@ -65,6 +65,7 @@ impl From<AcceptError> for ApiError {
                 detail: "this Idempotency-Key was already used for a different request".into(),
             },
             AcceptError::Database(e) => e.into(),
+            AcceptError::Closed => Self::Unavailable(sqlx::Error::PoolClosed),
         }
     }
 }

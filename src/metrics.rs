@@ -23,6 +23,8 @@ pub const CALLBACKS: &str = "ebg_callbacks_total";
 pub const QUEUE_DEPTH: &str = "ebg_queue_depth";
 /// Age in seconds of the oldest row that is due now.
 pub const QUEUE_OLDEST_DUE_AGE: &str = "ebg_queue_oldest_due_age_seconds";
+/// Requests committed per accept transaction (group commit).
+pub const ACCEPT_BATCH_SIZE: &str = "ebg_accept_batch_size";
 /// Times the toggle snapshot could not be refreshed.
 pub const TOGGLE_REFRESH_FAILURES: &str = "ebg_toggle_refresh_failures_total";
 /// Seconds since the toggle snapshot was last refreshed successfully (staleness).
@@ -60,6 +62,7 @@ fn describe() {
     describe_counter!(CALLBACKS, "VA Notify delivery-status callbacks by status.");
     describe_gauge!(QUEUE_DEPTH, "Notifications waiting for delivery, by state.");
     describe_gauge!(QUEUE_OLDEST_DUE_AGE, metrics::Unit::Seconds, "Age of the oldest due notification.");
+    describe_histogram!(ACCEPT_BATCH_SIZE, "Requests committed per accept transaction (group commit).");
     describe_counter!(TOGGLE_REFRESH_FAILURES, "Failed refreshes of the in-memory toggle snapshot.");
     describe_gauge!(TOGGLE_SNAPSHOT_AGE, metrics::Unit::Seconds, "Time since the toggle snapshot was last refreshed.");
     describe_counter!("ebg_contact_lookups_total", "Contact lookups by outcome and source (cache, bgs, sandbox).");

@@ -1,7 +1,5 @@
 //! `POST /v0/event_bus_gateway/send_email` (SPEC §2.1): vets-api's contract, made durable.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -12,7 +10,7 @@ use uuid::Uuid;
 use super::extract::{Params, ServiceAccountAuth};
 use crate::app::AppState;
 use crate::error::{ApiError, Outcome};
-use crate::outbox::{self, CHANNEL_EMAIL, NewNotification, Status};
+use crate::outbox::{CHANNEL_EMAIL, NewNotification, Status};
 use crate::toggles::EMAILS_ENABLED;
 
 /// Longest Idempotency-Key accepted.
@@ -76,8 +74,7 @@ pub async fn send_email(
         idempotency_key,
         enabled,
     };
-    let window = Duration::from_secs(state.config.accept.duplicate_window_seconds);
-    let accepted = outbox::accept(&state.db, &new, window).await?;
+    let accepted = state.accept.accept(new).await?;
     if accepted.status == Status::Queued && !accepted.replayed {
         state.wake_workers.wake();
     }

@@ -4,6 +4,7 @@
 //! become due again.
 
 pub mod backoff;
+mod batch;
 mod status;
 mod wakeup;
 pub mod worker;
@@ -14,6 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+pub use batch::AcceptQueue;
 pub use status::Status;
 pub use wakeup::Wakeup;
 
@@ -48,6 +50,9 @@ pub enum AcceptError {
     KeyConflict,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The accept queue is shut down (the process is stopping).
+    #[error("the service is shutting down")]
+    Closed,
 }
 
 /// Records a request durably: returns only after the row is committed.
@@ -66,11 +71,15 @@ pub async fn accept(pool: &PgPool, new: &NewNotification, duplicate_window: Dura
     .bind(window)
     .fetch_one(pool)
     .await?;
+    to_accepted(id, &status, replayed, key_conflict)
+}
+
+/// Interprets one row returned by `accept_notification`.
+fn to_accepted(id: Uuid, status: &str, replayed: bool, key_conflict: bool) -> Result<Accepted, AcceptError> {
     if key_conflict {
         return Err(AcceptError::KeyConflict);
     }
-    let status =
-        Status::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("unknown status {status}").into()))?;
+    let status = Status::parse(status).ok_or_else(|| sqlx::Error::Decode(format!("unknown status {status}").into()))?;
     Ok(Accepted { id, status, replayed })
 }
 

@@ -325,3 +325,49 @@ async fn database_outage_answers_503_never_a_false_200() {
         .await;
     assert!(recovered);
 }
+
+#[tokio::test]
+async fn group_commit_keeps_idempotency_and_duplicates_exact_under_concurrency() {
+    let app = app().spawn().await;
+    app.enable_emails().await;
+    let batches_before = app.metric("ebg_accept_batch_size_count").await;
+    let same_key = "11111111-aaaa-4aaa-8aaa-111111111111";
+    let repeated = "22222222-bbbb-4bbb-8bbb-222222222222";
+    let mut requests = Vec::new();
+    for i in 0..150u32 {
+        let (pid, template, key) = match i % 3 {
+            0 => (PARTICIPANT_ID.to_owned(), same_key, Some("one-event")),
+            1 => (PARTICIPANT_ID.to_owned(), repeated, None),
+            _ => ((600_300_000 + i).to_string(), TEMPLATE_ID, None),
+        };
+        let mut req = app
+            .post_send_email()
+            .bearer_auth(token_for(&pid))
+            .header("Accept", "application/json")
+            .json(&json!({ "template_id": template }));
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        requests.push(req.send());
+    }
+    for r in futures::future::join_all(requests).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let counts: Vec<(String, String, i64)> = sqlx::query_as(
+        "select template_id::text, status, count(*) from notifications group by 1, 2 order by 1, 2",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        counts,
+        vec![
+            (same_key.to_owned(), "queued".to_owned(), 1),
+            (repeated.to_owned(), "duplicate".to_owned(), 49),
+            (repeated.to_owned(), "queued".to_owned(), 1),
+            (TEMPLATE_ID.to_owned(), "queued".to_owned(), 50),
+        ]
+    );
+    let batches = app.metric("ebg_accept_batch_size_count").await - batches_before;
+    assert!(batches < 150.0, "150 concurrent requests should share commits, got {batches} transactions");
+}
