@@ -43,12 +43,15 @@ pub struct ServiceAccountErrorBody {
     paths(
         super::send_email::send_email,
         super::callbacks::receive,
+        super::clicks::follow,
+        super::report::rollout_report,
         super::health::live,
         super::health::ready,
         super::metrics_route::render,
         document,
     ),
-    components(schemas(TemplateParams, ErrorBody, ErrorItem, ServiceAccountErrorBody, super::send_email::AcceptedBody)),
+    components(schemas(TemplateParams, ErrorBody, ErrorItem, ServiceAccountErrorBody, super::send_email::AcceptedBody,
+        crate::report::Report, crate::report::Stage, crate::report::Counts, crate::report::Verdict)),
     modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;
