@@ -57,6 +57,11 @@ pub fn install() -> PrometheusHandle {
             // Fails only if another recorder was installed first (not done anywhere in this crate).
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            // Label-less counters exist from the start, so dashboards and "no data" monitors see a 0,
+            // not a missing series, before the first event.
+            for name in [DEAD_LETTERS, RESENDS, DELIVERY_ATTEMPTED, CLICKS_UNIQUE] {
+                metrics::counter!(name).increment(0);
+            }
             handle
         })
         .clone()

@@ -266,7 +266,7 @@ pub async fn print(
     Ok(())
 }
 
-/// The SQL behind one stage: a range scan of `notifications_channel_created`, one probe of `clicks`
+/// The SQL behind one stage: a range scan of `notifications_created`, one probe of `clicks`
 /// per row. Exposed so a test can EXPLAIN it against a large table.
 pub const STAGE_SQL: &str = "
     select

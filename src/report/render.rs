@@ -91,7 +91,7 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(out, "- Unique users: {}", c.unique_participants);
         let _ = writeln!(
             out,
-            "- Requests: {} ({} suppressed by the toggle, {} duplicates)",
+            "- Requests: {} (suppressed by the toggle: {}, duplicates: {})",
             c.requests, c.suppressed, c.duplicates
         );
         let _ = writeln!(
@@ -99,10 +99,10 @@ pub fn markdown(report: &Report) -> String {
             "- Sent: {} · Delivered: {} · Failed: {} · Skipped: {} · Pending: {}",
             c.sent, c.delivered, c.failed, c.skipped, c.pending
         );
-        let _ = writeln!(out, "- Error rate: {} ({} failed of {} attempted)", pct(s.error_rate), c.failed, c.attempted);
+        let _ = writeln!(out, "- Error rate: {} (failed: {}, attempted: {})", pct(s.error_rate), c.failed, c.attempted);
         let _ = writeln!(
             out,
-            "- Click-through rate: {} ({} unique clicks of {} delivered)",
+            "- Click-through rate: {} (unique clicks: {}, delivered: {})",
             pct(s.click_through_rate),
             c.unique_clicks,
             c.delivered

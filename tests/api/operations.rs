@@ -23,7 +23,16 @@ async fn openapi_document_lists_every_public_route() {
     let doc: Value =
         app.client.get(format!("{}/openapi.json", app.address)).send().await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in [SEND_EMAIL, "/va_notify/callbacks", "/health/live", "/health/ready", "/metrics", "/openapi.json"] {
+    for path in [
+        SEND_EMAIL,
+        "/va_notify/callbacks",
+        "/c/{token}/{path}",
+        "/admin/rollout/report",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/openapi.json",
+    ] {
         assert!(doc["paths"][path].is_object(), "missing {path}");
     }
     let send = &doc["paths"][SEND_EMAIL]["post"];
