@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AdminTokens, ServiceAccountVerifier};
+use crate::clicks::ClickLinks;
 use crate::config::{Config, NotifyMode};
 use crate::contacts::Contacts;
 use crate::notify::{NotifyClient, SandboxCallback};
@@ -18,7 +19,7 @@ use crate::outbox::worker::Deliverer;
 use crate::outbox::{AcceptQueue, Wakeup};
 use crate::telemetry::PiiHasher;
 use crate::toggles::Toggles;
-use crate::{db, http, metrics};
+use crate::{db, http, metrics, retention};
 
 /// Everything a handler needs, built once at startup. Cheap to clone.
 #[derive(Clone)]
@@ -87,7 +88,10 @@ impl Application {
         let notify = NotifyClient::from_config(&config.notify, sandbox_callback)?;
         let contacts = Contacts::from_config(&config.contacts)?;
         let pii = PiiHasher::new(config.telemetry.pii_hash_key.expose());
-        let deliverer = Deliverer::new(pool.clone(), contacts, notify, pii.clone(), &config.worker, &config.notify);
+        let mut deliverer = Deliverer::new(pool.clone(), contacts, notify, pii.clone(), &config.worker, &config.notify);
+        if config.clicks.enabled {
+            deliverer = deliverer.with_click_tracking(ClickLinks::from_config(&config.clicks));
+        }
 
         let state = AppState {
             verifier: Arc::new(ServiceAccountVerifier::from_config(&config.auth)?),
@@ -141,6 +145,11 @@ impl Application {
             ))
         });
 
+        // Background upkeep runs where deliveries run; accept-only replicas stay lean.
+        let upkeep = state.config.worker.enabled.then(|| {
+            tokio::spawn(retention::run(state.db.clone(), state.config.retention.clone(), background.clone()))
+        });
+
         tracing::info!(addr = %self.listener.local_addr()?, "ebg-notify listening");
         let app = http::router(state.clone());
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
@@ -150,6 +159,9 @@ impl Application {
         let drain = async {
             if let Some(workers) = workers {
                 let _ = workers.await;
+            }
+            if let Some(upkeep) = upkeep {
+                let _ = upkeep.await;
             }
             let _ = watcher.await;
         };

@@ -70,6 +70,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub callbacks: CallbacksConfig,
     pub clicks: ClicksConfig,
+    pub report: ReportConfig,
+    pub retention: RetentionConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -200,6 +202,14 @@ impl AdminConfig {
 pub struct CallbacksConfig {
     pub resend_delay_seconds: u64,
     pub max_sends: u32,
+    pub extra_tokens: Vec<Secret>,
+}
+
+impl CallbacksConfig {
+    /// Every bearer token a callback may present: `notify.callback_token` plus `extra_tokens`, blanks dropped.
+    pub fn bearer_tokens(&self, notify: &NotifyConfig) -> Vec<Secret> {
+        std::iter::once(&notify.callback_token).chain(&self.extra_tokens).filter(|t| !t.is_empty()).cloned().collect()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -207,6 +217,20 @@ pub struct ClicksConfig {
     pub enabled: bool,
     pub base_url: String,
     pub web_host: String,
+    pub secret: Secret,
+    pub scanner_user_agents: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ReportConfig {
+    pub max_error_rate: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RetentionConfig {
+    pub days: u32,
+    pub interval_seconds: u64,
+    pub batch_size: u32,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -302,6 +326,26 @@ impl Config {
         );
         check(self.notify.rate_per_minute >= 1, "notify.rate_per_minute: must be at least 1");
         check(self.callbacks.max_sends >= 1, "callbacks.max_sends: must be at least 1");
+        check(
+            (0.0..=1.0).contains(&self.report.max_error_rate),
+            "report.max_error_rate: must be a fraction between 0 and 1 (0.05 = 5%)",
+        );
+        check(self.retention.days >= 1, "retention.days: must be at least 1");
+        check(self.retention.interval_seconds >= 1, "retention.interval_seconds: must be at least 1");
+        check((1..=100_000).contains(&self.retention.batch_size), "retention.batch_size: must be 1..=100000");
+        if self.clicks.enabled {
+            let base = url::Url::parse(&self.clicks.base_url);
+            check(
+                base.as_ref().is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()),
+                "clicks.base_url: must be an http(s) URL such as https://notify-links.va.gov",
+            );
+            check(
+                !self.clicks.web_host.is_empty()
+                    && url::Url::parse(&format!("https://{}/", self.clicks.web_host))
+                        .is_ok_and(|u| u.host_str().is_some() && u.path() == "/" && u.username().is_empty()),
+                "clicks.web_host: must be a bare host name such as www.va.gov",
+            );
+        }
         if self.notify.mode == NotifyMode::Live {
             check(!self.notify.api_key.is_empty(), "notify.api_key: required in live mode (EBG_NOTIFY__API_KEY)");
             check(url::Url::parse(&self.notify.base_url).is_ok(), "notify.base_url: must be a URL");
@@ -328,6 +372,10 @@ impl Config {
                 "telemetry.pii_hash_key: required in production (EBG_TELEMETRY__PII_HASH_KEY)",
             );
             check(!self.database.create_if_missing, "database.create_if_missing: production never creates databases");
+            check(
+                !self.clicks.enabled || self.clicks.secret.expose().len() >= 32,
+                "clicks.secret: required in production when clicks are enabled, at least 32 characters (EBG_CLICKS__SECRET)",
+            );
         }
         for t in self.admin.named_tokens() {
             check(

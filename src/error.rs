@@ -43,6 +43,9 @@ pub enum ApiError {
     /// The body could not be read or parsed (400).
     #[error("malformed body: {0}")]
     MalformedBody(String),
+    /// Not an error of the request, but it cannot be handled yet: 503 so the caller retries.
+    #[error("not ready; retry later")]
+    Retry,
     /// The database is unreachable: 503 so the caller retries.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -83,7 +86,7 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Retry => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,6 +109,7 @@ impl ApiError {
             Self::PayloadTooLarge => "rejected_too_large",
             Self::MalformedBody(_) => "rejected_malformed",
             Self::Unavailable(_) => "unavailable",
+            Self::Retry => "retry",
             Self::Internal(_) => "error",
         }
     }
@@ -146,7 +150,7 @@ impl ApiError {
                 "title": "Malformed request body", "detail": detail, "code": "400", "status": code,
                 "source": { "pointer": "/" },
             }]}),
-            Self::Unavailable(_) => json!({ "errors": [{
+            Self::Unavailable(_) | Self::Retry => json!({ "errors": [{
                 "title": "Service Unavailable", "detail": "The service is temporarily unavailable; retry later",
                 "code": "503", "status": code,
             }]}),

@@ -2,11 +2,14 @@
 //!
 //! Request path: [`http`] (routes) -> [`auth`] -> [`toggles`] -> [`outbox`] (durable queue).
 //! Delivery path: [`outbox::worker`] -> [`contacts`] -> [`notify`] (VA Notify).
+//! Tracking: [`callbacks`] (delivery status, resends), [`clicks`]; [`report`] (rollout report), [`retention`].
 //! Startup: [`config`] -> [`app::Application`]; the binary's verbs live in [`cli`].
 
 pub mod app;
 pub mod auth;
+pub mod callbacks;
 pub mod cli;
+pub mod clicks;
 pub mod config;
 pub mod contacts;
 pub mod db;
@@ -15,5 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod report;
+pub mod retention;
 pub mod telemetry;
 pub mod toggles;

@@ -19,6 +19,21 @@ pub const DEAD_LETTERS: &str = "ebg_dead_letters_total";
 pub const TOGGLE_EVALUATIONS: &str = "ebg_toggle_evaluations_total";
 /// Delivery-status callbacks by `status`.
 pub const CALLBACKS: &str = "ebg_callbacks_total";
+/// Authenticated callbacks that matched no notification, by `status`.
+pub const CALLBACKS_UNMATCHED: &str = "ebg_callbacks_unmatched_total";
+/// Callbacks refused before reading their status, by `reason` (unauthorized, malformed, too_large).
+pub const CALLBACKS_REJECTED: &str = "ebg_callbacks_rejected_total";
+/// Resends accepted by VA Notify (a later send of a notification after a Retryable temporary failure).
+pub const RESENDS: &str = "ebg_resends_total";
+/// Notifications whose delivery was attempted: first accepted by VA Notify, or ended `failed`/`dead`
+/// before ever being accepted. The denominator of the error rate (README, "Reading the report").
+pub const DELIVERY_ATTEMPTED: &str = "ebg_delivery_attempted_total";
+/// Requests through click-tracking links, by `kind`: counted (a person), head, scanner, invalid (bad token).
+pub const CLICKS: &str = "ebg_clicks_total";
+/// Notifications clicked for the first time by a person (unique clicks).
+pub const CLICKS_UNIQUE: &str = "ebg_clicks_unique_total";
+/// Rows deleted by the retention job, by `table`.
+pub const RETENTION_DELETED: &str = "ebg_retention_deleted_total";
 /// Rows waiting for delivery, by `state` (queued, retry_wait, sending).
 pub const QUEUE_DEPTH: &str = "ebg_queue_depth";
 /// Age in seconds of the oldest row that is due now.
@@ -46,6 +61,11 @@ pub fn install() -> PrometheusHandle {
             // Fails only if another recorder was installed first (not done anywhere in this crate).
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            // Label-less counters exist from the start, so dashboards and "no data" monitors see a 0,
+            // not a missing series, before the first event.
+            for name in [DEAD_LETTERS, RESENDS, DELIVERY_ATTEMPTED, CLICKS_UNIQUE] {
+                metrics::counter!(name).increment(0);
+            }
             handle
         })
         .clone()
@@ -60,6 +80,13 @@ fn describe() {
     describe_counter!(DEAD_LETTERS, "Notifications that exhausted their attempts.");
     describe_counter!(TOGGLE_EVALUATIONS, "Feature toggle evaluations by feature and result.");
     describe_counter!(CALLBACKS, "VA Notify delivery-status callbacks by status.");
+    describe_counter!(CALLBACKS_UNMATCHED, "Authenticated callbacks that matched no notification, by status.");
+    describe_counter!(CALLBACKS_REJECTED, "Callbacks refused (unauthorized, malformed, too_large).");
+    describe_counter!(RESENDS, "Resends accepted by VA Notify after a Retryable temporary failure.");
+    describe_counter!(DELIVERY_ATTEMPTED, "Notifications whose delivery was attempted (error-rate denominator).");
+    describe_counter!(CLICKS, "Requests through click-tracking links, by kind.");
+    describe_counter!(CLICKS_UNIQUE, "Notifications clicked for the first time by a person.");
+    describe_counter!(RETENTION_DELETED, "Rows deleted by the retention job, by table.");
     describe_gauge!(QUEUE_DEPTH, "Notifications waiting for delivery, by state.");
     describe_gauge!(QUEUE_OLDEST_DUE_AGE, metrics::Unit::Seconds, "Age of the oldest due notification.");
     describe_histogram!(ACCEPT_BATCH_SIZE, "Requests committed per accept transaction (group commit).");

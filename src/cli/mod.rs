@@ -36,6 +36,20 @@ enum Command {
     },
     /// Inspect and change feature toggles directly in the database (same audit trail as the admin API).
     Flags(flags::FlagsArgs),
+    /// Print the rollout report: per toggle stage, users, sent, delivered, error rate, click-through rate.
+    Report {
+        /// Feature key.
+        #[arg(long, default_value = crate::toggles::EMAILS_ENABLED)]
+        feature: String,
+        /// Start of the period: RFC 3339 time or YYYY-MM-DD.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (exclusive): RFC 3339 time or YYYY-MM-DD; default now.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_parser = ["markdown", "json"], default_value = "markdown")]
+        format: String,
+    },
     /// Requeue notifications that ended `failed` or `dead` (after fixing the cause).
     Replay {
         /// Only this state.
@@ -74,6 +88,9 @@ pub async fn run() -> anyhow::Result<()> {
             let token = auth::mint_dev_token(&config.auth, &participant_id, Duration::from_secs(ttl))?;
             println!("{token}");
             Ok(())
+        }
+        Command::Report { feature, from, to, format } => {
+            crate::report::print(&config, feature, from.as_deref(), to.as_deref(), &format).await
         }
         Command::Replay { status, since, ids, dry_run } => replay(config, &status, since, &ids, dry_run).await,
         Command::Flags(args) => flags::run(config, args).await,

@@ -1,110 +1,98 @@
-//! `POST /va_notify/callbacks`: delivery status from VA Notify (SPEC §7).
+//! `POST /va_notify/callbacks`: delivery status from VA Notify (SPEC §7). The rules for what a callback
+//! does live in [`crate::callbacks`]; this handler authenticates, parses and answers.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::rejection::BytesRejection;
 use axum::http::header::AUTHORIZATION;
-use serde::Deserialize;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
-use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::bearer_token;
+use crate::callbacks::{self, CallbackAuth, CallbackPayload, Effect, Handled};
+use crate::config::{Config, NotifyMode};
 use crate::error::ApiError;
 use crate::metrics as m;
 
-/// The callback fields the service reads. `to` (the address) is deliberately not a field: it is
-/// never parsed, stored or logged.
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct CallbackPayload {
-    /// VA Notify's notification id.
-    pub id: Option<Uuid>,
-    /// Our notification id, as sent in `reference`.
-    pub reference: Option<String>,
-    /// `delivered`, `permanent-failure`, `temporary-failure`, or an in-flight status.
-    pub status: String,
-    pub status_reason: Option<String>,
-}
+/// Header carrying VA Notify's HMAC signature of the body.
+pub const SIGNATURE_HEADER: &str = "x-enp-signature";
 
 /// Record a delivery-status callback from VA Notify.
+///
+/// Authenticate with a callback bearer token or with `x-enp-signature` (lowercase hex HMAC-SHA256 of
+/// Python's `urlencode` of the body's fields, keyed with the VA Notify API key's secret).
 #[utoipa::path(post, path = "/va_notify/callbacks", tag = "va_notify", request_body = CallbackPayload,
+    params(("x-enp-signature" = Option<String>, Header, description = "VA Notify's signature of the body (instead of a bearer token)")),
     responses(
-        (status = 200, description = "Recorded (also for unknown notifications)"),
-        (status = 400, description = "Malformed body"),
+        (status = 200, description = "Recorded (also for unknown notifications): {\"status\":\"ok\"}"),
+        (status = 400, description = "Malformed body", body = super::openapi::ErrorBody),
         (status = 401, description = "Bad credentials: {\"message\":\"Unauthorized\"}"),
+        (status = 413, description = "Body larger than http.body_limit_bytes", body = super::openapi::ErrorBody),
+        (status = 503, description = "Transient: the send is still being recorded or the database is down; VA Notify retries"),
     ),
-    security(("callback_token" = []))
+    security(("callback_token" = []), ())
 )]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
-    let payload: CallbackPayload = serde_json::from_slice(&body)
-        .map_err(|_| ApiError::MalformedBody("the callback body is not a valid status JSON".into()))?;
-    let status = status_label(&payload.status);
-    metrics::counter!(m::CALLBACKS, "status" => status).increment(1);
-    let reference = payload.reference.as_deref().and_then(|r| Uuid::parse_str(r).ok());
-    let new_state = match status {
-        "delivered" => "delivered",
-        "permanent-failure" => "permanent_failure",
-        "temporary-failure" => "temporary_failure",
-        // In-flight statuses (`sending`, `sent`, ...) move nothing.
-        _ => return Ok(Json(json!({ "status": "ok" }))),
+    let auth = callback_auth(&state.config);
+    let bearer = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
+    let bearer_ok = bearer.is_some_and(|t| auth.bearer_ok(t));
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            // Callers without any credentials learn nothing about how their body was judged.
+            if !bearer_ok && !headers.contains_key(SIGNATURE_HEADER) {
+                return Err(rejected("unauthorized", ApiError::Unauthorized));
+            }
+            return Err(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                rejected("too_large", ApiError::PayloadTooLarge)
+            } else {
+                rejected("malformed", ApiError::MalformedBody("the body could not be read".into()))
+            });
+        }
     };
-    // A final status only replaces `sent` (or a row still being sent), so a late or repeated
-    // callback never rolls a notification back.
-    let updated = sqlx::query(
-        "update notifications set status = $3, status_reason = $4, updated_at = now(),
-             delivered_at = case when $3 = 'delivered' then now() else delivered_at end,
-             va_notify_id = coalesce(va_notify_id, $2)
-         where (id = $1 or ($1 is null and va_notify_id = $2)) and status in ('sent', 'sending')",
-    )
-    .bind(reference)
-    .bind(payload.id)
-    .bind(new_state)
-    .bind(payload.status_reason.as_deref().map(reason_label))
-    .execute(&state.db)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        tracing::info!(status, "callback matched no sendable notification (unknown or already final)");
+    let signed =
+        || headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|sig| auth.signature_ok(&body, sig));
+    if !bearer_ok && !signed() {
+        return Err(rejected("unauthorized", ApiError::Unauthorized));
+    }
+    let payload: CallbackPayload = serde_json::from_slice(&body).map_err(|_| {
+        rejected("malformed", ApiError::MalformedBody("the callback body is not a valid status JSON object".into()))
+    })?;
+
+    let status = callbacks::status_label(&payload.status);
+    metrics::counter!(m::CALLBACKS, "status" => status).increment(1);
+    match callbacks::handle(&state.db, &payload, &state.config.callbacks).await? {
+        Handled::Unknown => {
+            metrics::counter!(m::CALLBACKS_UNMATCHED, "status" => status).increment(1);
+            tracing::info!(status, "callback for an unknown notification");
+        }
+        Handled::Known(Effect::NotYet) => {
+            tracing::info!(status, "callback overtook the recording of its send; asking VA Notify to retry");
+            return Err(ApiError::Retry);
+        }
+        Handled::Known(effect) => tracing::info!(status, effect = effect.as_str(), "callback recorded"),
     }
     Ok(Json(json!({ "status": "ok" })))
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let expected = state.config.notify.callback_token.expose().as_bytes();
-    let presented = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
-    match presented {
-        Some(token) if !expected.is_empty() && bool::from(token.as_bytes().ct_eq(expected)) => Ok(()),
-        _ => Err(ApiError::Unauthorized),
-    }
+/// The credentials accepted now. Built per request from the configuration: parsing the key is cheap
+/// and this keeps rotation a config reload, not a restart of a cached value.
+fn callback_auth(config: &Config) -> CallbackAuth {
+    let tokens = config.callbacks.bearer_tokens(&config.notify);
+    // The API key was validated at startup in live mode; sandbox mode has no key and so no signatures.
+    let secret = (config.notify.mode == NotifyMode::Live)
+        .then(|| crate::notify::api_key_secret(&config.notify.api_key).ok())
+        .flatten();
+    CallbackAuth::new(tokens, secret)
 }
 
-/// Bounded metric label for a callback status.
-fn status_label(status: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "delivered",
-        "permanent-failure",
-        "temporary-failure",
-        "technical-failure",
-        "sending",
-        "sent",
-        "created",
-        "pending",
-        "pending-virus-check",
-        "virus-scan-failed",
-        "validation-failed",
-        "cancelled",
-        "preferences-declined",
-    ];
-    KNOWN.iter().copied().find(|k| *k == status).unwrap_or("other")
-}
-
-/// Stored reason: VA's reason text is upstream free text; keep it short.
-fn reason_label(reason: &str) -> String {
-    reason.chars().take(200).collect()
+fn rejected(reason: &'static str, error: ApiError) -> ApiError {
+    metrics::counter!(m::CALLBACKS_REJECTED, "reason" => reason).increment(1);
+    error
 }

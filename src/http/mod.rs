@@ -2,11 +2,13 @@
 
 pub mod admin;
 mod callbacks;
+mod clicks;
 mod extract;
 pub mod flipper_api;
 mod health;
 mod metrics_route;
 pub mod openapi;
+mod report;
 mod send_email;
 
 use std::time::{Duration, Instant};
@@ -43,6 +45,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ebg)
         .route("/va_notify/callbacks", post(callbacks::receive))
+        // `/c/{token}` and `/c/{token}/` carry an empty path; the wildcard needs at least one character.
+        .route("/c/{token}", get(clicks::follow))
+        .route("/c/{token}/", get(clicks::follow))
+        .route("/c/{token}/{*path}", get(clicks::follow))
+        .route("/admin/rollout/report", get(report::rollout_report))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics_route::render))

@@ -43,6 +43,8 @@ pub struct ServiceAccountErrorBody {
     paths(
         super::send_email::send_email,
         super::callbacks::receive,
+        super::clicks::follow,
+        super::report::rollout_report,
         super::health::live,
         super::health::ready,
         super::metrics_route::render,
@@ -73,6 +75,7 @@ pub struct ServiceAccountErrorBody {
         super::flipper_api::PercentageParam, super::flipper_api::FlipperIdParam, super::admin::ReasonParam,
         super::admin::AuditPage, super::admin::ReleaseParams, crate::toggles::store::AuditEntry,
         crate::toggles::release::ReleaseOutcome,
+        crate::report::Report, crate::report::Stage, crate::report::Counts, crate::report::Verdict,
     )),
     modifiers(&SecuritySchemes)
 )]

@@ -23,7 +23,7 @@ use self::api_key::ApiKey;
 use self::breaker::{CallHealth, CircuitBreaker};
 use self::client::LiveTransport;
 use self::sandbox::Sandbox;
-use crate::config::{NotifyConfig, NotifyMode};
+use crate::config::{NotifyConfig, NotifyMode, Secret};
 
 /// Counter of calls by outcome: `sent`, `retryable`, `final`, `daily_limit`, `circuit_open`.
 pub const REQUESTS_TOTAL: &str = "ebg_va_notify_requests_total";
@@ -106,6 +106,12 @@ pub fn web_host(api_host: &str) -> String {
             _ => other.to_owned(),
         },
     }
+}
+
+/// The secret part of a VA Notify API key (`{key_name}-{service_id}-{secret}`): the key VA Notify signs
+/// callbacks with (`x-enp-signature`). The error never echoes the key.
+pub fn api_key_secret(raw: &Secret) -> Result<Secret, NotifyInitError> {
+    ApiKey::parse(raw.expose()).map(|key| key.secret)
 }
 
 /// Sandbox mode only: where to post the fake `delivered` callback, and the bearer token to use.

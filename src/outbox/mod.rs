@@ -92,6 +92,17 @@ pub struct Claimed {
     pub attempts: i32,
     /// Proves the lease is still ours when the result is written.
     pub lease_token: Uuid,
+    /// Sends VA Notify accepted before this claim; more than 0 makes this a resend.
+    pub sends: i32,
+    /// VA Notify calls made before the current send began (the retry budget is per send).
+    pub attempts_before_send: i32,
+}
+
+impl Claimed {
+    /// The number of `try_number` (a value of `attempts`) within the current send, from 1.
+    pub fn try_in_send(&self, try_number: i32) -> i32 {
+        try_number - self.attempts_before_send
+    }
 }
 
 /// Leases up to `limit` due rows (queued, waiting for a retry, or with an expired lease).
@@ -109,7 +120,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
          set status = 'sending', lease_token = gen_random_uuid(),
              next_attempt_at = now() + $2, updated_at = now()
          from due where n.id = due.id
-         returning n.id, n.participant_id, n.template_id, n.attempts, n.lease_token",
+         returning n.id, n.participant_id, n.template_id, n.attempts, n.lease_token, n.sends, n.attempts_before_send",
     )
     .bind(limit)
     .bind(pg_interval(lease))
@@ -176,6 +187,7 @@ pub async fn finish_try(
     let updated = match transition {
         Transition::Sent { va_notify_id } => sqlx::query(
             "update notifications set status = 'sent', status_reason = null, va_notify_id = $3, sent_at = now(),
+                 sends = sends + 1,
                  next_attempt_at = null, lease_token = null, updated_at = now()
              where id = $1 and lease_token = $2",
         )

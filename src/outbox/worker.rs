@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{CallRecord, Claimed, Status, Transition, Wakeup, backoff};
+use crate::clicks::ClickLinks;
 use crate::config::{NotifyConfig, WorkerConfig};
 use crate::contacts::{ContactError, Contacts};
 use crate::metrics as m;
@@ -30,6 +31,8 @@ pub struct Deliverer {
     config: WorkerConfig,
     /// The `host` personalisation VA.gov links are built from.
     host: Arc<str>,
+    /// When click tracking is on, the `host` becomes the tracker's, per notification.
+    clicks: Option<ClickLinks>,
     breaker_open_for: Duration,
 }
 
@@ -49,7 +52,22 @@ impl Deliverer {
             pii,
             config: config.clone(),
             host: web_host(&notify_config.hostname).into(),
+            clicks: None,
             breaker_open_for: Duration::from_secs(notify_config.breaker_open_seconds),
+        }
+    }
+
+    /// Sends links through the click tracker (SPEC §8): `host` becomes `<tracker host>/c/<token>`.
+    pub fn with_click_tracking(mut self, links: ClickLinks) -> Self {
+        self.clicks = Some(links);
+        self
+    }
+
+    /// The `host` personalisation for one notification.
+    fn host_for(&self, row: &Claimed) -> String {
+        match &self.clicks {
+            Some(links) => links.host_for(row.id),
+            None => self.host.to_string(),
         }
     }
 
@@ -131,11 +149,12 @@ impl Deliverer {
         let Some(attempt) = super::start_try(&self.pool, row, true).await? else {
             return lease_lost();
         };
+        let host = self.host_for(row);
         let email = EmailRequest {
             template_id: row.template_id,
             participant_id: &row.participant_id,
             first_name: &contact.first_name,
-            host: &self.host,
+            host: &host,
             reference: row.id,
         };
         let result = self.notify.send_email(&email).await;
@@ -158,13 +177,13 @@ impl Deliverer {
                     error_class: Some(e.error),
                     va_notify_id: None,
                 },
-                self.after_notify_error(attempt, &e),
+                self.after_notify_error(row.try_in_send(attempt), &e),
             ),
         };
         if !super::finish_try(&self.pool, row, Some(&call), &transition).await? {
             return lease_lost();
         }
-        record(&transition);
+        record(&transition, row);
         Ok(())
     }
 
@@ -185,16 +204,17 @@ impl Deliverer {
                 let Some(attempt) = super::start_try(&self.pool, row, false).await? else {
                     return lease_lost();
                 };
-                self.retry_or_dead(attempt, e.reason())
+                self.retry_or_dead(row.try_in_send(attempt), e.reason())
             }
         };
         if !super::finish_try(&self.pool, row, None, &transition).await? {
             return lease_lost();
         }
-        record(&transition);
+        record(&transition, row);
         Ok(())
     }
 
+    /// `attempt` counts tries within the current send.
     fn after_notify_error(&self, attempt: i32, e: &NotifyError) -> Transition {
         let reason = format!("va_notify_{}", e.error);
         match e.class {
@@ -236,12 +256,19 @@ fn outcome_label(class: ErrorClass) -> &'static str {
     }
 }
 
-/// Counts the transition; reasons are built from bounded labels only.
-fn record(transition: &Transition) {
+/// Counts the transition; reasons are built from bounded labels only. `sent` and the error-rate
+/// denominator count each notification once (its first send); later sends count as resends.
+fn record(transition: &Transition, row: &Claimed) {
+    let first_send = row.sends == 0;
     match transition {
-        Transition::Sent { .. } => {
+        Transition::Sent { .. } if first_send => {
             metrics::counter!(m::DELIVERIES, "status" => "sent", "reason" => "").increment(1);
+            metrics::counter!(m::DELIVERY_ATTEMPTED).increment(1);
             tracing::info!(status = "sent", "notification sent");
+        }
+        Transition::Sent { .. } => {
+            metrics::counter!(m::RESENDS).increment(1);
+            tracing::info!(status = "sent", sends = row.sends + 1, "notification resent");
         }
         Transition::Retry { reason, .. } | Transition::Defer { reason, .. } => {
             metrics::counter!(m::RETRIES, "reason" => reason.clone()).increment(1);
@@ -249,6 +276,9 @@ fn record(transition: &Transition) {
         }
         Transition::Finish { status, reason } => {
             metrics::counter!(m::DELIVERIES, "status" => status.as_str(), "reason" => reason.clone()).increment(1);
+            if first_send && matches!(status, Status::Failed | Status::Dead) {
+                metrics::counter!(m::DELIVERY_ATTEMPTED).increment(1);
+            }
             if *status == Status::Dead {
                 metrics::counter!(m::DEAD_LETTERS).increment(1);
             }

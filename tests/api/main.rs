@@ -1,11 +1,15 @@
 //! Integration tests: the real application over HTTP, a real PostgreSQL, local upstream fakes.
 
 mod admin;
+mod callbacks;
+mod clicks;
 mod contacts_client;
 mod crash;
 mod delivery;
 mod flipper_api;
 mod helpers;
+mod metrics;
 mod notify_client;
 mod operations;
+mod report;
 mod send_email;

@@ -26,6 +26,8 @@ async fn openapi_document_lists_every_public_route() {
     for path in [
         SEND_EMAIL,
         "/va_notify/callbacks",
+        "/c/{token}/{path}",
+        "/admin/rollout/report",
         "/health/live",
         "/health/ready",
         "/metrics",

@@ -353,12 +353,11 @@ async fn group_commit_keeps_idempotency_and_duplicates_exact_under_concurrency()
     for r in futures::future::join_all(requests).await {
         assert_eq!(r.unwrap().status(), 200);
     }
-    let counts: Vec<(String, String, i64)> = sqlx::query_as(
-        "select template_id::text, status, count(*) from notifications group by 1, 2 order by 1, 2",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
+    let counts: Vec<(String, String, i64)> =
+        sqlx::query_as("select template_id::text, status, count(*) from notifications group by 1, 2 order by 1, 2")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
     assert_eq!(
         counts,
         vec![

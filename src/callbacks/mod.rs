@@ -1,0 +1,411 @@
+//! Delivery-status callbacks from VA Notify (SPEC §7): who may post them, what each one does to its
+//! notification, and the record kept of it.
+//!
+//! Rules, decided by [`decide`] (a pure function, unit-tested) for each callback of a known notification:
+//! - Only `delivered`, `permanent-failure` and `temporary-failure` move a state; in-flight statuses
+//!   (`sending`, `sent`, `created`, ...) and anything else are only recorded.
+//! - A callback moves the state only when it reports on the notification's latest send: its `id` is the
+//!   row's `va_notify_id` (or either is unknown). Callbacks for earlier sends (before a resend) are recorded.
+//! - States never go backwards: `delivered` is never overwritten. A `delivered` for the latest send does
+//!   override a failure (`temporary_failure`, `permanent_failure`, `failed`, `dead`) and cancels a pending
+//!   resend, because it is proof the Veteran got the mail (e.g. a call that timed out on our side but was
+//!   created upstream) and a second copy would be worse than a corrected status.
+//! - A `temporary-failure` whose reason starts with `Retryable` schedules a resend of the same row
+//!   (`queued` after `callbacks.resend_delay_seconds`) while fewer than `callbacks.max_sends` sends were
+//!   made, and otherwise ends the row `dead` with VA's reason. Other temporary failures are final.
+//! - A final status for a row still `sending` (VA Notify's callback overtook the recording of its 201)
+//!   is answered 503, which VA Notify retries, so no outcome is lost to the race.
+
+pub mod signature;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::config::{CallbacksConfig, Secret};
+use crate::metrics as m;
+use crate::outbox::Status;
+
+/// The callback fields the service reads. `to` (the recipient address) is deliberately not a field:
+/// it is never parsed, stored or logged.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+pub struct CallbackPayload {
+    /// VA Notify's notification id (one per send).
+    pub id: Option<Uuid>,
+    /// Our notification id, as sent in `reference`.
+    pub reference: Option<String>,
+    /// `delivered`, `permanent-failure`, `temporary-failure`, or an in-flight status.
+    pub status: String,
+    /// VA Notify's reason, e.g. `Retryable - Unable to deliver at this time`.
+    pub status_reason: Option<String>,
+    pub created_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub sent_at: Option<String>,
+    pub notification_type: Option<String>,
+    pub provider: Option<String>,
+}
+
+/// Who may post callbacks: any configured bearer token, or a valid `x-enp-signature`.
+pub struct CallbackAuth {
+    tokens: Vec<Secret>,
+    signing_secret: Option<Secret>,
+}
+
+impl CallbackAuth {
+    /// `tokens` are the accepted bearer tokens; `signing_secret` is the VA Notify API key's secret
+    /// (none in sandbox mode, where only bearer tokens work).
+    pub fn new(tokens: Vec<Secret>, signing_secret: Option<Secret>) -> Self {
+        Self { tokens, signing_secret }
+    }
+
+    /// True when `token` equals one of the configured tokens. Every token is compared, in constant
+    /// time, so timing reveals neither which token matched nor how much of one did.
+    pub fn bearer_ok(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.tokens
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, t| acc | t.expose().as_bytes().ct_eq(token.as_bytes()))
+            .into()
+    }
+
+    /// True when `signature` is VA Notify's signature of `body`.
+    pub fn signature_ok(&self, body: &[u8], signature: &str) -> bool {
+        self.signing_secret.as_ref().is_some_and(|secret| signature::verify(secret.expose(), body, signature))
+    }
+}
+
+/// What a callback does to its notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// The notification moves to this state.
+    Move(Status),
+    /// A Retryable temporary failure with sends left: queue a resend.
+    Resend,
+    /// A Retryable temporary failure of the last allowed send: `dead`.
+    Dead,
+    /// Kept as an event only (in-flight status, earlier send, or the state is already final).
+    Record,
+    /// The row's latest send is not recorded yet: answer 503 so VA Notify retries.
+    NotYet,
+}
+
+impl Effect {
+    /// Stored in `notification_events.effect`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Move(_) => "moved",
+            Self::Resend => "resend",
+            Self::Dead => "dead",
+            Self::Record | Self::NotYet => "recorded",
+        }
+    }
+}
+
+/// A notification as a callback finds it.
+#[derive(Clone, Copy, Debug)]
+pub struct RowState {
+    pub status: Status,
+    /// Sends VA Notify accepted so far.
+    pub sends: i32,
+    /// Whether the callback's `id` is the row's latest `va_notify_id` (or either is unknown).
+    pub latest_send: bool,
+}
+
+/// Decides what a callback with `status`/`reason` does to `row` (rules in the module docs).
+pub fn decide(row: RowState, status: &str, reason: Option<&str>, max_sends: u32) -> Effect {
+    let reported = match status {
+        "delivered" => Status::Delivered,
+        "permanent-failure" => Status::PermanentFailure,
+        "temporary-failure" => Status::TemporaryFailure,
+        _ => return Effect::Record,
+    };
+    match row.status {
+        // During a resend the row still holds the previous send's id: a callback naming it is late news.
+        Status::Sending if row.sends > 0 && row.latest_send => Effect::Record,
+        Status::Sending => Effect::NotYet,
+        _ if !row.latest_send => Effect::Record,
+        Status::Sent => match reported {
+            Status::TemporaryFailure if reason.is_some_and(|r| r.starts_with("Retryable")) => {
+                if row.sends < max_sends as i32 { Effect::Resend } else { Effect::Dead }
+            }
+            other => Effect::Move(other),
+        },
+        // A resend is waiting: only proof of delivery cancels it.
+        Status::Queued | Status::RetryWait if row.sends > 0 && reported == Status::Delivered => {
+            Effect::Move(Status::Delivered)
+        }
+        Status::TemporaryFailure | Status::PermanentFailure | Status::Failed | Status::Dead
+            if reported == Status::Delivered =>
+        {
+            Effect::Move(Status::Delivered)
+        }
+        _ => Effect::Record,
+    }
+}
+
+/// The outcome of handling one authenticated callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// No notification has this reference or VA Notify id.
+    Unknown,
+    /// Recorded, with this effect.
+    Known(Effect),
+}
+
+/// Bounded metric label for a callback status.
+pub fn status_label(status: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "delivered",
+        "permanent-failure",
+        "temporary-failure",
+        "technical-failure",
+        "sending",
+        "sent",
+        "created",
+        "pending",
+        "pending-virus-check",
+        "virus-scan-failed",
+        "validation-failed",
+        "cancelled",
+        "preferences-declined",
+    ];
+    KNOWN.iter().copied().find(|k| *k == status).unwrap_or("other")
+}
+
+/// VA Notify's reason is upstream free text: stored (never a label, never logged), but kept short.
+fn stored_text(text: Option<&str>) -> Option<String> {
+    text.map(|t| t.chars().take(200).collect())
+}
+
+fn va_time(text: Option<&str>) -> Option<DateTime<Utc>> {
+    text.and_then(|t| t.parse().ok())
+}
+
+/// Finds the notification, records the callback and applies its effect, in one transaction.
+#[tracing::instrument(skip_all, fields(status = status_label(&payload.status)))]
+pub async fn handle(
+    pool: &PgPool,
+    payload: &CallbackPayload,
+    config: &CallbacksConfig,
+) -> Result<Handled, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let by_reference = payload.reference.as_deref().and_then(|r| Uuid::parse_str(r.trim()).ok());
+    let select = "select id, status, sends, va_notify_id from notifications";
+    let mut row: Option<(Uuid, String, i32, Option<Uuid>)> = None;
+    if let Some(reference) = by_reference {
+        row = sqlx::query_as(&format!("{select} where id = $1 for update"))
+            .bind(reference)
+            .fetch_optional(&mut *tx)
+            .await?;
+    }
+    if let (None, Some(va_id)) = (&row, payload.id) {
+        row = sqlx::query_as(&format!("{select} where va_notify_id = $1 limit 1 for update"))
+            .bind(va_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    }
+    let Some((id, status, sends, va_notify_id)) = row else {
+        return Ok(Handled::Unknown);
+    };
+    let Some(status) = Status::parse(&status) else {
+        return Err(sqlx::Error::Decode(format!("unknown status {status}").into()));
+    };
+    let latest_send = match (payload.id, va_notify_id) {
+        (Some(reported), Some(latest)) => reported == latest,
+        _ => true,
+    };
+    let effect = decide(
+        RowState { status, sends, latest_send },
+        &payload.status,
+        payload.status_reason.as_deref(),
+        config.max_sends,
+    );
+    if effect == Effect::NotYet {
+        return Ok(Handled::Known(effect));
+    }
+
+    sqlx::query(
+        "insert into notification_events (notification_id, va_notify_id, status, status_reason, created_at,
+             completed_at, sent_at, notification_type, provider, effect)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(id)
+    .bind(payload.id)
+    .bind(stored_text(Some(&payload.status)))
+    .bind(stored_text(payload.status_reason.as_deref()))
+    .bind(va_time(payload.created_at.as_deref()))
+    .bind(va_time(payload.completed_at.as_deref()))
+    .bind(va_time(payload.sent_at.as_deref()))
+    .bind(stored_text(payload.notification_type.as_deref()))
+    .bind(stored_text(payload.provider.as_deref()))
+    .bind(effect.as_str())
+    .execute(&mut *tx)
+    .await?;
+
+    let reason = stored_text(payload.status_reason.as_deref());
+    match effect {
+        Effect::Move(next) => {
+            sqlx::query(
+                "update notifications set status = $2, status_reason = $3, next_attempt_at = null, updated_at = now(),
+                     delivered_at = case when $2 = 'delivered' then now() else delivered_at end,
+                     va_notify_id = coalesce(va_notify_id, $4)
+                 where id = $1",
+            )
+            .bind(id)
+            .bind(next.as_str())
+            .bind(if next == Status::Delivered { None } else { reason })
+            .bind(payload.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Effect::Resend => {
+            // Same row, same reference; the worker's retry budget starts afresh for the new send.
+            sqlx::query(
+                "update notifications set status = 'queued', status_reason = $2, updated_at = now(),
+                     next_attempt_at = now() + make_interval(secs => $3), attempts_before_send = attempts
+                 where id = $1",
+            )
+            .bind(id)
+            .bind(reason)
+            .bind(config.resend_delay_seconds as f64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Effect::Dead => {
+            sqlx::query(
+                "update notifications set status = 'dead', status_reason = $2, next_attempt_at = null, updated_at = now()
+                 where id = $1",
+            )
+            .bind(id)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Effect::Record | Effect::NotYet => {}
+    }
+    tx.commit().await?;
+    count(effect);
+    Ok(Handled::Known(effect))
+}
+
+/// Counts state changes with the same counters the worker uses, so `/metrics` and the report agree.
+fn count(effect: Effect) {
+    match effect {
+        Effect::Move(Status::Delivered) => {
+            metrics::counter!(m::DELIVERIES, "status" => "delivered", "reason" => "").increment(1);
+        }
+        Effect::Move(status) => {
+            metrics::counter!(m::DELIVERIES, "status" => status.as_str(), "reason" => "va_notify_callback")
+                .increment(1);
+        }
+        Effect::Resend => {
+            metrics::counter!(m::RETRIES, "reason" => "retryable_temporary_failure").increment(1);
+        }
+        Effect::Dead => {
+            metrics::counter!(m::DELIVERIES, "status" => "dead", "reason" => "retryable_temporary_failure")
+                .increment(1);
+            metrics::counter!(m::DEAD_LETTERS).increment(1);
+        }
+        Effect::Record | Effect::NotYet => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: Status, sends: i32, latest_send: bool) -> RowState {
+        RowState { status, sends, latest_send }
+    }
+
+    const RETRYABLE: Option<&str> = Some("Retryable - Unable to deliver at this time");
+
+    #[test]
+    fn final_statuses_move_a_sent_row() {
+        let sent = row(Status::Sent, 1, true);
+        assert_eq!(decide(sent, "delivered", None, 5), Effect::Move(Status::Delivered));
+        assert_eq!(decide(sent, "permanent-failure", Some("Bounced"), 5), Effect::Move(Status::PermanentFailure));
+        assert_eq!(decide(sent, "temporary-failure", Some("Mailbox full"), 5), Effect::Move(Status::TemporaryFailure));
+    }
+
+    #[test]
+    fn in_flight_statuses_never_move_anything() {
+        for status in [Status::Sent, Status::Delivered, Status::PermanentFailure, Status::Queued] {
+            for cb in ["sending", "sent", "created", "pending", "who-knows"] {
+                assert_eq!(decide(row(status, 1, true), cb, None, 5), Effect::Record, "{status} {cb}");
+            }
+        }
+    }
+
+    #[test]
+    fn delivered_is_never_overwritten() {
+        let delivered = row(Status::Delivered, 1, true);
+        for cb in ["permanent-failure", "temporary-failure", "delivered", "sending"] {
+            assert_eq!(decide(delivered, cb, RETRYABLE, 5), Effect::Record);
+        }
+    }
+
+    #[test]
+    fn delivered_overrides_a_failure_of_the_same_send() {
+        for status in [Status::TemporaryFailure, Status::PermanentFailure, Status::Failed, Status::Dead] {
+            assert_eq!(decide(row(status, 1, true), "delivered", None, 5), Effect::Move(Status::Delivered));
+            assert_eq!(decide(row(status, 1, false), "delivered", None, 5), Effect::Record);
+        }
+        // Failures do not replace failures.
+        assert_eq!(decide(row(Status::PermanentFailure, 1, true), "temporary-failure", None, 5), Effect::Record);
+    }
+
+    #[test]
+    fn retryable_temporary_failures_are_resent_until_max_sends() {
+        assert_eq!(decide(row(Status::Sent, 1, true), "temporary-failure", RETRYABLE, 5), Effect::Resend);
+        assert_eq!(decide(row(Status::Sent, 4, true), "temporary-failure", RETRYABLE, 5), Effect::Resend);
+        assert_eq!(decide(row(Status::Sent, 5, true), "temporary-failure", RETRYABLE, 5), Effect::Dead);
+        assert_eq!(decide(row(Status::Sent, 1, true), "temporary-failure", RETRYABLE, 1), Effect::Dead);
+        // Case matters: VA's prefix is exactly `Retryable`.
+        assert_eq!(
+            decide(row(Status::Sent, 1, true), "temporary-failure", Some("retryable?"), 5),
+            Effect::Move(Status::TemporaryFailure)
+        );
+    }
+
+    #[test]
+    fn callbacks_for_earlier_sends_are_only_recorded() {
+        assert_eq!(decide(row(Status::Sent, 2, false), "delivered", None, 5), Effect::Record);
+        assert_eq!(decide(row(Status::Sent, 2, false), "temporary-failure", RETRYABLE, 5), Effect::Record);
+        // A resend in flight still carries the previous send's id.
+        assert_eq!(decide(row(Status::Sending, 1, true), "delivered", None, 5), Effect::Record);
+    }
+
+    #[test]
+    fn a_callback_that_overtakes_the_201_is_retried_later() {
+        assert_eq!(decide(row(Status::Sending, 0, true), "delivered", None, 5), Effect::NotYet);
+        assert_eq!(decide(row(Status::Sending, 1, false), "delivered", None, 5), Effect::NotYet);
+        assert_eq!(decide(row(Status::Sending, 0, true), "sending", None, 5), Effect::Record);
+    }
+
+    #[test]
+    fn delivered_cancels_a_pending_resend() {
+        assert_eq!(decide(row(Status::Queued, 1, true), "delivered", None, 5), Effect::Move(Status::Delivered));
+        assert_eq!(decide(row(Status::Queued, 1, true), "permanent-failure", None, 5), Effect::Record);
+        assert_eq!(decide(row(Status::Queued, 0, true), "delivered", None, 5), Effect::Record);
+    }
+
+    #[test]
+    fn rows_that_were_never_sent_ignore_callbacks() {
+        for status in [Status::Suppressed, Status::Duplicate, Status::Skipped] {
+            assert_eq!(decide(row(status, 0, true), "delivered", None, 5), Effect::Record);
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_all_accepted() {
+        let auth = CallbackAuth::new(vec![Secret::new("first-token"), Secret::new("second-token")], None);
+        assert!(auth.bearer_ok("first-token"));
+        assert!(auth.bearer_ok("second-token"));
+        assert!(!auth.bearer_ok("first-toke"));
+        assert!(!auth.bearer_ok(""));
+        assert!(!CallbackAuth::new(vec![], None).bearer_ok(""));
+        assert!(!auth.signature_ok(b"{}", "00"), "no secret: signatures are refused");
+    }
+}

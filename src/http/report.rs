@@ -1,0 +1,84 @@
+//! `GET /admin/rollout/report`: the rollout report (SPEC §9) as JSON or Markdown.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::AdminAuth;
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::report::{self, ReportError, ReportRequest};
+use crate::toggles::EMAILS_ENABLED;
+
+/// Query parameters of the report.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReportParams {
+    /// Feature key; default `event_bus_gateway_emails_enabled`.
+    pub feature: Option<String>,
+    /// Start of the period: RFC 3339 time or a date (midnight UTC).
+    pub from: Option<String>,
+    /// End of the period (exclusive): RFC 3339 time or a date; default now.
+    pub to: Option<String>,
+    /// `json` (default) or `markdown`.
+    pub format: Option<String>,
+}
+
+/// The rollout report: per toggle stage, users, requests, sent, delivered, failed, error rate, clicks and
+/// click-through rate, judged against `report.max_error_rate`.
+#[utoipa::path(get, path = "/admin/rollout/report", tag = "admin", params(ReportParams),
+    responses(
+        (status = 200, description = "The report (JSON, or text/markdown with format=markdown)", body = report::Report),
+        (status = 400, description = "Bad parameter", body = super::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token"),
+    ),
+    security(("admin" = []))
+)]
+pub async fn rollout_report(
+    _admin: AdminAuth,
+    State(state): State<AppState>,
+    params: Result<Query<ReportParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) =
+        params.map_err(|_| ApiError::MalformedBody("the query string is not valid URL encoding".into()))?;
+    let time = |field: &'static str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| {
+                report::parse_time(v).ok_or(ApiError::InvalidParameter {
+                    field,
+                    detail: format!("{field} must be an RFC 3339 time or a YYYY-MM-DD date"),
+                })
+            })
+            .transpose()
+    };
+    let request = ReportRequest {
+        feature: params.feature.clone().unwrap_or_else(|| EMAILS_ENABLED.to_owned()),
+        from: time("from", &params.from)?,
+        to: time("to", &params.to)?,
+        max_error_rate: state.config.report.max_error_rate,
+    };
+    let markdown = match params.format.as_deref() {
+        None | Some("json") => false,
+        Some("markdown" | "md") => true,
+        Some(_) => {
+            return Err(ApiError::InvalidParameter {
+                field: "format",
+                detail: "format must be json or markdown".into(),
+            });
+        }
+    };
+    let built = report::build(&state.db, &request).await.map_err(|e| match e {
+        ReportError::UnknownFeature => ApiError::InvalidParameter { field: "feature", detail: e.to_string() },
+        ReportError::EmptyRange => ApiError::InvalidParameter { field: "from", detail: e.to_string() },
+        ReportError::Database(e) => e.into(),
+    })?;
+    Ok(if markdown {
+        ([(CONTENT_TYPE, "text/markdown; charset=utf-8")], report::markdown(&built)).into_response()
+    } else {
+        Json(built).into_response()
+    })
+}

@@ -1,0 +1,126 @@
+//! The report as the Markdown "Results" block of a release plan.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, Utc};
+
+use super::{Report, Stage, Verdict};
+
+fn when(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+fn range(stage: &Stage) -> String {
+    match stage.end {
+        Some(end) => format!("{} – {}", when(stage.start), when(end)),
+        None => format!("{} – ongoing", when(stage.start)),
+    }
+}
+
+fn pct(fraction: Option<f64>) -> String {
+    fraction.map_or_else(|| "n/a".to_owned(), |f| format!("{:.2}%", f * 100.0))
+}
+
+fn share(percentage: f64) -> String {
+    // 25 -> "25%", 18.157 -> "18.157%".
+    let text = format!("{percentage:.3}");
+    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
+fn stage_name(stage: &Stage) -> String {
+    if stage.paused { "paused (0%)".to_owned() } else { format!("{} of users", share(stage.percentage)) }
+}
+
+fn verdict(stage: &Stage, max: f64) -> String {
+    match stage.verdict {
+        Verdict::Pass => format!("**PASS** (error rate {} < {})", pct(stage.error_rate), pct(Some(max))),
+        Verdict::Fail => format!("**FAIL** (error rate {} ≥ {})", pct(stage.error_rate), pct(Some(max))),
+        Verdict::NoData => "**NO DATA** (nothing attempted; not a pass)".to_owned(),
+    }
+}
+
+fn verdict_short(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+        Verdict::NoData => "NO DATA",
+    }
+}
+
+/// Renders the report as Markdown: a summary table, then one "Results" block per stage.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail; the results are ignored for that reason.
+    let _ = writeln!(out, "## Rollout results: `{}`\n", report.feature);
+    let period = match (report.from, report.to) {
+        (Some(from), Some(to)) => format!("{} – {}", when(from), when(to)),
+        (Some(from), None) => format!("since {}", when(from)),
+        (None, Some(to)) => format!("until {}", when(to)),
+        (None, None) => "whole audit history".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "Channel: {} · Period: {} · Success criterion: error rate < {}\n",
+        report.channel,
+        period,
+        pct(Some(report.max_error_rate))
+    );
+    if report.stages.is_empty() {
+        let _ = writeln!(out, "No stages: the feature's audit log has no changes in this period.");
+        return out;
+    }
+    let _ = writeln!(out, "| Stage | Dates | Percentage | Unique users | Error rate | Click-through rate | Result |");
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
+    for s in &report.stages {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            s.number,
+            range(s),
+            if s.paused { "paused".to_owned() } else { share(s.percentage) },
+            s.counts.unique_participants,
+            pct(s.error_rate),
+            pct(s.click_through_rate),
+            verdict_short(s.verdict)
+        );
+    }
+    for s in &report.stages {
+        let c = &s.counts;
+        let _ = writeln!(out, "\n### Stage {}: {}\n", s.number, stage_name(s));
+        let _ = writeln!(out, "- Dates: {}", range(s));
+        let _ = writeln!(out, "- Unique users: {}", c.unique_participants);
+        let _ = writeln!(
+            out,
+            "- Requests: {} (suppressed by the toggle: {}, duplicates: {})",
+            c.requests, c.suppressed, c.duplicates
+        );
+        let _ = writeln!(
+            out,
+            "- Sent: {} · Delivered: {} · Failed: {} · Skipped: {} · Pending: {}",
+            c.sent, c.delivered, c.failed, c.skipped, c.pending
+        );
+        let _ = writeln!(out, "- Error rate: {} (failed: {}, attempted: {})", pct(s.error_rate), c.failed, c.attempted);
+        let _ = writeln!(
+            out,
+            "- Click-through rate: {} (unique clicks: {}, delivered: {})",
+            pct(s.click_through_rate),
+            c.unique_clicks,
+            c.delivered
+        );
+        let _ = writeln!(out, "- Result: {}", verdict(s, report.max_error_rate));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_drop_trailing_zeros() {
+        assert_eq!(share(25.0), "25%");
+        assert_eq!(share(18.157), "18.157%");
+        assert_eq!(share(0.5), "0.5%");
+        assert_eq!(share(100.0), "100%");
+    }
+}
