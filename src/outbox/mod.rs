@@ -130,25 +130,24 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
 
 /// Counts a delivery try and, when a VA Notify call follows, records it as in flight first, so a
 /// crash during the call leaves a trace. Returns the try number, or `None` if the lease was lost.
+/// One statement, so one round trip and one commit.
 pub async fn start_try(pool: &PgPool, row: &Claimed, calls_notify: bool) -> Result<Option<i32>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let attempt: Option<i32> = sqlx::query_scalar(
-        "update notifications set attempts = attempts + 1, updated_at = now()
-         where id = $1 and lease_token = $2 and status = 'sending' returning attempts",
+    sqlx::query_scalar(
+        "with counted as (
+             update notifications set attempts = attempts + 1, updated_at = now()
+             where id = $1 and lease_token = $2 and status = 'sending'
+             returning attempts
+         ), in_flight as (
+             insert into notification_attempts (notification_id, attempt)
+             select $1, attempts from counted where $3
+         )
+         select attempts from counted",
     )
     .bind(row.id)
     .bind(row.lease_token)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let (Some(n), true) = (attempt, calls_notify) {
-        sqlx::query("insert into notification_attempts (notification_id, attempt) values ($1, $2)")
-            .bind(row.id)
-            .bind(n)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(attempt)
+    .bind(calls_notify)
+    .fetch_optional(pool)
+    .await
 }
 
 /// What a finished VA Notify call returned, for `notification_attempts`.
@@ -174,8 +173,9 @@ pub enum Transition {
     Defer { at: DateTime<Utc>, reason: String },
 }
 
-/// Writes the outcome of a try, fenced by the lease token. Returns false if the lease was lost
-/// (another worker reclaimed the row); the caller then drops its result.
+/// Writes the outcome of a try, fenced by the lease token: the row and its attempt record change
+/// together in one statement (one round trip, one commit). Returns false if the lease was lost
+/// (another worker reclaimed the row); nothing is written then and the caller drops its result.
 #[tracing::instrument(skip_all, fields(notification_id = %row.id))]
 pub async fn finish_try(
     pool: &PgPool,
@@ -183,93 +183,61 @@ pub async fn finish_try(
     call: Option<&CallRecord>,
     transition: &Transition,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let updated = match transition {
-        Transition::Sent { va_notify_id } => sqlx::query(
-            "update notifications set status = 'sent', status_reason = null, va_notify_id = $3, sent_at = now(),
-                 sends = sends + 1,
-                 next_attempt_at = null, lease_token = null, updated_at = now()
-             where id = $1 and lease_token = $2",
-        )
-        .bind(row.id)
-        .bind(row.lease_token)
-        .bind(va_notify_id),
-        Transition::Retry { at, reason } => sqlx::query(
-            "update notifications set status = 'retry_wait', status_reason = $3, next_attempt_at = $4,
-                 lease_token = null, updated_at = now()
-             where id = $1 and lease_token = $2",
-        )
-        .bind(row.id)
-        .bind(row.lease_token)
-        .bind(reason)
-        .bind(*at),
-        Transition::Finish { status, reason } => sqlx::query(
-            "update notifications set status = $3, status_reason = $4, next_attempt_at = null,
-                 lease_token = null, updated_at = now()
-             where id = $1 and lease_token = $2",
-        )
-        .bind(row.id)
-        .bind(row.lease_token)
-        .bind(status.as_str())
-        .bind(reason),
-        Transition::Defer { at, reason } => sqlx::query(
-            "update notifications set status = case when attempts > 1 then 'retry_wait' else 'queued' end,
-                 attempts = attempts - 1, status_reason = $3, next_attempt_at = $4, lease_token = null, updated_at = now()
-             where id = $1 and lease_token = $2",
-        )
-        .bind(row.id)
-        .bind(row.lease_token)
-        .bind(reason)
-        .bind(*at),
-    }
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !updated {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    if let Some(call) = call {
-        if matches!(transition, Transition::Defer { .. }) {
-            // No request left the process: the in-flight record was never a call.
-            sqlx::query("delete from notification_attempts where notification_id = $1 and attempt = $2")
-                .bind(row.id)
-                .bind(call.attempt)
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            sqlx::query(
-                "update notification_attempts set finished_at = now(), outcome = $3, http_status = $4,
-                     error_class = $5, va_notify_id = $6
-                 where notification_id = $1 and attempt = $2",
-            )
-            .bind(row.id)
-            .bind(call.attempt)
-            .bind(call.outcome)
-            .bind(call.http_status.map(i32::from))
-            .bind(call.error_class)
-            .bind(call.va_notify_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-    }
-    tx.commit().await?;
-    Ok(true)
-}
-
-/// Gives leased rows back (graceful shutdown): due again at once, for any replica.
-pub async fn release(pool: &PgPool, row: &Claimed) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "update notifications set status = case when attempts > 0 then 'retry_wait' else 'queued' end,
-             next_attempt_at = now(), lease_token = null, updated_at = now()
-         where id = $1 and lease_token = $2",
+    // $1 id, $2 lease token; $3..$7 the new row state; $8..$13 the attempt record (attempt null = none).
+    let (status, reason, next_attempt_at, va_notify_id, attempts_delta): (
+        &str,
+        Option<&str>,
+        Option<DateTime<Utc>>,
+        Option<Uuid>,
+        i32,
+    ) = match transition {
+        Transition::Sent { va_notify_id } => ("sent", None, None, Some(*va_notify_id), 0),
+        Transition::Retry { at, reason } => ("retry_wait", Some(reason), Some(*at), None, 0),
+        Transition::Finish { status, reason } => (status.as_str(), Some(reason), None, None, 0),
+        // No call was made (breaker open): the try is given back and its in-flight record removed.
+        Transition::Defer { at, reason } => ("defer", Some(reason), Some(*at), None, -1),
+    };
+    let deferred = matches!(transition, Transition::Defer { .. });
+    let updated: Option<Uuid> = sqlx::query_scalar(
+        "with moved as (
+             update notifications set
+                 status = case when $3 = 'defer' then (case when attempts > 1 then 'retry_wait' else 'queued' end) else $3 end,
+                 status_reason = $4,
+                 next_attempt_at = $5,
+                 va_notify_id = coalesce($6, va_notify_id),
+                 sent_at = case when $3 = 'sent' then now() else sent_at end,
+                 sends = sends + (case when $3 = 'sent' then 1 else 0 end),
+                 attempts = attempts + $7,
+                 lease_token = null,
+                 updated_at = now()
+             where id = $1 and lease_token = $2
+             returning id
+         ), recorded as (
+             update notification_attempts set finished_at = now(), outcome = $9, http_status = $10,
+                 error_class = $11, va_notify_id = $12
+             where notification_id = (select id from moved) and attempt = $8 and not $13
+         ), removed as (
+             delete from notification_attempts
+             where notification_id = (select id from moved) and attempt = $8 and $13
+         )
+         select id from moved",
     )
     .bind(row.id)
     .bind(row.lease_token)
-    .execute(pool)
+    .bind(status)
+    .bind(reason)
+    .bind(next_attempt_at)
+    .bind(va_notify_id)
+    .bind(attempts_delta)
+    .bind(call.map(|c| c.attempt))
+    .bind(call.map(|c| c.outcome))
+    .bind(call.and_then(|c| c.http_status.map(i32::from)))
+    .bind(call.and_then(|c| c.error_class))
+    .bind(call.and_then(|c| c.va_notify_id))
+    .bind(deferred)
+    .fetch_optional(pool)
     .await?;
-    Ok(())
+    Ok(updated.is_some())
 }
 
 /// Rows waiting for delivery by state, and the age of the oldest due one. Walks only the small

@@ -37,7 +37,7 @@ async fn queue_one(app: &TestApp) -> Uuid {
     accepted(response).await.0
 }
 
-async fn attempts(app: &TestApp, id: Uuid) -> Vec<(i32, String, Option<i32>)> {
+async fn attempts_of(app: &TestApp, id: Uuid) -> Vec<(i32, String, Option<i32>)> {
     sqlx::query_as(
         "select attempt, outcome, http_status from notification_attempts where notification_id = $1 order by attempt",
     )
@@ -73,7 +73,7 @@ async fn happy_path_sends_exactly_the_va_notify_payload() {
             .unwrap();
     assert_eq!(status, "sent");
     assert!(va_id.is_some());
-    assert_eq!(attempts(&app, id).await, vec![(1, "sent".to_owned(), Some(201))]);
+    assert_eq!(attempts_of(&app, id).await, vec![(1, "sent".to_owned(), Some(201))]);
 }
 
 #[tokio::test]
@@ -90,7 +90,7 @@ async fn va_notify_outage_is_retried_with_backoff_and_sent_once_after_recovery()
     app.deliver_all().await;
     assert_eq!(app.status_of(id).await.0, "sent");
     assert_eq!(notify.accepted_references(), vec![id.to_string()], "sent exactly once");
-    let outcomes: Vec<String> = attempts(&app, id).await.into_iter().map(|a| a.1).collect();
+    let outcomes: Vec<String> = attempts_of(&app, id).await.into_iter().map(|a| a.1).collect();
     assert_eq!(outcomes, ["retryable", "retryable", "retryable", "retryable", "sent"]);
     // Every try carried the same reference, so VA-side records can be reconciled.
     assert!(notify.requests().iter().all(|r| r.reference() == Some(id.to_string().as_str())));
@@ -306,4 +306,29 @@ async fn a_request_accepted_by_one_replica_wakes_the_workers_of_another() {
     let id = queue_one(&acceptor).await;
     let sent = acceptor.eventually(Duration::from_secs(3), || async { acceptor.status_of(id).await.0 == "sent" }).await;
     assert!(sent, "woken through Postgres, not by its 30 s poll");
+}
+
+#[tokio::test]
+async fn an_open_circuit_defers_without_spending_a_try_or_calling_va_notify() {
+    let (app, notify, _bgs) = wired(&[("EBG_NOTIFY__BREAKER_FAILURE_THRESHOLD", "1")]).await;
+    notify.script([Reply::Status500]);
+    let id = queue_one(&app).await;
+    app.deliver_due().await; // the 500 opens the breaker
+    sqlx::query("update notifications set next_attempt_at = now() where id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.deliver_due().await; // refused locally: the breaker is open
+    let (status, attempts, wait): (String, i32, f64) = sqlx::query_as(
+        "select status, attempts, extract(epoch from next_attempt_at - now())::float8 from notifications where id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts), ("retry_wait", 1), "the refused try is given back");
+    assert!(wait > 20.0, "comes back after the breaker's open period, not at once ({wait}s)");
+    assert_eq!(notify.requests_total(), 1, "no call while open");
+    assert_eq!(attempts_of(&app, id).await.len(), 1, "no attempt recorded for a call never made");
 }
