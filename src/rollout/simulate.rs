@@ -471,7 +471,7 @@ async fn create_notification(AxumState(shared): AxumState<Arc<FakeShared>>, body
     let n = shared.sends.fetch_add(1, Ordering::Relaxed);
     let fails = nth_is_hit(n, shared.failure_rate);
     // Failures alternate between the two ways VA Notify reports them.
-    if fails && shared.failures.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+    if fails && shared.failures.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
         let error = json!({"status_code": 400, "errors": [{"error": "BadRequestError", "message": "simulated"}]});
         return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
     }
