@@ -532,7 +532,11 @@ pub async fn override_plan(
         Action::Abort if plan.state.is_live() => (State::Aborted, plan.current_stage, false, None, None),
         Action::Abort => return refuse("abort"),
     };
-    let decision = if state == State::Completed { Decision::Complete } else { action.decision() };
+    let decision = match (action, plan.state, state) {
+        (_, _, State::Completed) => Decision::Complete,
+        (Action::Advance, State::Pending, _) => Decision::Start,
+        _ => action.decision(),
+    };
     let evidence = json!({
         "manual": true,
         "operator_reason": ctx.reason,
