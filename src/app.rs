@@ -19,7 +19,7 @@ use crate::outbox::worker::Deliverer;
 use crate::outbox::{AcceptQueue, Wakeup};
 use crate::telemetry::PiiHasher;
 use crate::toggles::Toggles;
-use crate::{db, http, metrics, retention};
+use crate::{db, http, metrics, retention, rollout};
 
 /// Everything a handler needs, built once at startup. Cheap to clone.
 #[derive(Clone)]
@@ -150,6 +150,15 @@ impl Application {
             tokio::spawn(retention::run(state.db.clone(), state.config.retention.clone(), background.clone()))
         });
 
+        // Every replica may run the evaluator: an advisory lock lets one of them act per pass.
+        let evaluator = state.config.rollout.enabled.then(|| {
+            tokio::spawn(rollout::run(
+                state.db.clone(),
+                Duration::from_secs(state.config.rollout.interval_seconds),
+                background.clone(),
+            ))
+        });
+
         tracing::info!(addr = %self.listener.local_addr()?, "ebg-notify listening");
         let app = http::router(state.clone());
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
@@ -162,6 +171,9 @@ impl Application {
             }
             if let Some(upkeep) = upkeep {
                 let _ = upkeep.await;
+            }
+            if let Some(evaluator) = evaluator {
+                let _ = evaluator.await;
             }
             let _ = watcher.await;
         };

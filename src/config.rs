@@ -71,6 +71,7 @@ pub struct Config {
     pub callbacks: CallbacksConfig,
     pub clicks: ClicksConfig,
     pub report: ReportConfig,
+    pub rollout: RolloutConfig,
     pub retention: RetentionConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -226,6 +227,13 @@ pub struct ReportConfig {
     pub max_error_rate: f64,
 }
 
+/// The guarded-rollout evaluator (SPEC §9).
+#[derive(Clone, Debug, Deserialize)]
+pub struct RolloutConfig {
+    pub enabled: bool,
+    pub interval_seconds: u64,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct RetentionConfig {
     pub days: u32,
@@ -329,6 +337,10 @@ impl Config {
         check(
             (0.0..=1.0).contains(&self.report.max_error_rate),
             "report.max_error_rate: must be a fraction between 0 and 1 (0.05 = 5%)",
+        );
+        check(
+            (1..=86_400).contains(&self.rollout.interval_seconds),
+            "rollout.interval_seconds: must be from 1 to 86400",
         );
         check(self.retention.days >= 1, "retention.days: must be at least 1");
         check(self.retention.interval_seconds >= 1, "retention.interval_seconds: must be at least 1");

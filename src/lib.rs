@@ -3,6 +3,7 @@
 //! Request path: [`http`] (routes) -> [`auth`] -> [`toggles`] -> [`outbox`] (durable queue).
 //! Delivery path: [`outbox::worker`] -> [`contacts`] -> [`notify`] (VA Notify).
 //! Tracking: [`callbacks`] (delivery status, resends), [`clicks`]; [`report`] (rollout report), [`retention`].
+//! Release: [`rollout`] (guarded rollout plans, their evaluator, and the `simulate` demo).
 //! Startup: [`config`] -> [`app::Application`]; the binary's verbs live in [`cli`].
 
 pub mod app;
@@ -20,5 +21,6 @@ pub mod notify;
 pub mod outbox;
 pub mod report;
 pub mod retention;
+pub mod rollout;
 pub mod telemetry;
 pub mod toggles;

@@ -45,6 +45,10 @@ pub const TOGGLE_REFRESH_FAILURES: &str = "ebg_toggle_refresh_failures_total";
 /// Seconds since the toggle snapshot was last refreshed successfully (staleness).
 pub const TOGGLE_SNAPSHOT_AGE: &str = "ebg_toggle_snapshot_age_seconds";
 
+/// Guarded-rollout decisions by `decision` (start, advance, complete, pause, hold, halt, interrupted,
+/// resume, abort) and `mode` (auto, advise).
+pub const ROLLOUT_DECISIONS: &str = "ebg_rollout_decisions_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the global recorder the first time and returns its handle; later calls reuse it
@@ -86,6 +90,7 @@ fn describe() {
     describe_counter!(DELIVERY_ATTEMPTED, "Notifications whose delivery was attempted (error-rate denominator).");
     describe_counter!(CLICKS, "Requests through click-tracking links, by kind.");
     describe_counter!(CLICKS_UNIQUE, "Notifications clicked for the first time by a person.");
+    describe_counter!(ROLLOUT_DECISIONS, "Guarded-rollout decisions by decision and mode.");
     describe_counter!(RETENTION_DELETED, "Rows deleted by the retention job, by table.");
     describe_gauge!(QUEUE_DEPTH, "Notifications waiting for delivery, by state.");
     describe_gauge!(QUEUE_OLDEST_DUE_AGE, metrics::Unit::Seconds, "Age of the oldest due notification.");

@@ -1,6 +1,7 @@
 //! The `ebg-notify` binary's verbs (SPEC §11). `main.rs` only calls [`run`].
 
 mod flags;
+mod rollout;
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
 use crate::config::Config;
+use crate::rollout::simulate::{SimulateOptions, simulate};
 use crate::{auth, db, telemetry};
 
 #[derive(Parser)]
@@ -50,6 +52,33 @@ enum Command {
         #[arg(long, value_parser = ["markdown", "json"], default_value = "markdown")]
         format: String,
     },
+    /// Guarded rollout plans: create, show, list, and the operator's overrides.
+    Rollout(rollout::RolloutArgs),
+    /// Run the seed's release plan end to end in minutes: the service in-process against a fresh
+    /// database of its own, synthetic traffic, a simulated VA Notify; prints progress, then the report.
+    Simulate {
+        /// Share of sends VA Notify fails (half as 400s, half as permanent-failure callbacks).
+        #[arg(long, default_value_t = SimulateOptions::default().failure_rate)]
+        failure_rate: f64,
+        /// Share of delivered notifications whose link is clicked.
+        #[arg(long, default_value_t = SimulateOptions::default().click_rate)]
+        click_rate: f64,
+        /// Minimum dwell of every stage, in seconds.
+        #[arg(long, default_value_t = SimulateOptions::default().stage_seconds)]
+        stage_seconds: u64,
+        /// Distinct synthetic participants.
+        #[arg(long, default_value_t = SimulateOptions::default().participants)]
+        participants: u64,
+        /// Requests per second.
+        #[arg(long, default_value_t = SimulateOptions::default().rate)]
+        rate: u32,
+        /// Attempted sends a stage needs before it is judged.
+        #[arg(long, default_value_t = SimulateOptions::default().min_sends)]
+        min_sends: u64,
+        /// Keep the simulation's database (printed at the start) instead of dropping it.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Requeue notifications that ended `failed` or `dead` (after fixing the cause).
     Replay {
         /// Only this state.
@@ -70,7 +99,12 @@ enum Command {
 /// Parses the command line and runs the verb.
 pub async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = Config::load()?;
+    let mut config = Config::load()?;
+    if matches!(cli.command, Some(Command::Simulate { .. })) {
+        // The simulation prints its own progress; the service's info logs would bury it.
+        config.telemetry.log_filter = "warn".to_owned();
+        config.telemetry.log_format = crate::config::LogFormat::Pretty;
+    }
     telemetry::init(&config.telemetry);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
@@ -94,6 +128,18 @@ pub async fn run() -> anyhow::Result<()> {
         }
         Command::Replay { status, since, ids, dry_run } => replay(config, &status, since, &ids, dry_run).await,
         Command::Flags(args) => flags::run(config, args).await,
+        Command::Rollout(args) => rollout::run(config, args).await,
+        Command::Simulate { failure_rate, click_rate, stage_seconds, participants, rate, min_sends, keep } => {
+            let options =
+                SimulateOptions { failure_rate, click_rate, stage_seconds, participants, rate, min_sends, keep };
+            let result = simulate(&config, options).await?;
+            anyhow::ensure!(
+                matches!(result.state, crate::rollout::State::Completed | crate::rollout::State::Paused),
+                "the simulation ended {}",
+                result.state.as_str()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod health;
 mod metrics_route;
 pub mod openapi;
 mod report;
+pub mod rollouts;
 mod send_email;
 
 use std::time::{Duration, Instant};
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .nest(flipper_api::MOUNT, flipper_api::routes())
         .merge(admin::routes())
+        .merge(rollouts::routes())
         .layer(middleware::from_fn(observe_latency))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))

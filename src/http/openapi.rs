@@ -67,6 +67,13 @@ pub struct ServiceAccountErrorBody {
         super::admin::resume,
         super::admin::audit,
         super::admin::release_suppressed,
+        super::rollouts::create,
+        super::rollouts::list,
+        super::rollouts::show,
+        super::rollouts::pause,
+        super::rollouts::resume,
+        super::rollouts::advance,
+        super::rollouts::abort,
     ),
     components(schemas(
         TemplateParams, ErrorBody, ErrorItem, ServiceAccountErrorBody, super::send_email::AcceptedBody,
@@ -76,6 +83,9 @@ pub struct ServiceAccountErrorBody {
         super::admin::AuditPage, super::admin::ReleaseParams, crate::toggles::store::AuditEntry,
         crate::toggles::release::ReleaseOutcome,
         crate::report::Report, crate::report::Stage, crate::report::Counts, crate::report::Verdict,
+        crate::rollout::NewPlan, crate::rollout::StagePlan, crate::rollout::Plan, crate::rollout::PlanDetail,
+        crate::rollout::DecisionEntry, crate::rollout::Mode, crate::rollout::State, super::rollouts::PlanList,
+        super::rollouts::OverrideParams,
     )),
     modifiers(&SecuritySchemes)
 )]

@@ -177,8 +177,31 @@ fn percentage(settings: &Value) -> (f64, bool, usize) {
     (pct, paused, actors)
 }
 
-fn rate(numerator: i64, denominator: i64) -> Option<f64> {
+/// `numerator / denominator`, or `None` without a denominator (no evidence is not a zero rate).
+pub fn rate(numerator: i64, denominator: i64) -> Option<f64> {
     (denominator > 0).then(|| numerator as f64 / denominator as f64)
+}
+
+impl Counts {
+    /// failed / attempted: the report's (and the rollout evaluator's) error rate.
+    pub fn error_rate(&self) -> Option<f64> {
+        rate(self.failed, self.attempted)
+    }
+
+    /// unique clicks / delivered.
+    pub fn click_through_rate(&self) -> Option<f64> {
+        rate(self.unique_clicks, self.delivered)
+    }
+}
+
+/// The success criterion: a stage passes when its error rate is below `max_error_rate`; without
+/// attempts there is no evidence, which is never a pass.
+pub fn judge(error_rate: Option<f64>, max_error_rate: f64) -> Verdict {
+    match error_rate {
+        None => Verdict::NoData,
+        Some(r) if r < max_error_rate => Verdict::Pass,
+        Some(_) => Verdict::Fail,
+    }
 }
 
 /// Builds the report from the audit log and the notifications table.
@@ -208,12 +231,8 @@ pub async fn build(pool: &PgPool, request: &ReportRequest) -> Result<Report, Rep
         }
         let counts = stage_counts(pool, channel, start, end.unwrap_or(now)).await?;
         let (percentage, paused, actors) = percentage(&period.settings);
-        let error_rate = rate(counts.failed, counts.attempted);
-        let verdict = match error_rate {
-            None => Verdict::NoData,
-            Some(r) if r < request.max_error_rate => Verdict::Pass,
-            Some(_) => Verdict::Fail,
-        };
+        let error_rate = counts.error_rate();
+        let verdict = judge(error_rate, request.max_error_rate);
         stages.push(Stage {
             number: stages.len() + 1,
             start,
@@ -222,7 +241,7 @@ pub async fn build(pool: &PgPool, request: &ReportRequest) -> Result<Report, Rep
             paused,
             actors,
             error_rate,
-            click_through_rate: rate(counts.unique_clicks, counts.delivered),
+            click_through_rate: counts.click_through_rate(),
             counts,
             verdict,
         });
@@ -287,13 +306,15 @@ pub const STAGE_SQL: &str = "
     left join clicks c on c.notification_id = n.id
     where n.channel = $1 and n.created_at >= $2 and n.created_at < $3";
 
-async fn stage_counts(
-    pool: &PgPool,
+/// A stage's numbers: the notifications of `channel` requested in `[start, end)`. The report and the
+/// rollout evaluator both count through here, so their numbers cannot disagree.
+pub async fn stage_counts<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     channel: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<Counts, sqlx::Error> {
-    sqlx::query_as(STAGE_SQL).bind(channel).bind(start).bind(end).fetch_one(pool).await
+    sqlx::query_as(STAGE_SQL).bind(channel).bind(start).bind(end).fetch_one(executor).await
 }
 
 #[cfg(test)]

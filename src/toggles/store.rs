@@ -231,19 +231,87 @@ pub async fn apply(
     change: &Change,
     ctx: &AuditContext,
 ) -> Result<FeatureRecord, StoreError> {
-    validate(feature, change)?;
     let mut tx = pool.begin().await?;
-    lock_feature(&mut tx, feature).await?;
-    let (exists, before) = fetch(&mut tx, feature).await?;
+    let applied = apply_in(&mut tx, feature, change, ctx, &AuditOptions::default()).await?;
+    tx.commit().await?;
+    Ok(applied.after)
+}
+
+/// How [`apply_in`] and [`record_in`] label their audit row when the defaults do not fit.
+#[derive(Clone, Debug, Default)]
+pub struct AuditOptions<'a> {
+    /// Operation recorded instead of the change's own (e.g. `rollout_advance`).
+    pub operation: Option<&'a str>,
+    /// Time recorded instead of the database's `now()`: the rollout evaluator runs on a clock it is
+    /// given, and its stage boundaries must be the audit log's, or the report would disagree with it.
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// A change applied by [`apply_in`].
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub before: FeatureRecord,
+    pub after: FeatureRecord,
+    /// Id of the `feature_audit` row written for it.
+    pub audit_id: i64,
+}
+
+/// Applies `change` and writes its audit row inside the caller's transaction, so the caller can commit
+/// its own rows (e.g. a rollout plan's new stage) atomically with the gate change.
+pub async fn apply_in(
+    conn: &mut PgConnection,
+    feature: &str,
+    change: &Change,
+    ctx: &AuditContext,
+    options: &AuditOptions<'_>,
+) -> Result<Applied, StoreError> {
+    validate(feature, change)?;
+    lock_feature(conn, feature).await?;
+    let (exists, before) = fetch(conn, feature).await?;
     if matches!(change, Change::Pause | Change::Resume) && !exists {
         return Err(StoreError::NotFound);
     }
-    write(&mut tx, feature, change, ctx).await?;
-    let (_, after) = fetch(&mut tx, feature).await?;
-    insert_audit(&mut tx, feature, change.operation(), change.gate(), change.value().as_deref(), &before, &after, ctx)
-        .await?;
-    tx.commit().await?;
-    Ok(after)
+    write(conn, feature, change, ctx).await?;
+    let (_, after) = fetch(conn, feature).await?;
+    let value = change.value();
+    let row = AuditRow {
+        feature,
+        operation: options.operation.unwrap_or(change.operation()),
+        gate: change.gate(),
+        value: value.as_deref(),
+        before: &before,
+        after: &after,
+        ctx,
+        at: options.at,
+    };
+    let audit_id = insert_audit_row(conn, &row).await?;
+    Ok(Applied { before, after, audit_id })
+}
+
+/// Records an audit row that changes nothing (`before` = `after` = the feature as it is), inside the
+/// caller's transaction: how the rollout evaluator logs a decision to hold. Returns the feature and
+/// the row's id.
+pub async fn record_in(
+    conn: &mut PgConnection,
+    feature: &str,
+    value: Option<&str>,
+    ctx: &AuditContext,
+    options: &AuditOptions<'_>,
+) -> Result<(FeatureRecord, i64), StoreError> {
+    lock_feature(conn, feature).await?;
+    let (_, current) = fetch(conn, feature).await?;
+    let row = AuditRow {
+        feature,
+        operation: options.operation.unwrap_or("note"),
+        gate: None,
+        value,
+        before: &current,
+        after: &current,
+        ctx,
+        at: options.at,
+    };
+    let id = insert_audit_row(conn, &row).await?;
+    Ok((current, id))
 }
 
 fn validate(feature: &str, change: &Change) -> Result<(), StoreError> {
@@ -348,6 +416,18 @@ async fn insert_gate(conn: &mut PgConnection, feature: &str, key: &str, value: &
     Ok(())
 }
 
+/// One `feature_audit` row to append.
+struct AuditRow<'a> {
+    feature: &'a str,
+    operation: &'a str,
+    gate: Option<&'a str>,
+    value: Option<&'a str>,
+    before: &'a FeatureRecord,
+    after: &'a FeatureRecord,
+    ctx: &'a AuditContext,
+    at: Option<DateTime<Utc>>,
+}
+
 /// Appends one audit row. `before`/`after` are [`FeatureRecord::audit_snapshot`]s.
 #[allow(clippy::too_many_arguments)] // Mirrors the row's columns; a struct would only rename them.
 pub(crate) async fn insert_audit(
@@ -360,22 +440,28 @@ pub(crate) async fn insert_audit(
     after: &FeatureRecord,
     ctx: &AuditContext,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "insert into feature_audit (feature_key, operation, gate, value, before, after, actor, reason, request_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    let row = AuditRow { feature, operation, gate, value, before, after, ctx, at: None };
+    insert_audit_row(conn, &row).await.map(|_| ())
+}
+
+async fn insert_audit_row(conn: &mut PgConnection, row: &AuditRow<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "insert into feature_audit (feature_key, operation, gate, value, before, after, actor, reason, request_id, at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, now()))
+         returning id",
     )
-    .bind(feature)
-    .bind(operation)
-    .bind(gate)
-    .bind(value)
-    .bind(before.audit_snapshot())
-    .bind(after.audit_snapshot())
-    .bind(&ctx.actor)
-    .bind(ctx.reason.as_deref())
-    .bind(ctx.request_id.as_deref())
-    .execute(conn)
-    .await?;
-    Ok(())
+    .bind(row.feature)
+    .bind(row.operation)
+    .bind(row.gate)
+    .bind(row.value)
+    .bind(row.before.audit_snapshot())
+    .bind(row.after.audit_snapshot())
+    .bind(&row.ctx.actor)
+    .bind(row.ctx.reason.as_deref())
+    .bind(row.ctx.request_id.as_deref())
+    .bind(row.at)
+    .fetch_one(conn)
+    .await
 }
 
 /// Whether `feature` is registered, and its gates and kill switch (gates are read even for an

@@ -12,4 +12,5 @@ mod metrics;
 mod notify_client;
 mod operations;
 mod report;
+mod rollout;
 mod send_email;

@@ -1,0 +1,251 @@
+//! Guarded-rollout plans (SPEC §9): create, read, list, and the operator's overrides.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::extract::{AdminAuth, AdminReadAuth, Params, RequestMeta};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::rollout::{self, Action, NewPlan, Plan, PlanDetail, RolloutError};
+use crate::toggles::EMAILS_ENABLED;
+use crate::toggles::store::AuditContext;
+
+/// Plans per page when `limit` is not given, and the most one page returns.
+const DEFAULT_LIST_LIMIT: i64 = 50;
+const MAX_LIST_LIMIT: i64 = 500;
+
+/// The rollout routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/rollouts", post(create).get(list))
+        .route("/admin/rollouts/{id}", get(show))
+        .route("/admin/rollouts/{id}/pause", post(pause))
+        .route("/admin/rollouts/{id}/resume", post(resume))
+        .route("/admin/rollouts/{id}/advance", post(advance))
+        .route("/admin/rollouts/{id}/abort", post(abort))
+}
+
+/// Plans, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PlanList {
+    pub plans: Vec<Plan>,
+}
+
+/// List query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1–500 (default 50).
+    pub limit: Option<i64>,
+}
+
+/// Override body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OverrideParams {
+    /// Why (or send it as `X-Reason`); required for pause and abort.
+    pub reason: Option<String>,
+}
+
+fn map_error(e: RolloutError) -> ApiError {
+    match e {
+        RolloutError::Invalid { field, detail } => ApiError::InvalidParameter { field, detail: detail.to_owned() },
+        RolloutError::NotFound => ApiError::NotFound { what: "rollout plan" },
+        RolloutError::AlreadyLive | RolloutError::Feature(_) => {
+            ApiError::Unprocessable { field: "feature", detail: e.to_string() }
+        }
+        RolloutError::InvalidTransition { .. } => ApiError::Unprocessable { field: "state", detail: e.to_string() },
+        RolloutError::Store(e) => ApiError::Internal(e.into()),
+        RolloutError::Database(e) => e.into(),
+    }
+}
+
+fn plan_id(raw: &str) -> Result<Uuid, ApiError> {
+    // An id that is not a UUID names no plan.
+    raw.parse().map_err(|_| ApiError::NotFound { what: "rollout plan" })
+}
+
+async fn detail(state: &AppState, id: Uuid) -> Result<PlanDetail, ApiError> {
+    rollout::detail(&state.db, id).await?.ok_or(ApiError::NotFound { what: "rollout plan" })
+}
+
+/// Creates a plan (state `pending`; the evaluator applies its first stage on its next pass).
+///
+/// Omitted fields take defaults: `feature` = `event_bus_gateway_emails_enabled`, `stages` = the seed's
+/// 2, 25, 50, 75, 100% (4 h canary, then a day each; 100 attempted sends per stage), `max_error_rate` = 0.05.
+#[utoipa::path(post, path = "/admin/rollouts", tag = "rollout",
+    request_body(content = rollout::NewPlan, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The plan", body = PlanDetail),
+        (status = 400, description = "Invalid plan", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Admin token required"),
+        (status = 422, description = "The feature already has a live plan, or its gates do not allow one", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("admin" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    params: Params,
+) -> Result<(StatusCode, Json<PlanDetail>), ApiError> {
+    let mut body: serde_json::Map<String, Value> = params.0.into_iter().collect();
+    body.entry("feature").or_insert_with(|| Value::String(EMAILS_ENABLED.to_owned()));
+    let new: NewPlan = serde_json::from_value(Value::Object(body))
+        .map_err(|e| ApiError::MalformedBody(format!("not a rollout plan: {e}")))?;
+    let plan = rollout::create(&state.db, &new, &admin.name).await.map_err(map_error)?;
+    Ok((StatusCode::CREATED, Json(detail(&state, plan.id).await?)))
+}
+
+/// Plans, newest first.
+#[utoipa::path(get, path = "/admin/rollouts", tag = "rollout", params(ListQuery),
+    responses(
+        (status = 200, description = "Plans", body = PlanList),
+        (status = 400, description = "limit out of range", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Admin token required (admin.protect_reads)"),
+    ),
+    security((), ("admin" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    _reader: AdminReadAuth,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<PlanList>, ApiError> {
+    let Query(query) =
+        query.map_err(|_| ApiError::InvalidParameter { field: "limit", detail: "limit must be an integer".into() })?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::InvalidParameter { field: "limit", detail: "limit must be from 1 to 500".into() });
+    }
+    Ok(Json(PlanList { plans: rollout::list(&state.db, limit).await? }))
+}
+
+/// One plan with its decision log (each decision with its evidence).
+#[utoipa::path(get, path = "/admin/rollouts/{id}", tag = "rollout",
+    params(("id" = Uuid, Path, description = "Plan id")),
+    responses(
+        (status = 200, description = "The plan", body = PlanDetail),
+        (status = 401, description = "Admin token required (admin.protect_reads)"),
+        (status = 404, description = "No such plan", body = crate::http::openapi::ErrorBody),
+    ),
+    security((), ("admin" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    _reader: AdminReadAuth,
+    Path(id): Path<String>,
+) -> Result<Json<PlanDetail>, ApiError> {
+    Ok(Json(detail(&state, plan_id(&id)?).await?))
+}
+
+async fn apply(
+    state: &AppState,
+    admin: AdminAuth,
+    meta: RequestMeta,
+    id: &str,
+    params: &Params,
+    action: Action,
+) -> Result<Json<PlanDetail>, ApiError> {
+    let id = plan_id(id)?;
+    let reason = meta.reason_or(params)?;
+    if reason.is_none() && matches!(action, Action::Pause | Action::Abort) {
+        return Err(ApiError::Unprocessable {
+            field: "reason",
+            detail: "a reason is required to pause or abort a rollout (X-Reason header or reason field)".into(),
+        });
+    }
+    let ctx = AuditContext { actor: admin.name, reason, request_id: meta.request_id };
+    rollout::override_plan(&state.db, id, action, &ctx, Utc::now()).await.map_err(map_error)?;
+    if let Err(e) = state.toggles.refresh().await {
+        tracing::warn!(error = %e, "toggle snapshot refresh after a rollout override failed");
+    }
+    Ok(Json(detail(state, id).await?))
+}
+
+/// Pauses the plan; for an `auto` plan also the feature (kill switch, gates preserved). The evaluator
+/// leaves a paused plan alone until `resume`.
+#[utoipa::path(post, path = "/admin/rollouts/{id}/pause", tag = "rollout",
+    params(("id" = Uuid, Path, description = "Plan id"), ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)")),
+    request_body(content((OverrideParams = "application/json"), (OverrideParams = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "The plan, paused", body = PlanDetail),
+        (status = 401, description = "Admin token required"),
+        (status = 404, description = "No such plan", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Reason missing, or the plan cannot be paused in its state", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("admin" = [])))]
+pub async fn pause(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    meta: RequestMeta,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Json<PlanDetail>, ApiError> {
+    apply(&state, admin, meta, &id, &params, Action::Pause).await
+}
+
+/// Resumes a paused plan (and the feature); the current stage starts over, so the numbers that paused
+/// it are not judged again.
+#[utoipa::path(post, path = "/admin/rollouts/{id}/resume", tag = "rollout",
+    params(("id" = Uuid, Path, description = "Plan id"), ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)")),
+    request_body(content((OverrideParams = "application/json"), (OverrideParams = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "The plan, running", body = PlanDetail),
+        (status = 401, description = "Admin token required"),
+        (status = 404, description = "No such plan", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "The plan is not paused", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("admin" = [])))]
+pub async fn resume(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    meta: RequestMeta,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Json<PlanDetail>, ApiError> {
+    apply(&state, admin, meta, &id, &params, Action::Resume).await
+}
+
+/// Moves to the next stage now, whatever the numbers (after the last stage: completes the plan).
+#[utoipa::path(post, path = "/admin/rollouts/{id}/advance", tag = "rollout",
+    params(("id" = Uuid, Path, description = "Plan id"), ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)")),
+    request_body(content((OverrideParams = "application/json"), (OverrideParams = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "The plan, on its next stage", body = PlanDetail),
+        (status = 401, description = "Admin token required"),
+        (status = 404, description = "No such plan", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "The plan cannot advance in its state", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("admin" = [])))]
+pub async fn advance(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    meta: RequestMeta,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Json<PlanDetail>, ApiError> {
+    apply(&state, admin, meta, &id, &params, Action::Advance).await
+}
+
+/// Stops the plan for good; the gates stay as they are.
+#[utoipa::path(post, path = "/admin/rollouts/{id}/abort", tag = "rollout",
+    params(("id" = Uuid, Path, description = "Plan id"), ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)")),
+    request_body(content((OverrideParams = "application/json"), (OverrideParams = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "The plan, aborted", body = PlanDetail),
+        (status = 401, description = "Admin token required"),
+        (status = 404, description = "No such plan", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Reason missing, or the plan already ended", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("admin" = [])))]
+pub async fn abort(
+    State(state): State<AppState>,
+    admin: AdminAuth,
+    meta: RequestMeta,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Json<PlanDetail>, ApiError> {
+    apply(&state, admin, meta, &id, &params, Action::Abort).await
+}
