@@ -11,6 +11,7 @@ pub mod release;
 pub mod store;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -60,7 +61,12 @@ pub struct Snapshot {
 /// Shared, cheaply cloned handle to the current toggle snapshot.
 #[derive(Clone)]
 pub struct Toggles {
-    current: Arc<RwLock<Arc<Snapshot>>>,
+    /// The installed snapshot and the ticket of the refresh that read it.
+    current: Arc<RwLock<(u64, Arc<Snapshot>)>>,
+    /// Handed out when a refresh starts reading. Refreshes overlap (the watcher, and a handler right
+    /// after its own write); a snapshot is installed only if no later-started read was installed
+    /// already, so an older read can never overwrite a newer one.
+    tickets: Arc<AtomicU64>,
     /// When the snapshot was last loaded successfully (the staleness gauge is measured from it).
     refreshed_at: Arc<Mutex<Instant>>,
     pool: PgPool,
@@ -73,7 +79,8 @@ impl Toggles {
         let snapshot = read_snapshot(&pool).await?;
         metrics::gauge!(m::TOGGLE_SNAPSHOT_AGE).set(0.0);
         Ok(Self {
-            current: Arc::new(RwLock::new(Arc::new(snapshot))),
+            current: Arc::new(RwLock::new((0, Arc::new(snapshot)))),
+            tickets: Arc::new(AtomicU64::new(0)),
             refreshed_at: Arc::new(Mutex::new(Instant::now())),
             pool,
         })
@@ -93,7 +100,7 @@ impl Toggles {
     /// The snapshot evaluation reads now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         // A poisoned lock only means a writer panicked mid-swap of an Arc, which cannot leave it torn.
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current.read().unwrap_or_else(|e| e.into_inner()).1.clone()
     }
 
     /// Whether `feature` is enabled for `actor`; unknown features are off.
@@ -110,8 +117,14 @@ impl Toggles {
 
     /// Reloads the snapshot from the database now.
     pub async fn refresh(&self) -> Result<(), sqlx::Error> {
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let snapshot = read_snapshot(&self.pool).await?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        {
+            let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+            if ticket > current.0 {
+                *current = (ticket, Arc::new(snapshot));
+            }
+        }
         *self.refreshed_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         metrics::gauge!(m::TOGGLE_SNAPSHOT_AGE).set(0.0);
         Ok(())
