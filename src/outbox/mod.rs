@@ -105,7 +105,11 @@ impl Claimed {
     }
 }
 
-/// Leases up to `limit` due rows (queued, waiting for a retry, or with an expired lease).
+/// Leases up to `limit` due rows (queued, waiting for a retry, or with an expired lease) and begins
+/// a try on each: `attempts` is counted and an `in_flight` attempt record written, in the same
+/// statement, before any call leaves the process. A crash from here on leaves that record behind,
+/// which is how a possible double send is recognised and reconciled by its `reference`.
+/// A try that ends without a VA Notify call removes its record again (see [`finish_try`]).
 #[tracing::instrument(skip_all, fields(limit))]
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as(
@@ -115,12 +119,16 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
              order by next_attempt_at
              limit $1
              for update skip locked
+         ), claimed as (
+             update notifications n
+             set status = 'sending', lease_token = gen_random_uuid(), attempts = n.attempts + 1,
+                 next_attempt_at = now() + $2, updated_at = now()
+             from due where n.id = due.id
+             returning n.id, n.participant_id, n.template_id, n.attempts, n.lease_token, n.sends, n.attempts_before_send
+         ), in_flight as (
+             insert into notification_attempts (notification_id, attempt) select id, attempts from claimed
          )
-         update notifications n
-         set status = 'sending', lease_token = gen_random_uuid(),
-             next_attempt_at = now() + $2, updated_at = now()
-         from due where n.id = due.id
-         returning n.id, n.participant_id, n.template_id, n.attempts, n.lease_token, n.sends, n.attempts_before_send",
+         select * from claimed",
     )
     .bind(limit)
     .bind(pg_interval(lease))
@@ -128,32 +136,9 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
     .await
 }
 
-/// Counts a delivery try and, when a VA Notify call follows, records it as in flight first, so a
-/// crash during the call leaves a trace. Returns the try number, or `None` if the lease was lost.
-/// One statement, so one round trip and one commit.
-pub async fn start_try(pool: &PgPool, row: &Claimed, calls_notify: bool) -> Result<Option<i32>, sqlx::Error> {
-    sqlx::query_scalar(
-        "with counted as (
-             update notifications set attempts = attempts + 1, updated_at = now()
-             where id = $1 and lease_token = $2 and status = 'sending'
-             returning attempts
-         ), in_flight as (
-             insert into notification_attempts (notification_id, attempt)
-             select $1, attempts from counted where $3
-         )
-         select attempts from counted",
-    )
-    .bind(row.id)
-    .bind(row.lease_token)
-    .bind(calls_notify)
-    .fetch_optional(pool)
-    .await
-}
-
 /// What a finished VA Notify call returned, for `notification_attempts`.
 #[derive(Clone, Debug)]
 pub struct CallRecord {
-    pub attempt: i32,
     pub outcome: &'static str,
     pub http_status: Option<u16>,
     pub error_class: Option<&'static str>,
@@ -173,9 +158,22 @@ pub enum Transition {
     Defer { at: DateTime<Utc>, reason: String },
 }
 
+impl Transition {
+    /// Whether the try that led here counts toward `worker.max_attempts`. A deferral made no call;
+    /// a skip or a misconfiguration is not the notification's fault either.
+    fn counts_as_try(&self) -> bool {
+        match self {
+            Self::Defer { .. } => false,
+            Self::Finish { status, .. } => !matches!(status, Status::Skipped),
+            _ => true,
+        }
+    }
+}
+
 /// Writes the outcome of a try, fenced by the lease token: the row and its attempt record change
-/// together in one statement (one round trip, one commit). Returns false if the lease was lost
-/// (another worker reclaimed the row); nothing is written then and the caller drops its result.
+/// together in one statement (one round trip, one commit). `call` is what VA Notify answered, or
+/// `None` when no call was made (the in-flight record is then removed). Returns false if the lease
+/// was lost (another worker reclaimed the row); nothing is written then.
 #[tracing::instrument(skip_all, fields(notification_id = %row.id))]
 pub async fn finish_try(
     pool: &PgPool,
@@ -183,21 +181,13 @@ pub async fn finish_try(
     call: Option<&CallRecord>,
     transition: &Transition,
 ) -> Result<bool, sqlx::Error> {
-    // $1 id, $2 lease token; $3..$7 the new row state; $8..$13 the attempt record (attempt null = none).
-    let (status, reason, next_attempt_at, va_notify_id, attempts_delta): (
-        &str,
-        Option<&str>,
-        Option<DateTime<Utc>>,
-        Option<Uuid>,
-        i32,
-    ) = match transition {
-        Transition::Sent { va_notify_id } => ("sent", None, None, Some(*va_notify_id), 0),
-        Transition::Retry { at, reason } => ("retry_wait", Some(reason), Some(*at), None, 0),
-        Transition::Finish { status, reason } => (status.as_str(), Some(reason), None, None, 0),
-        // No call was made (breaker open): the try is given back and its in-flight record removed.
-        Transition::Defer { at, reason } => ("defer", Some(reason), Some(*at), None, -1),
+    let (status, reason, next_attempt_at, va_notify_id) = match transition {
+        Transition::Sent { va_notify_id } => ("sent", None, None, Some(*va_notify_id)),
+        Transition::Retry { at, reason } => ("retry_wait", Some(reason.as_str()), Some(*at), None),
+        Transition::Finish { status, reason } => (status.as_str(), Some(reason.as_str()), None, None),
+        Transition::Defer { at, reason } => ("defer", Some(reason.as_str()), Some(*at), None),
     };
-    let deferred = matches!(transition, Transition::Defer { .. });
+    let attempts_delta = if transition.counts_as_try() { 0 } else { -1 };
     let updated: Option<Uuid> = sqlx::query_scalar(
         "with moved as (
              update notifications set
@@ -215,10 +205,10 @@ pub async fn finish_try(
          ), recorded as (
              update notification_attempts set finished_at = now(), outcome = $9, http_status = $10,
                  error_class = $11, va_notify_id = $12
-             where notification_id = (select id from moved) and attempt = $8 and not $13
+             where notification_id = (select id from moved) and attempt = $8 and $9 is not null
          ), removed as (
              delete from notification_attempts
-             where notification_id = (select id from moved) and attempt = $8 and $13
+             where notification_id = (select id from moved) and attempt = $8 and $9 is null
          )
          select id from moved",
     )
@@ -229,12 +219,11 @@ pub async fn finish_try(
     .bind(next_attempt_at)
     .bind(va_notify_id)
     .bind(attempts_delta)
-    .bind(call.map(|c| c.attempt))
+    .bind(row.attempts)
     .bind(call.map(|c| c.outcome))
     .bind(call.and_then(|c| c.http_status.map(i32::from)))
     .bind(call.and_then(|c| c.error_class))
     .bind(call.and_then(|c| c.va_notify_id))
-    .bind(deferred)
     .fetch_optional(pool)
     .await?;
     Ok(updated.is_some())

@@ -146,9 +146,7 @@ impl Deliverer {
             Ok(contact) => contact,
             Err(e) => return self.contact_failed(row, &e).await,
         };
-        let Some(attempt) = super::start_try(&self.pool, row, true).await? else {
-            return lease_lost();
-        };
+        let attempt = row.attempts;
         let host = self.host_for(row);
         let email = EmailRequest {
             template_id: row.template_id,
@@ -160,18 +158,11 @@ impl Deliverer {
         let result = self.notify.send_email(&email).await;
         let (call, transition) = match result {
             Ok(sent) => (
-                CallRecord {
-                    attempt,
-                    outcome: "sent",
-                    http_status: Some(201),
-                    error_class: None,
-                    va_notify_id: Some(sent.id),
-                },
+                CallRecord { outcome: "sent", http_status: Some(201), error_class: None, va_notify_id: Some(sent.id) },
                 Transition::Sent { va_notify_id: sent.id },
             ),
             Err(e) => (
                 CallRecord {
-                    attempt,
                     outcome: outcome_label(e.class),
                     http_status: e.http_status,
                     error_class: Some(e.error),
@@ -180,7 +171,9 @@ impl Deliverer {
                 self.after_notify_error(row.try_in_send(attempt), &e),
             ),
         };
-        if !super::finish_try(&self.pool, row, Some(&call), &transition).await? {
+        // A deferral means the client refused locally: nothing left the process.
+        let call = (!matches!(transition, Transition::Defer { .. })).then_some(call);
+        if !super::finish_try(&self.pool, row, call.as_ref(), &transition).await? {
             return lease_lost();
         }
         record(&transition, row);
@@ -199,13 +192,8 @@ impl Deliverer {
                 );
                 Transition::Finish { status: Status::Failed, reason: e.reason().into() }
             }
-            ContactError::Transient(_) => {
-                // A failed lookup counts as a try, so an outage of the directory still ends in `dead`, not a loop.
-                let Some(attempt) = super::start_try(&self.pool, row, false).await? else {
-                    return lease_lost();
-                };
-                self.retry_or_dead(row.try_in_send(attempt), e.reason())
-            }
+            // A failed lookup counts as a try, so an outage of the directory still ends in `dead`, not a loop.
+            ContactError::Transient(_) => self.retry_or_dead(row.try_in_send(row.attempts), e.reason()),
         };
         if !super::finish_try(&self.pool, row, None, &transition).await? {
             return lease_lost();

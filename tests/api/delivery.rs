@@ -202,6 +202,7 @@ async fn unknown_people_and_missing_first_names_are_skipped_not_retried() {
     assert_eq!(app.status_of(nameless).await, ("skipped".to_owned(), Some("no_first_name".to_owned())));
     assert_eq!(notify.requests_total(), 0);
     assert_eq!(bgs.lookups_for("600000001"), 1, "looked up once, not retried");
+    assert!(attempts_of(&app, unknown).await.is_empty(), "no call, no attempt record");
 }
 
 #[tokio::test]
@@ -214,6 +215,8 @@ async fn a_transient_bgs_fault_is_retried_then_sent() {
     app.deliver_all().await;
     assert_eq!(app.status_of(id).await.0, "sent");
     assert_eq!(notify.accepted_references(), vec![id.to_string()]);
+    // The failed lookup counted as try 1 but made no call, so only the call of try 2 is on record.
+    assert_eq!(attempts_of(&app, id).await, vec![(2, "sent".to_owned(), Some(201))]);
 }
 
 #[tokio::test]
