@@ -85,12 +85,19 @@ impl Deliverer {
         let tasks = TaskTracker::new();
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let peers = tokio::spawn(wake.clone().listen_for_peers(cancel.clone()));
+        // True while the last claim filled every free slot, i.e. more rows are probably due.
+        let mut backlog = false;
         running.store(true, Ordering::SeqCst);
         while !cancel.is_cancelled() {
             let first = tokio::select! {
                 _ = cancel.cancelled() => break,
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
             };
+            if backlog {
+                // Under a backlog, slots free up one by one; a moment's wait lets one claim (one
+                // transaction) serve several of them instead of one claim per finished delivery.
+                tokio::time::sleep(CLAIM_GATHER).await;
+            }
             let mut permits = vec![first];
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
@@ -101,6 +108,7 @@ impl Deliverer {
             } else {
                 super::claim(&self.pool, permits.len() as i64, self.lease()).await
             };
+            backlog = matches!(&rows, Ok(rows) if rows.len() == permits.len());
             match rows {
                 Ok(rows) if !rows.is_empty() => {
                     for (row, permit) in rows.into_iter().zip(permits.drain(..)) {
@@ -229,6 +237,9 @@ impl Deliverer {
         Transition::Retry { at: Utc::now() + delay, reason: reason.to_owned() }
     }
 }
+
+/// How long the claim loop waits for more free slots when rows are backed up.
+const CLAIM_GATHER: Duration = Duration::from_millis(2);
 
 fn lease_lost() -> Result<(), sqlx::Error> {
     tracing::warn!("lease expired before the outcome was recorded; another worker owns the row now");
