@@ -5,6 +5,7 @@
 //!
 //! Nothing waits on a timer: a lone request is committed at once; batches form only under load.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,10 +33,13 @@ impl AcceptQueue {
     /// Starts `writers` tasks, each committing up to `max_batch` requests per transaction.
     pub fn start(pool: PgPool, duplicate_window: Duration, max_batch: usize, writers: usize) -> Self {
         let (jobs, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..writers.max(1) {
-            tokio::spawn(write_batches(pool.clone(), receiver.clone(), duplicate_window, max_batch.max(1)));
-        }
+        spawn_writers(receiver, writers, max_batch, move |batch| {
+            let pool = pool.clone();
+            async move {
+                metrics::histogram!(crate::metrics::ACCEPT_BATCH_SIZE).record(batch.len() as f64);
+                commit(&pool, batch, duplicate_window).await;
+            }
+        });
         Self { jobs }
     }
 
@@ -47,23 +51,31 @@ impl AcceptQueue {
     }
 }
 
-async fn write_batches(
-    pool: PgPool,
-    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
-    duplicate_window: Duration,
-    max_batch: usize,
-) {
-    loop {
-        let mut batch = Vec::with_capacity(max_batch);
-        {
-            // One writer at a time gathers: it takes the first job, then whatever else is already queued.
-            let mut receiver = receiver.lock().await;
-            if receiver.recv_many(&mut batch, max_batch).await == 0 {
-                return; // every handle dropped: shutting down
+/// Starts `writers` tasks that each take the first queued job and whatever else is already queued
+/// (up to `max_batch`) and hand the batch to `commit`. They stop when every sender is dropped.
+pub(super) fn spawn_writers<J, F, Fut>(receiver: mpsc::Receiver<J>, writers: usize, max_batch: usize, commit: F)
+where
+    J: Send + 'static,
+    F: Fn(Vec<J>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let receiver = Arc::new(Mutex::new(receiver));
+    let max_batch = max_batch.max(1);
+    for _ in 0..writers.max(1) {
+        let (receiver, commit) = (receiver.clone(), commit.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut batch = Vec::with_capacity(max_batch);
+                {
+                    // One writer gathers at a time, so batches are as large as the queue allows.
+                    let mut receiver = receiver.lock().await;
+                    if receiver.recv_many(&mut batch, max_batch).await == 0 {
+                        return;
+                    }
+                }
+                commit(batch).await;
             }
-        }
-        metrics::histogram!(crate::metrics::ACCEPT_BATCH_SIZE).record(batch.len() as f64);
-        commit(&pool, batch, duplicate_window).await;
+        });
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 mod batch;
+mod finish;
 mod status;
 mod wakeup;
 pub mod worker;
@@ -16,6 +17,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use batch::AcceptQueue;
+pub use finish::FinishQueue;
 pub use status::Status;
 pub use wakeup::Wakeup;
 
@@ -170,10 +172,69 @@ impl Transition {
     }
 }
 
-/// Writes the outcome of a try, fenced by the lease token: the row and its attempt record change
-/// together in one statement (one round trip, one commit). `call` is what VA Notify answered, or
-/// `None` when no call was made (the in-flight record is then removed). Returns false if the lease
-/// was lost (another worker reclaimed the row); nothing is written then.
+/// How a transition changes the notification row.
+pub(crate) struct RowChange<'a> {
+    /// The new status; `defer` means "queued or retry_wait, whichever the row was" (see the SQL).
+    status: &'a str,
+    reason: Option<&'a str>,
+    next_attempt_at: Option<DateTime<Utc>>,
+    va_notify_id: Option<Uuid>,
+    /// -1 gives the try back (it did not count toward `worker.max_attempts`).
+    attempts_delta: i32,
+}
+
+impl Transition {
+    fn row_change(&self) -> RowChange<'_> {
+        let (status, reason, next_attempt_at, va_notify_id) = match self {
+            Self::Sent { va_notify_id } => ("sent", None, None, Some(*va_notify_id)),
+            Self::Retry { at, reason } => ("retry_wait", Some(reason.as_str()), Some(*at), None),
+            Self::Finish { status, reason } => (status.as_str(), Some(reason.as_str()), None, None),
+            Self::Defer { at, reason } => ("defer", Some(reason.as_str()), Some(*at), None),
+        };
+        let attempts_delta = if self.counts_as_try() { 0 } else { -1 };
+        RowChange { status, reason, next_attempt_at, va_notify_id, attempts_delta }
+    }
+}
+
+/// Writes outcomes, fenced by lease tokens: each row and its attempt record change together, in
+/// one statement for any number of rows. `outcome` null means no VA Notify call was made (the
+/// in-flight record is then removed). Returns the ids whose lease was still held (those written).
+const FINISH_MANY_SQL: &str = "
+    with input as (
+        select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::uuid[],
+                             $7::int4[], $8::int4[], $9::text[], $10::int4[], $11::text[], $12::uuid[])
+            as i(id, lease_token, status, reason, next_attempt_at, va_notify_id, attempts_delta, attempt,
+                 outcome, http_status, error_class, call_va_notify_id)
+    ), moved as (
+        update notifications n set
+            status = case when i.status = 'defer'
+                          then (case when n.attempts > 1 then 'retry_wait' else 'queued' end) else i.status end,
+            status_reason = i.reason,
+            next_attempt_at = i.next_attempt_at,
+            va_notify_id = coalesce(i.va_notify_id, n.va_notify_id),
+            sent_at = case when i.status = 'sent' then now() else n.sent_at end,
+            sends = n.sends + (case when i.status = 'sent' then 1 else 0 end),
+            attempts = n.attempts + i.attempts_delta,
+            lease_token = null,
+            updated_at = now()
+        from input i
+        where n.id = i.id and n.lease_token = i.lease_token
+        returning n.id
+    ), recorded as (
+        update notification_attempts a set finished_at = now(), outcome = i.outcome, http_status = i.http_status,
+            error_class = i.error_class, va_notify_id = i.call_va_notify_id
+        from input i
+        where a.notification_id = i.id and a.attempt = i.attempt and i.outcome is not null
+          and i.id in (select id from moved)
+    ), removed as (
+        delete from notification_attempts a using input i
+        where a.notification_id = i.id and a.attempt = i.attempt and i.outcome is null
+          and i.id in (select id from moved)
+    )
+    select id from moved";
+
+/// Writes the outcome of one try (see [`FINISH_MANY_SQL`]). Returns false if the lease was lost
+/// (another worker reclaimed the row); nothing is written then and the caller drops its result.
 #[tracing::instrument(skip_all, fields(notification_id = %row.id))]
 pub async fn finish_try(
     pool: &PgPool,
@@ -181,52 +242,23 @@ pub async fn finish_try(
     call: Option<&CallRecord>,
     transition: &Transition,
 ) -> Result<bool, sqlx::Error> {
-    let (status, reason, next_attempt_at, va_notify_id) = match transition {
-        Transition::Sent { va_notify_id } => ("sent", None, None, Some(*va_notify_id)),
-        Transition::Retry { at, reason } => ("retry_wait", Some(reason.as_str()), Some(*at), None),
-        Transition::Finish { status, reason } => (status.as_str(), Some(reason.as_str()), None, None),
-        Transition::Defer { at, reason } => ("defer", Some(reason.as_str()), Some(*at), None),
-    };
-    let attempts_delta = if transition.counts_as_try() { 0 } else { -1 };
-    let updated: Option<Uuid> = sqlx::query_scalar(
-        "with moved as (
-             update notifications set
-                 status = case when $3 = 'defer' then (case when attempts > 1 then 'retry_wait' else 'queued' end) else $3 end,
-                 status_reason = $4,
-                 next_attempt_at = $5,
-                 va_notify_id = coalesce($6, va_notify_id),
-                 sent_at = case when $3 = 'sent' then now() else sent_at end,
-                 sends = sends + (case when $3 = 'sent' then 1 else 0 end),
-                 attempts = attempts + $7,
-                 lease_token = null,
-                 updated_at = now()
-             where id = $1 and lease_token = $2
-             returning id
-         ), recorded as (
-             update notification_attempts set finished_at = now(), outcome = $9, http_status = $10,
-                 error_class = $11, va_notify_id = $12
-             where notification_id = (select id from moved) and attempt = $8 and $9 is not null
-         ), removed as (
-             delete from notification_attempts
-             where notification_id = (select id from moved) and attempt = $8 and $9 is null
-         )
-         select id from moved",
-    )
-    .bind(row.id)
-    .bind(row.lease_token)
-    .bind(status)
-    .bind(reason)
-    .bind(next_attempt_at)
-    .bind(va_notify_id)
-    .bind(attempts_delta)
-    .bind(row.attempts)
-    .bind(call.map(|c| c.outcome))
-    .bind(call.and_then(|c| c.http_status.map(i32::from)))
-    .bind(call.and_then(|c| c.error_class))
-    .bind(call.and_then(|c| c.va_notify_id))
-    .fetch_optional(pool)
-    .await?;
-    Ok(updated.is_some())
+    let change = transition.row_change();
+    let written: Vec<Uuid> = sqlx::query_scalar(FINISH_MANY_SQL)
+        .bind(vec![row.id])
+        .bind(vec![row.lease_token])
+        .bind(vec![change.status])
+        .bind(vec![change.reason])
+        .bind(vec![change.next_attempt_at])
+        .bind(vec![change.va_notify_id])
+        .bind(vec![change.attempts_delta])
+        .bind(vec![row.attempts])
+        .bind(vec![call.map(|c| c.outcome)])
+        .bind(vec![call.and_then(|c| c.http_status.map(i32::from))])
+        .bind(vec![call.and_then(|c| c.error_class)])
+        .bind(vec![call.and_then(|c| c.va_notify_id)])
+        .fetch_all(pool)
+        .await?;
+    Ok(!written.is_empty())
 }
 
 /// Rows waiting for delivery by state, and the age of the oldest due one. Walks only the small

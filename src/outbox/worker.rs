@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{CallRecord, Claimed, Status, Transition, Wakeup, backoff};
+use super::{CallRecord, Claimed, FinishQueue, Status, Transition, Wakeup, backoff};
 use crate::clicks::ClickLinks;
 use crate::config::{NotifyConfig, WorkerConfig};
 use crate::contacts::{ContactError, Contacts};
@@ -34,6 +34,8 @@ pub struct Deliverer {
     /// When click tracking is on, the `host` becomes the tracker's, per notification.
     clicks: Option<ClickLinks>,
     breaker_open_for: Duration,
+    /// Outcomes are written with group commit.
+    finish: FinishQueue,
 }
 
 impl Deliverer {
@@ -46,6 +48,7 @@ impl Deliverer {
         notify_config: &NotifyConfig,
     ) -> Self {
         Self {
+            finish: FinishQueue::start(pool.clone()),
             pool,
             contacts,
             notify,
@@ -181,7 +184,7 @@ impl Deliverer {
         };
         // A deferral means the client refused locally: nothing left the process.
         let call = (!matches!(transition, Transition::Defer { .. })).then_some(call);
-        if !super::finish_try(&self.pool, row, call.as_ref(), &transition).await? {
+        if !self.finish.finish(row, call, transition.clone()).await? {
             return lease_lost();
         }
         record(&transition, row);
@@ -203,7 +206,7 @@ impl Deliverer {
             // A failed lookup counts as a try, so an outage of the directory still ends in `dead`, not a loop.
             ContactError::Transient(_) => self.retry_or_dead(row.try_in_send(row.attempts), e.reason()),
         };
-        if !super::finish_try(&self.pool, row, None, &transition).await? {
+        if !self.finish.finish(row, None, transition.clone()).await? {
             return lease_lost();
         }
         record(&transition, row);
