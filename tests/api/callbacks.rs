@@ -7,34 +7,16 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-/// App wired to both fakes, toggle on; participants 600000001..=600000009 are known to BGS.
+/// App wired to both fakes, toggle on, resends without delay; participants 600000001..=600000009
+/// are known to BGS too.
 pub async fn wired(extra: &[(&str, &str)]) -> (TestApp, FakeVaNotify, FakeBgs) {
-    let notify = FakeVaNotify::start().await;
-    let bgs = FakeBgs::start().await;
-    bgs.add_person(PARTICIPANT_ID, "JANE");
+    let mut settings = vec![("EBG_CALLBACKS__RESEND_DELAY_SECONDS", "0")];
+    settings.extend_from_slice(extra);
+    let (app, notify, bgs) = wired_app(&settings).await;
     for n in 1..=9 {
         bgs.add_person(&format!("60000000{n}"), "JOHN");
     }
-    let mut builder = app().notify(&notify).bgs(&bgs).env("EBG_CALLBACKS__RESEND_DELAY_SECONDS", 0);
-    for (k, v) in extra {
-        builder = builder.env(k, v);
-    }
-    let app = builder.spawn().await;
-    app.enable_emails().await;
     (app, notify, bgs)
-}
-
-/// Queues one notification for `participant` and returns its id.
-pub async fn queue_for(app: &TestApp, participant: &str) -> Uuid {
-    let response = app
-        .post_send_email()
-        .bearer_auth(token_for(participant))
-        .header("Accept", "application/json")
-        .json(&json!({ "template_id": TEMPLATE_ID }))
-        .send()
-        .await
-        .unwrap();
-    accepted(response).await.0
 }
 
 /// The VA Notify id of the notification's latest send.

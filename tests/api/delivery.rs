@@ -3,39 +3,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use ebg_testkit::FakeVaNotify;
 use ebg_testkit::bgs::BgsReply;
 use ebg_testkit::va_notify::Reply;
-use ebg_testkit::{FakeBgs, FakeVaNotify};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::*;
-
-/// App wired to both fakes, toggle on, the default participant known to BGS as JANE.
-async fn wired(extra: &[(&str, &str)]) -> (TestApp, FakeVaNotify, FakeBgs) {
-    let notify = FakeVaNotify::start().await;
-    let bgs = FakeBgs::start().await;
-    bgs.add_person(PARTICIPANT_ID, "JANE");
-    let mut builder = app().notify(&notify).bgs(&bgs);
-    for (k, v) in extra {
-        builder = builder.env(k, v);
-    }
-    let app = builder.spawn().await;
-    app.enable_emails().await;
-    (app, notify, bgs)
-}
-
-async fn queue_one(app: &TestApp) -> Uuid {
-    let response = app
-        .post_send_email()
-        .bearer_auth(token_for(PARTICIPANT_ID))
-        .header("Accept", "application/json")
-        .json(&json!({ "template_id": TEMPLATE_ID }))
-        .send()
-        .await
-        .unwrap();
-    accepted(response).await.0
-}
 
 async fn attempts_of(app: &TestApp, id: Uuid) -> Vec<(i32, String, Option<i32>)> {
     sqlx::query_as(
@@ -49,8 +23,8 @@ async fn attempts_of(app: &TestApp, id: Uuid) -> Vec<(i32, String, Option<i32>)>
 
 #[tokio::test]
 async fn happy_path_sends_exactly_the_va_notify_payload() {
-    let (app, notify, bgs) = wired(&[]).await;
-    let id = queue_one(&app).await;
+    let (app, notify, bgs) = wired_app(&[]).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     assert_eq!(app.deliver_due().await, 1);
 
     let accepted = notify.accepted();
@@ -78,9 +52,9 @@ async fn happy_path_sends_exactly_the_va_notify_payload() {
 
 #[tokio::test]
 async fn va_notify_outage_is_retried_with_backoff_and_sent_once_after_recovery() {
-    let (app, notify, _bgs) = wired(&[]).await;
+    let (app, notify, _bgs) = wired_app(&[]).await;
     notify.script([Reply::Status500, Reply::BadGateway, Reply::ServiceUnavailable, Reply::RateLimit]);
-    let id = queue_one(&app).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     for expected in 1..=4 {
         assert_eq!(app.deliver_due().await, 1);
         let (status, reason) = app.status_of(id).await;
@@ -99,9 +73,9 @@ async fn va_notify_outage_is_retried_with_backoff_and_sent_once_after_recovery()
 #[tokio::test]
 async fn retries_back_off_exponentially_from_the_configured_base() {
     let (app, notify, _bgs) =
-        wired(&[("EBG_WORKER__RETRY_BASE_SECONDS", "30"), ("EBG_WORKER__RETRY_MAX_SECONDS", "3600")]).await;
+        wired_app(&[("EBG_WORKER__RETRY_BASE_SECONDS", "30"), ("EBG_WORKER__RETRY_MAX_SECONDS", "3600")]).await;
     notify.script([Reply::Status500, Reply::Status500]);
-    let id = queue_one(&app).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     let wait_after_try = |app: &TestApp| {
         let db = app.db.clone();
         async move {
@@ -132,9 +106,9 @@ async fn retries_back_off_exponentially_from_the_configured_base() {
 
 #[tokio::test]
 async fn a_timed_out_call_is_retried_with_the_same_reference() {
-    let (app, notify, _bgs) = wired(&[("EBG_NOTIFY__TIMEOUT_MS", "300")]).await;
+    let (app, notify, _bgs) = wired_app(&[("EBG_NOTIFY__TIMEOUT_MS", "300")]).await;
     notify.script([Reply::Timeout(Duration::from_millis(800))]);
-    let id = queue_one(&app).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     app.deliver_due().await;
     assert_eq!(app.status_of(id).await, ("retry_wait".to_owned(), Some("va_notify_timeout".to_owned())));
     app.deliver_all().await;
@@ -145,9 +119,9 @@ async fn a_timed_out_call_is_retried_with_the_same_reference() {
 
 #[tokio::test]
 async fn a_400_fails_the_notification_without_retrying() {
-    let (app, notify, _bgs) = wired(&[]).await;
+    let (app, notify, _bgs) = wired_app(&[]).await;
     notify.script([Reply::BadRequest]);
-    let id = queue_one(&app).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     app.deliver_all().await;
     let (status, reason) = app.status_of(id).await;
     assert_eq!(status, "failed");
@@ -157,9 +131,9 @@ async fn a_400_fails_the_notification_without_retrying() {
 
 #[tokio::test]
 async fn the_daily_limit_parks_the_notification_until_tomorrow() {
-    let (app, notify, _bgs) = wired(&[]).await;
+    let (app, notify, _bgs) = wired_app(&[]).await;
     notify.script([Reply::DailyLimit]);
-    let id = queue_one(&app).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     app.deliver_all().await;
     let (status, parked_until): (String, chrono::DateTime<chrono::Utc>) =
         sqlx::query_as("select status, next_attempt_at from notifications where id = $1")
@@ -175,10 +149,10 @@ async fn the_daily_limit_parks_the_notification_until_tomorrow() {
 
 #[tokio::test]
 async fn exhausted_attempts_end_dead_with_the_last_reason() {
-    let (app, notify, _bgs) = wired(&[("EBG_WORKER__MAX_ATTEMPTS", "3")]).await;
+    let (app, notify, _bgs) = wired_app(&[("EBG_WORKER__MAX_ATTEMPTS", "3")]).await;
     notify.script([Reply::Status500, Reply::Status500, Reply::Status500]);
     let before = app.metric("ebg_dead_letters_total").await;
-    let id = queue_one(&app).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     app.deliver_all().await;
     assert_eq!(app.status_of(id).await, ("dead".to_owned(), Some("va_notify_http_500".to_owned())));
     assert_eq!(notify.requests_total(), 3);
@@ -187,7 +161,7 @@ async fn exhausted_attempts_end_dead_with_the_last_reason() {
 
 #[tokio::test]
 async fn unknown_people_and_missing_first_names_are_skipped_not_retried() {
-    let (app, notify, bgs) = wired(&[]).await;
+    let (app, notify, bgs) = wired_app(&[]).await;
     bgs.add_person_without_first_name("600000002");
     let unknown = {
         let r = app.post_send_email().bearer_auth(token_for("600000001")).header("Accept", "application/json");
@@ -207,9 +181,9 @@ async fn unknown_people_and_missing_first_names_are_skipped_not_retried() {
 
 #[tokio::test]
 async fn a_transient_bgs_fault_is_retried_then_sent() {
-    let (app, notify, bgs) = wired(&[]).await;
+    let (app, notify, bgs) = wired_app(&[]).await;
     bgs.script([BgsReply::TuxedoDown]);
-    let id = queue_one(&app).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     app.deliver_due().await;
     assert_eq!(app.status_of(id).await.0, "retry_wait");
     app.deliver_all().await;
@@ -221,9 +195,9 @@ async fn a_transient_bgs_fault_is_retried_then_sent() {
 
 #[tokio::test]
 async fn a_bgs_logon_fault_fails_loudly() {
-    let (app, notify, bgs) = wired(&[]).await;
+    let (app, notify, bgs) = wired_app(&[]).await;
     bgs.script([BgsReply::LogonNotFound]);
-    let id = queue_one(&app).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     app.deliver_all().await;
     assert_eq!(app.status_of(id).await, ("failed".to_owned(), Some("bgs_logon_not_found".to_owned())));
     assert_eq!(notify.requests_total(), 0);
@@ -274,7 +248,7 @@ async fn graceful_shutdown_finishes_deliveries_in_flight() {
     app.enable_emails().await;
     let db = app.db.clone();
     let url = app.database_url.clone();
-    let id = queue_one(&app).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     // Wait until the call is in flight, then stop.
     let in_flight = app.eventually(Duration::from_secs(5), || async { notify.requests_total() == 1 }).await;
     assert!(in_flight);
@@ -306,16 +280,16 @@ async fn a_request_accepted_by_one_replica_wakes_the_workers_of_another() {
         .await;
     assert!(running);
     tokio::time::sleep(Duration::from_millis(300)).await; // let the delivering loop go idle and its listener start
-    let id = queue_one(&acceptor).await;
+    let id = queue_for(&acceptor, PARTICIPANT_ID).await;
     let sent = acceptor.eventually(Duration::from_secs(3), || async { acceptor.status_of(id).await.0 == "sent" }).await;
     assert!(sent, "woken through Postgres, not by its 30 s poll");
 }
 
 #[tokio::test]
 async fn an_open_circuit_defers_without_spending_a_try_or_calling_va_notify() {
-    let (app, notify, _bgs) = wired(&[("EBG_NOTIFY__BREAKER_FAILURE_THRESHOLD", "1")]).await;
+    let (app, notify, _bgs) = wired_app(&[("EBG_NOTIFY__BREAKER_FAILURE_THRESHOLD", "1")]).await;
     notify.script([Reply::Status500]);
-    let id = queue_one(&app).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     app.deliver_due().await; // the 500 opens the breaker
     sqlx::query("update notifications set next_attempt_at = now() where id = $1")
         .bind(id)

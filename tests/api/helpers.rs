@@ -267,6 +267,34 @@ impl Drop for TestApp {
     }
 }
 
+/// An app wired to a fake VA Notify and a fake BGS (which knows the default participant as JANE),
+/// with the emails toggle on. `extra` adds `EBG_` settings.
+pub async fn wired_app(extra: &[(&str, &str)]) -> (TestApp, ebg_testkit::FakeVaNotify, ebg_testkit::FakeBgs) {
+    let notify = ebg_testkit::FakeVaNotify::start().await;
+    let bgs = ebg_testkit::FakeBgs::start().await;
+    bgs.add_person(PARTICIPANT_ID, "JANE");
+    let mut builder = app().notify(&notify).bgs(&bgs);
+    for (k, v) in extra {
+        builder = builder.env(k, v);
+    }
+    let app = builder.spawn().await;
+    app.enable_emails().await;
+    (app, notify, bgs)
+}
+
+/// Queues one email to `participant` with the default template, as EBG would; returns its id.
+pub async fn queue_for(app: &TestApp, participant: &str) -> Uuid {
+    let response = app
+        .post_send_email()
+        .bearer_auth(token_for(participant))
+        .header("Accept", "application/json")
+        .json(&json!({ "template_id": TEMPLATE_ID }))
+        .send()
+        .await
+        .unwrap();
+    accepted(response).await.0
+}
+
 /// Parses a `send_email` JSON answer into (id, status).
 pub async fn accepted(response: reqwest::Response) -> (Uuid, String) {
     assert_eq!(response.status(), 200);

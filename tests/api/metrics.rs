@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use ebg_testkit::va_notify::Reply;
 use serde_json::Value;
 
-use crate::callbacks::{callback_body, post_bearer, post_signed, queue_for, va_id, wired};
+use crate::callbacks::{callback_body, post_bearer, post_signed, va_id, wired};
 use crate::clicks::{CLICKS_ON, raw_get, token_in};
 use crate::helpers::*;
 

@@ -66,15 +66,7 @@ async fn openapi_document_lists_every_public_route() {
 async fn sandbox_mode_reaches_delivered_end_to_end() {
     let app = app().with_workers().spawn().await;
     app.enable_emails().await;
-    let response = app
-        .post_send_email()
-        .bearer_auth(token_for(PARTICIPANT_ID))
-        .header("Accept", "application/json")
-        .json(&json!({ "template_id": TEMPLATE_ID }))
-        .send()
-        .await
-        .unwrap();
-    let (id, _) = accepted(response).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
     let delivered =
         app.eventually(Duration::from_secs(10), || async { app.status_of(id).await.0 == "delivered" }).await;
     assert!(delivered, "status is {:?}", app.status_of(id).await);
