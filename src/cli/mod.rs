@@ -187,9 +187,11 @@ async fn replay(
     let sql = if dry_run {
         format!("select count(*) from notifications where {filter}")
     } else {
-        // Attempts restart from zero: the cause was fixed, so the row gets a full set of tries.
+        // The cause was fixed, so the row gets a full retry budget again: the budget counts tries since
+        // `attempts_before_send`. `attempts` itself keeps growing, so attempt records never collide.
         format!(
-            "with r as (update notifications set status = 'queued', status_reason = 'replayed', attempts = 0,
+            "with r as (update notifications set status = 'queued', status_reason = 'replayed',
+                 attempts_before_send = attempts,
                  next_attempt_at = now(), updated_at = now() where {filter} returning 1) select count(*) from r"
         )
     };

@@ -309,3 +309,33 @@ async fn an_open_circuit_defers_without_spending_a_try_or_calling_va_notify() {
     assert_eq!(notify.requests_total(), 1, "no call while open");
     assert_eq!(attempts_of(&app, id).await.len(), 1, "no attempt recorded for a call never made");
 }
+
+#[tokio::test]
+async fn replay_requeues_dead_notifications_once_the_cause_is_fixed() {
+    let (app, notify, _bgs) = wired_app(&[("EBG_WORKER__MAX_ATTEMPTS", "1")]).await;
+    notify.script([Reply::Status500]);
+    let id = queue_for(&app, PARTICIPANT_ID).await;
+    app.deliver_all().await;
+    assert_eq!(app.status_of(id).await.0, "dead");
+
+    let replay = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ebg-notify"))
+            .arg("replay")
+            .args(args)
+            .env("EBG_DATABASE__URL", &app.database_url)
+            .env("EBG_TELEMETRY__LOG_FILTER", "error")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(replay(&["--status", "dead", "--dry-run"]).contains("would requeue 1"));
+    assert_eq!(app.status_of(id).await.0, "dead", "a dry run changes nothing");
+    assert!(replay(&["--status", "dead", "--id", &id.to_string()]).contains("requeued 1"));
+    assert_eq!(app.status_of(id).await, ("queued".to_owned(), Some("replayed".to_owned())));
+
+    app.deliver_all().await;
+    assert_eq!(app.status_of(id).await.0, "sent");
+    assert_eq!(notify.accepted_references(), vec![id.to_string()]);
+    assert!(replay(&["--status", "dead"]).contains("requeued 0"), "nothing left to replay");
+}
