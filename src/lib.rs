@@ -24,3 +24,4 @@ pub mod retention;
 pub mod rollout;
 pub mod telemetry;
 pub mod toggles;
+pub mod upstream;

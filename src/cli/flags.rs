@@ -7,9 +7,8 @@ use clap::{Args, Subcommand};
 use sqlx::PgPool;
 
 use crate::config::Config;
-use crate::db;
+use crate::toggles::parse_percentage;
 use crate::toggles::store::{self, AuditContext, Change, FeatureRecord};
-use crate::toggles::{Toggles, parse_percentage};
 
 /// `flags` and its options.
 #[derive(Args)]
@@ -77,13 +76,8 @@ enum FlagsCommand {
 
 /// Runs one `flags` verb and prints its result.
 pub async fn run(config: Config, args: FlagsArgs) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database).await?;
-    if config.database.migrate_on_start {
-        db::migrate(&pool).await?;
-    }
-    Toggles::register_known_features(&pool).await.context("could not register features")?;
-    let actor =
-        format!("cli:{}", args.as_user.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into()));
+    let pool = super::open_toggle_database(&config).await?;
+    let actor = super::cli_actor(args.as_user);
     let ctx = |reason: Option<String>| AuditContext { actor: actor.clone(), reason, request_id: None };
     let (name, change, reason) = match args.command {
         FlagsCommand::List => return list(&pool).await,

@@ -143,6 +143,22 @@ pub async fn run() -> anyhow::Result<()> {
     }
 }
 
+/// Opens the database for a verb that works on it directly (migrating first when the profile
+/// migrates at startup) and makes sure the features this service uses exist.
+async fn open_toggle_database(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    let pool = db::connect(&config.database).await?;
+    if config.database.migrate_on_start {
+        db::migrate(&pool).await?;
+    }
+    crate::toggles::Toggles::register_known_features(&pool).await.context("could not register features")?;
+    Ok(pool)
+}
+
+/// Who a CLI change is audited as: `cli:` and the `--as` name, else the OS user.
+fn cli_actor(as_user: Option<String>) -> String {
+    format!("cli:{}", as_user.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into()))
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await.context("startup failed")?;
     let shutdown = CancellationToken::new();

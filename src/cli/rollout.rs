@@ -11,10 +11,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::db;
 use crate::rollout::{self, Action, Mode, NewPlan, Plan, PlanDetail, StagePlan};
+use crate::toggles::format_percentage;
 use crate::toggles::store::AuditContext;
-use crate::toggles::{Toggles, format_percentage};
 
 /// `rollout` and its options.
 #[derive(Args)]
@@ -97,13 +96,8 @@ enum RolloutCommand {
 
 /// Runs one `rollout` verb and prints its result.
 pub async fn run(config: Config, args: RolloutArgs) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database).await?;
-    if config.database.migrate_on_start {
-        db::migrate(&pool).await?;
-    }
-    Toggles::register_known_features(&pool).await.context("could not register features")?;
-    let actor =
-        format!("cli:{}", args.as_user.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into()));
+    let pool = super::open_toggle_database(&config).await?;
+    let actor = super::cli_actor(args.as_user);
     let (id, action, reason) = match args.command {
         RolloutCommand::Create { file, feature, mode, stages, dwell, min_sends, max_error_rate, min_ctr_ratio } => {
             let new = match file {

@@ -3,7 +3,7 @@
 //! One POST per lookup; no WSDL fetch (the namespace is fixed). The request carries the participant id in the
 //! body only, so nothing identifying reaches URLs, proxy logs or our tracing fields.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use quick_xml::escape::escape;
 use reqwest::header::{CONTENT_TYPE, HOST, HeaderValue};
@@ -71,13 +71,7 @@ impl BgsClient {
         if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 {
             problems.push("contacts.timeout_ms and contacts.connect_timeout_ms: must be positive".to_owned());
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(cfg.timeout_ms))
-            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-            // A redirected SOAP POST is never what BGS means; surface it as an error instead.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("ebg-notify/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let http = crate::upstream::http_client(cfg.timeout_ms, cfg.connect_timeout_ms)
             .map_err(|e| problems.push(format!("contacts: HTTP client could not be built: {e}")))
             .ok();
         match (endpoint, http) {

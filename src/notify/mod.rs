@@ -165,13 +165,7 @@ impl NotifyClient {
         if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 {
             return Err(NotifyInitError("notify.timeout_ms and notify.connect_timeout_ms: must be at least 1".into()));
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(cfg.timeout_ms))
-            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-            // A redirected POST would turn into a GET and silently not send; treat redirects as errors.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("ebg-notify/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let http = crate::upstream::http_client(cfg.timeout_ms, cfg.connect_timeout_ms)
             .map_err(|e| NotifyInitError(format!("cannot build the HTTP client ({e})")))?;
 
         let mode = match cfg.mode {
