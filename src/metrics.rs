@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Requests to the send_* routes by `endpoint` and `outcome`.
+/// Requests to the send_* routes by `api` (which route: send_email, other) and `outcome`. The label is not
+/// called `endpoint`: Datadog's OpenMetrics check tags every metric `endpoint:<scrape URL>` already.
 pub const REQUESTS: &str = "ebg_requests_total";
 /// HTTP request latency by matched `route` and `status` class.
 pub const HTTP_DURATION: &str = "ebg_http_request_duration_seconds";
@@ -45,6 +46,10 @@ pub const TOGGLE_REFRESH_FAILURES: &str = "ebg_toggle_refresh_failures_total";
 /// Seconds since the toggle snapshot was last refreshed successfully (staleness).
 pub const TOGGLE_SNAPSHOT_AGE: &str = "ebg_toggle_snapshot_age_seconds";
 
+/// The feature's current effective percentage by `feature`: 0 when paused or off, 100 when the boolean gate
+/// is on, else `percentage_of_actors` (the rollout report's stage percentage), set whenever the snapshot loads.
+pub const TOGGLE_PERCENTAGE: &str = "ebg_toggle_percentage";
+
 /// Guarded-rollout decisions by `decision` (start, advance, complete, pause, hold, halt, interrupted,
 /// resume, abort) and `mode` (auto, advise).
 pub const ROLLOUT_DECISIONS: &str = "ebg_rollout_decisions_total";
@@ -57,8 +62,12 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let latency_buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            // Buckets make these histograms (Datadog distributions); without them the exporter renders
+            // summaries, which the Datadog check turns into per-replica quantiles that cannot be aggregated.
+            let batch_buckets = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &latency_buckets)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ACCEPT_BATCH_SIZE.to_owned()), &batch_buckets))
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -67,7 +76,7 @@ pub fn install() -> PrometheusHandle {
             describe();
             // Label-less counters exist from the start, so dashboards and "no data" monitors see a 0,
             // not a missing series, before the first event.
-            for name in [DEAD_LETTERS, RESENDS, DELIVERY_ATTEMPTED, CLICKS_UNIQUE] {
+            for name in [DEAD_LETTERS, RESENDS, DELIVERY_ATTEMPTED, CLICKS_UNIQUE, TOGGLE_REFRESH_FAILURES] {
                 metrics::counter!(name).increment(0);
             }
             handle
@@ -77,7 +86,7 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(REQUESTS, "Requests to the send_* routes by endpoint and outcome.");
+    describe_counter!(REQUESTS, "Requests to the send_* routes by api and outcome.");
     describe_histogram!(HTTP_DURATION, metrics::Unit::Seconds, "HTTP request latency by route and status class.");
     describe_counter!(DELIVERIES, "Notifications that reached a final state, by status and reason.");
     describe_counter!(RETRIES, "Delivery retries scheduled, by reason.");
@@ -97,6 +106,10 @@ fn describe() {
     describe_histogram!(ACCEPT_BATCH_SIZE, "Requests committed per accept transaction (group commit).");
     describe_counter!(TOGGLE_REFRESH_FAILURES, "Failed refreshes of the in-memory toggle snapshot.");
     describe_gauge!(TOGGLE_SNAPSHOT_AGE, metrics::Unit::Seconds, "Time since the toggle snapshot was last refreshed.");
+    describe_gauge!(
+        TOGGLE_PERCENTAGE,
+        "Effective percentage of a feature: 0 paused/off, 100 boolean on, else percentage_of_actors."
+    );
     describe_counter!("ebg_contact_lookups_total", "Contact lookups by outcome and source (cache, bgs, sandbox).");
     describe_histogram!(
         "ebg_bgs_request_duration_seconds",

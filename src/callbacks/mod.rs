@@ -292,9 +292,6 @@ pub async fn handle(
 /// Counts state changes with the same counters the worker uses, so `/metrics` and the report agree.
 fn count(effect: Effect) {
     match effect {
-        Effect::Move(Status::Delivered) => {
-            metrics::counter!(m::DELIVERIES, "status" => "delivered", "reason" => "").increment(1);
-        }
         Effect::Move(status) => {
             metrics::counter!(m::DELIVERIES, "status" => status.as_str(), "reason" => "va_notify_callback")
                 .increment(1);

@@ -81,13 +81,13 @@ pub fn router(state: AppState) -> Router {
 
 /// Counts send_* requests by the outcome the handler or error attached.
 async fn count_requests(req: Request, next: Next) -> Response {
-    let endpoint = match req.uri().path() {
+    let api = match req.uri().path() {
         SEND_EMAIL_PATH => "send_email",
         _ => "other",
     };
     let response = next.run(req).await;
     let outcome = response.extensions().get::<Outcome>().map(|o| o.0).unwrap_or("rejected_other");
-    metrics::counter!(m::REQUESTS, "endpoint" => endpoint, "outcome" => outcome).increment(1);
+    metrics::counter!(m::REQUESTS, "api" => api, "outcome" => outcome).increment(1);
     response
 }
 

@@ -264,7 +264,7 @@ fn record(transition: &Transition, row: &Claimed) {
     let first_send = row.sends == 0;
     match transition {
         Transition::Sent { .. } if first_send => {
-            metrics::counter!(m::DELIVERIES, "status" => "sent", "reason" => "").increment(1);
+            metrics::counter!(m::DELIVERIES, "status" => "sent", "reason" => "va_notify_accepted").increment(1);
             metrics::counter!(m::DELIVERY_ATTEMPTED).increment(1);
             tracing::info!(status = "sent", "notification sent");
         }

@@ -50,6 +50,18 @@ impl FeatureToggle {
     pub fn is_open_for(&self, feature_key: &str, actor: Option<&str>, random: impl FnOnce() -> f64) -> bool {
         !self.paused && self.gates.is_open_for(feature_key, actor, random)
     }
+
+    /// The rollout stage's percentage, as the report defines it: 0 when paused, 100 when the boolean
+    /// gate is on, else `percentage_of_actors` (individual actors and percentage of time are not a stage).
+    pub fn effective_percentage(&self) -> f64 {
+        if self.paused {
+            0.0
+        } else if self.gates.boolean {
+            100.0
+        } else {
+            self.gates.percentage_of_actors
+        }
+    }
 }
 
 /// Every feature's gates and kill switch at one moment.
@@ -78,6 +90,7 @@ impl Toggles {
     pub async fn load(pool: PgPool) -> Result<Self, sqlx::Error> {
         let snapshot = read_snapshot(&pool).await?;
         metrics::gauge!(m::TOGGLE_SNAPSHOT_AGE).set(0.0);
+        publish_percentages(&snapshot);
         Ok(Self {
             current: Arc::new(RwLock::new((0, Arc::new(snapshot)))),
             tickets: Arc::new(AtomicU64::new(0)),
@@ -122,6 +135,7 @@ impl Toggles {
         {
             let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
             if ticket > current.0 {
+                publish_percentages(&snapshot);
                 *current = (ticket, Arc::new(snapshot));
             }
         }
@@ -196,6 +210,15 @@ async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
     }
 }
 
+/// Sets `ebg_toggle_percentage` for every feature this service uses (a bounded label set); a feature
+/// missing from the tables is off, so 0.
+fn publish_percentages(snapshot: &Snapshot) {
+    for feature in KNOWN_FEATURES {
+        let percentage = snapshot.features.get(*feature).map_or(0.0, FeatureToggle::effective_percentage);
+        metrics::gauge!(m::TOGGLE_PERCENTAGE, "feature" => *feature).set(percentage);
+    }
+}
+
 /// Metric label for a feature: known names as they are, anything else folded to `other`.
 fn feature_label(feature: &str) -> &'static str {
     KNOWN_FEATURES.iter().copied().find(|k| *k == feature).unwrap_or("other")
@@ -211,4 +234,22 @@ async fn read_snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
         })
         .collect();
     Ok(Snapshot { features })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toggle(boolean: bool, percentage_of_actors: f64, paused: bool) -> FeatureToggle {
+        FeatureToggle { gates: Gates { boolean, percentage_of_actors, ..Gates::default() }, paused }
+    }
+
+    #[test]
+    fn effective_percentage_is_the_report_stage_percentage() {
+        assert_eq!(toggle(false, 0.0, false).effective_percentage(), 0.0);
+        assert_eq!(toggle(false, 25.0, false).effective_percentage(), 25.0);
+        assert_eq!(toggle(true, 25.0, false).effective_percentage(), 100.0);
+        assert_eq!(toggle(true, 25.0, true).effective_percentage(), 0.0);
+        assert_eq!(toggle(false, 2.5, true).effective_percentage(), 0.0);
+    }
 }

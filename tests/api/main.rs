@@ -5,6 +5,7 @@ mod callbacks;
 mod clicks;
 mod contacts_client;
 mod crash;
+mod datadog;
 mod delivery;
 mod flipper_api;
 mod helpers;

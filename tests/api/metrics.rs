@@ -155,7 +155,7 @@ async fn metrics_and_the_report_agree_with_what_was_sent() {
 
     // /metrics agrees with the report.
     let d = |name: &str, filter: &[(&str, &str)]| delta(&before, &after, name, filter);
-    assert_eq!(d("ebg_requests_total", &[("endpoint", "send_email"), ("outcome", "accepted")]), 5.0);
+    assert_eq!(d("ebg_requests_total", &[("api", "send_email"), ("outcome", "accepted")]), 5.0);
     assert_eq!(d("ebg_delivery_attempted_total", &[]), 5.0);
     assert_eq!(d("ebg_deliveries_total", &[("status", "sent")]), 4.0);
     assert_eq!(d("ebg_deliveries_total", &[("status", "delivered")]), 3.0);
@@ -215,7 +215,7 @@ fn assert_bounded_labels(series: &Series) {
             >= 6
     };
     let known: BTreeMap<&str, &[&str]> = BTreeMap::from([
-        ("endpoint", &["send_email", "other"][..]),
+        ("api", &["send_email", "other"][..]),
         ("state", &["queued", "retry_wait", "sending"][..]),
         ("result", &["enabled", "disabled"][..]),
         ("kind", &["counted", "head", "scanner", "invalid"][..]),
