@@ -225,6 +225,7 @@ pub struct ClicksConfig {
 #[derive(Clone, Debug, Deserialize)]
 pub struct ReportConfig {
     pub max_error_rate: f64,
+    pub min_sample: u64,
 }
 
 /// The guarded-rollout evaluator (SPEC §9).
@@ -337,6 +338,10 @@ impl Config {
         check(
             (0.0..=1.0).contains(&self.report.max_error_rate),
             "report.max_error_rate: must be a fraction between 0 and 1 (0.05 = 5%)",
+        );
+        check(
+            self.report.min_sample >= 1,
+            "report.min_sample: must be at least 1 (a stage without attempts never passes)",
         );
         check(
             (1..=86_400).contains(&self.rollout.interval_seconds),

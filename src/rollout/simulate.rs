@@ -239,8 +239,16 @@ async fn run(database_url: &str, options: &SimulateOptions) -> anyhow::Result<Si
 async fn conclude(pool: &sqlx::PgPool, detail: &PlanDetail) -> anyhow::Result<SimulationResult> {
     let plan = &detail.plan;
     let started = detail.decisions.first().map(|d| d.at);
-    let request =
-        ReportRequest { feature: plan.feature.clone(), from: started, to: None, max_error_rate: plan.max_error_rate };
+    // Judged with the plan's own minimum sample, so the report's verdicts are the ones the plan acted on.
+    let min_sample = plan.stages.iter().map(|s| s.min_sends).min().unwrap_or(1);
+    let request = ReportRequest {
+        feature: plan.feature.clone(),
+        from: started,
+        to: None,
+        max_error_rate: plan.max_error_rate,
+        min_sample,
+        click_tracking: true,
+    };
     let built = report::build(pool, &request).await?;
     println!("\n{}", report::markdown(&built));
     println!("## Decisions\n");

@@ -157,11 +157,24 @@ async fn an_auto_plan_advances_through_every_stage_to_100_percent() {
     assert_eq!((evidence["attempted"].clone(), evidence["failed"].clone()), (json!(20), json!(0)));
 
     // The report, built from the same audit log, shows the same five stages with the same numbers.
-    let request = ReportRequest { feature: FEATURE.into(), from: Some(t0), to: Some(finish), max_error_rate: 0.05 };
+    // Judged with the plan's minimum sample (10), the report passes what the plan passed.
+    let mut request = ReportRequest {
+        feature: FEATURE.into(),
+        from: Some(t0),
+        to: Some(finish),
+        max_error_rate: 0.05,
+        min_sample: 10,
+        click_tracking: false,
+    };
     let built = report::build(&app.db, &request).await.unwrap();
     let shares: Vec<f64> = built.stages.iter().map(|s| s.percentage).collect();
     assert_eq!(shares, [2.0, 25.0, 50.0, 75.0, 100.0]);
     assert!(built.stages.iter().all(|s| s.counts.attempted == 20 && s.verdict == report::Verdict::Pass));
+    assert!(built.stages.iter().all(|s| s.click_through_rate.is_none()), "no click-through rate without tracking");
+    // With the report's default minimum (100), the same 20 sends per stage are not enough to pass.
+    request.min_sample = 100;
+    let strict = report::build(&app.db, &request).await.unwrap();
+    assert!(strict.stages.iter().all(|s| s.verdict == report::Verdict::NotEnoughData));
 
     let after = app.metric(r#"ebg_rollout_decisions_total{decision="advance",mode="auto"}"#).await;
     assert!(after - before >= 4.0, "{before} -> {after}");
