@@ -55,6 +55,16 @@ pub enum Profile {
     Production,
 }
 
+impl Profile {
+    /// The profile's name as `EBG_PROFILE` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Production => "production",
+        }
+    }
+}
+
 /// The whole configuration. Field docs live in `config/default.toml`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Config {
@@ -91,6 +101,21 @@ pub struct DatabaseConfig {
     pub acquire_timeout_ms: u64,
     pub create_if_missing: bool,
     pub migrate_on_start: bool,
+}
+
+impl DatabaseConfig {
+    /// `host:port/name` of the configured database, for logs and messages: never the user or password.
+    pub fn target(&self) -> String {
+        match url::Url::parse(self.url.expose()) {
+            Ok(url) => format!(
+                "{}:{}{}",
+                url.host_str().unwrap_or("localhost"),
+                url.port().unwrap_or(5432),
+                if url.path().len() > 1 { url.path() } else { "/" }
+            ),
+            Err(_) => "(unparsable database.url)".to_owned(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -474,6 +499,18 @@ mod tests {
         {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
+    }
+
+    #[test]
+    fn the_database_target_leaves_out_credentials() {
+        let c = Config::load_from(env(&[(
+            "EBG_DATABASE__URL",
+            "postgres://app:hunter2@db.internal:6432/ebg?sslmode=require",
+        )]))
+        .unwrap();
+        assert_eq!(c.database.target(), "db.internal:6432/ebg");
+        let c = Config::load_from(env(&[])).unwrap();
+        assert_eq!(c.database.target(), "127.0.0.1:5432/ebg_notify");
     }
 
     #[test]

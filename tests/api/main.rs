@@ -2,6 +2,7 @@
 
 mod admin;
 mod callbacks;
+mod cli_output;
 mod clicks;
 mod contacts_client;
 mod crash;

@@ -404,8 +404,9 @@ async fn operators_override_and_a_manual_gate_change_interrupts_the_plan() {
     assert!(openapi["paths"]["/admin/rollouts/{id}/advance"]["post"].is_object());
 }
 
-/// Runs `ebg-notify simulate` with tiny settings; returns (success, stdout).
-fn simulate(failure_rate: &str) -> (bool, String) {
+/// Runs `ebg-notify simulate` with tiny settings; returns (exit code, stdout). Checks that progress
+/// went to stderr as plain lines (no terminal here, so no bar and no escape codes).
+fn simulate(failure_rate: &str) -> (Option<i32>, String) {
     let configured = format!("ebg_sim_configured_{}", Uuid::new_v4().simple());
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ebg-notify"))
         .args(["simulate", "--failure-rate", failure_rate, "--stage-seconds", "1", "--rate", "50"])
@@ -428,13 +429,15 @@ fn simulate(failure_rate: &str) -> (bool, String) {
             assert_eq!(text.trim(), "0", "the simulation dropped its database and never created the configured one");
         }
     }
-    (output.status.success(), stdout)
+    assert!(stderr.lines().any(|l| l.starts_with("simulate [")), "heartbeat lines without a terminal: {stderr}");
+    assert!(!stderr.contains('\u{1b}') && !stderr.contains('\r'), "no escape codes: {stderr:?}");
+    (output.status.code(), stdout)
 }
 
 #[tokio::test]
 async fn simulate_runs_the_seed_plan_to_completion() {
-    let (ok, stdout) = tokio::task::spawn_blocking(|| simulate("0")).await.unwrap();
-    assert!(ok, "{stdout}");
+    let (code, stdout) = tokio::task::spawn_blocking(|| simulate("0")).await.unwrap();
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("Result: COMPLETED"), "{stdout}");
     assert!(stdout.contains("## Rollout results"), "{stdout}");
     assert!(stdout.contains("### Stage 5: 100% of users"), "{stdout}");
@@ -444,8 +447,8 @@ async fn simulate_runs_the_seed_plan_to_completion() {
 
 #[tokio::test]
 async fn simulate_with_failures_ends_paused_at_the_canary() {
-    let (ok, stdout) = tokio::task::spawn_blocking(|| simulate("0.2")).await.unwrap();
-    assert!(ok, "{stdout}");
+    let (code, stdout) = tokio::task::spawn_blocking(|| simulate("0.2")).await.unwrap();
+    assert_eq!(code, Some(3), "PAUSED has its own exit status: {stdout}");
     assert!(stdout.contains("Result: PAUSED at stage 1 (2%)"), "{stdout}");
     assert!(stdout.contains("**pause** (error_rate_exceeded)"), "{stdout}");
     assert!(stdout.contains("FAIL"), "{stdout}");
