@@ -214,9 +214,15 @@ pub struct AdminConfig {
     pub token: Secret,
     pub tokens: Vec<NamedToken>,
     pub protect_reads: bool,
+    pub pii_token_names: Vec<String>,
 }
 
 impl AdminConfig {
+    /// Whether the admin token named `name` may read raw participant ids (`pii_token_names`).
+    pub fn may_see_pii(&self, name: &str) -> bool {
+        self.pii_token_names.iter().any(|n| n == name)
+    }
+
     /// Every configured admin token with its name; `token` is named `ops`.
     pub fn named_tokens(&self) -> Vec<NamedToken> {
         let ops = (!self.token.is_empty()).then(|| NamedToken { name: "ops".to_owned(), token: self.token.clone() });
@@ -417,6 +423,15 @@ impl Config {
             check(
                 !self.clicks.enabled || self.clicks.secret.expose().len() >= 32,
                 "clicks.secret: required in production when clicks are enabled, at least 32 characters (EBG_CLICKS__SECRET)",
+            );
+        }
+        let token_names: Vec<String> = self.admin.named_tokens().into_iter().map(|t| t.name).collect();
+        for name in &self.admin.pii_token_names {
+            check(
+                token_names.contains(name),
+                &format!(
+                    "admin.pii_token_names: `{name}` names no configured admin token (`ops` is admin.token; others are admin.tokens)"
+                ),
             );
         }
         for t in self.admin.named_tokens() {

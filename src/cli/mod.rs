@@ -81,6 +81,15 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// One notification's history as a timeline: state, every attempt, every callback, clicks. The
+    /// participant appears only as the keyed hash the logs use.
+    Show {
+        /// Notification id (the `id` send_email answers with).
+        id: uuid::Uuid,
+        /// Print JSON (as GET /admin/notifications/{id}) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Requeue notifications that ended `failed` or `dead` (after fixing the cause).
     Replay {
         /// Only this state.
@@ -148,6 +157,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             crate::report::print(&config, feature, from.as_deref(), to.as_deref(), &format).await
         }
         Command::Replay { status, since, ids, dry_run } => replay(config, &status, since, &ids, dry_run).await,
+        Command::Show { id, json } => show(config, id, json).await,
         Command::Flags(args) => flags::run(config, args).await,
         Command::Rollout(args) => rollout::run(config, args).await,
     };
@@ -259,5 +269,20 @@ async fn replay(
     }
     progress.finish(seen, format!("{requeued} requeued"));
     println!("requeued {requeued} notification(s) in state {status}");
+    Ok(())
+}
+
+/// `show ID`: the history the admin route serves, without the raw participant id.
+async fn show(config: Config, id: uuid::Uuid, json: bool) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database).await?;
+    let hasher = crate::telemetry::PiiHasher::new(config.telemetry.pii_hash_key.expose());
+    let history = crate::outbox::history::history(&pool, id, &hasher, false)
+        .await?
+        .with_context(|| format!("no notification {id}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&history)?);
+    } else {
+        print!("{}", history.timeline());
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@ mod extract;
 pub mod flipper_api;
 mod health;
 mod metrics_route;
+mod notifications;
 pub mod openapi;
 mod report;
 pub mod rollouts;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/c/{token}/", get(clicks::follow))
         .route("/c/{token}/{*path}", get(clicks::follow))
         .route("/admin/rollout/report", get(report::rollout_report))
+        .route("/admin/notifications/{id}", get(notifications::show))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics_route::render))

@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod flipper_api;
 mod helpers;
+mod history;
 mod metrics;
 mod notify_client;
 mod operations;
