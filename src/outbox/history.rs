@@ -303,7 +303,7 @@ mod tests {
                     duration_ms: None,
                     outcome: "retryable".into(),
                     http_status: Some(500),
-                    error_class: Some("server_error".into()),
+                    error_class: Some("http_500".into()),
                     va_notify_id: None,
                 },
             ],
