@@ -70,6 +70,7 @@ mod tests {
                 .map(|(name, token)| NamedToken { name: (*name).to_owned(), token: Secret::new(*token) })
                 .collect(),
             protect_reads: true,
+            pii_token_names: Vec::new(),
         }
     }
 

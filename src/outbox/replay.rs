@@ -1,0 +1,50 @@
+//! Replay (`ebg-notify replay`): notifications that ended `failed` or `dead` are queued again after the
+//! cause was fixed. The candidates are listed first and then requeued in batches, so a large replay
+//! reports its progress and no statement holds many row locks for long.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Which notifications to replay.
+#[derive(Clone, Debug)]
+pub struct ReplayFilter {
+    /// `failed` or `dead`.
+    pub status: String,
+    /// Only rows created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only these ids (empty: any).
+    pub ids: Vec<Uuid>,
+}
+
+/// The ids a replay would requeue now, oldest first.
+pub async fn replay_candidates(pool: &PgPool, filter: &ReplayFilter) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select id from notifications
+         where status = $1 and ($2::timestamptz is null or created_at >= $2)
+               and (cardinality($3::uuid[]) = 0 or id = any($3))
+         order by created_at, id",
+    )
+    .bind(&filter.status)
+    .bind(filter.since)
+    .bind(&filter.ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// Requeues those of `ids` still in `status`; returns how many. A row that changed meanwhile (already
+/// replayed by someone else) is left alone, so replaying twice queues once.
+pub async fn requeue(pool: &PgPool, status: &str, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    // The cause was fixed, so the row gets a full retry budget again: the budget counts tries since
+    // `attempts_before_send`. `attempts` itself keeps growing, so attempt records never collide.
+    let done = sqlx::query(
+        "update notifications set status = 'queued', status_reason = 'replayed',
+             attempts_before_send = attempts, next_attempt_at = now(), updated_at = now()
+         where id = any($2) and status = $1",
+    )
+    .bind(status)
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
