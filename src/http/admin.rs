@@ -58,8 +58,8 @@ pub struct AuditQuery {
 pub struct ReleaseParams {
     /// RFC 3339; rows created at or after this time.
     pub from: String,
-    /// RFC 3339; rows created before this time.
-    pub to: String,
+    /// RFC 3339; rows created before this time. Default: everything recorded so far.
+    pub to: Option<String>,
     /// Count only.
     pub dry_run: Option<bool>,
 }
@@ -167,7 +167,7 @@ pub async fn audit(
     request_body(content((ReleaseParams = "application/json"), (ReleaseParams = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "Counts", body = ReleaseOutcome),
-        (status = 400, description = "from/to missing or not RFC 3339, or from not before to", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "from missing, from/to not RFC 3339, or from not before to", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Admin token required"),
         (status = 503, description = "Database unavailable", body = crate::http::openapi::ErrorBody),
     ),
@@ -179,8 +179,8 @@ pub async fn release_suppressed(
     params: Params,
 ) -> Result<Json<ReleaseOutcome>, ApiError> {
     let from = time(&params, "from")?;
-    let to = time(&params, "to")?;
-    if from >= to {
+    let to = optional_time(&params, "to")?;
+    if to.is_some_and(|to| from >= to) {
         return Err(ApiError::InvalidParameter { field: "from", detail: "from must be before to".into() });
     }
     let dry_run = params.boolean("dry_run")?.unwrap_or(false);
@@ -203,8 +203,12 @@ pub async fn release_suppressed(
 }
 
 fn time(params: &Params, field: &'static str) -> Result<DateTime<Utc>, ApiError> {
-    let raw = params.string(field)?.ok_or(ApiError::MissingParameter { field })?;
-    DateTime::parse_from_rfc3339(raw).map(|t| t.with_timezone(&Utc)).map_err(|_| ApiError::InvalidParameter {
+    optional_time(params, field)?.ok_or(ApiError::MissingParameter { field })
+}
+
+fn optional_time(params: &Params, field: &'static str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(raw) = params.string(field)? else { return Ok(None) };
+    DateTime::parse_from_rfc3339(raw).map(|t| Some(t.with_timezone(&Utc))).map_err(|_| ApiError::InvalidParameter {
         field,
         detail: format!("{field} must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z"),
     })

@@ -34,8 +34,9 @@ pub struct ReleaseRequest {
     pub feature: String,
     /// Rows created at or after this time...
     pub from: DateTime<Utc>,
-    /// ...and before this time.
-    pub to: DateTime<Utc>,
+    /// ...and before this time; `None` takes everything recorded so far (a default of "now" cut to the
+    /// second would miss the rows of the current second).
+    pub to: Option<DateTime<Utc>>,
     /// Count only; change nothing and write no audit row.
     pub dry_run: bool,
     /// The accept path's duplicate window.
@@ -92,7 +93,8 @@ pub async fn release_suppressed(
                       and p.created_at > n.created_at - $4 and p.created_at < n.created_at + $4
                 ) as covered
          from notifications n
-         where n.status = 'suppressed' and n.channel = $1 and n.created_at >= $2 and n.created_at < $3
+         where n.status = 'suppressed' and n.channel = $1 and n.created_at >= $2
+           and ($3::timestamptz is null or n.created_at < $3)
          order by n.created_at, n.id
          for update of n",
     )
