@@ -14,3 +14,4 @@ mod operations;
 mod report;
 mod rollout;
 mod send_email;
+mod startup;
