@@ -93,14 +93,13 @@ fn private_server_url() -> String {
         let server = PrivateServer::start(&options).unwrap_or_else(|e| panic!("{e}"));
         if server.started() {
             use std::os::unix::process::CommandExt;
+            // Started in the background by a shell that exits at once, so the reaper outlives this
+            // process without being its child; its own process group keeps nextest's signals away.
             std::process::Command::new("sh")
-                .args(["-c", REAPER, "ebg-test-pg-reaper"])
+                .args(["-c", r#"sh -c "$0" ebg-test-pg-reaper "$1" </dev/null >/dev/null 2>&1 &"#, REAPER])
                 .arg(server.dir())
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
                 .process_group(0)
-                .spawn()
+                .status()
                 .expect("sh and flock are available");
         }
         server
