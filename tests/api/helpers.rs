@@ -3,7 +3,7 @@
 //!
 //! Databases are named `ebg_test_<UTC yyyymmddhhmm>_<run id>_<random>` and dropped when the test passes
 //! (a failed test keeps its database to look at). The run id is shared by every test process of one
-//! run (`EBG_TEST_RUN_ID`, else nextest's `NEXTEST_RUN_ID`), so `.ci/run` can drop what its own run left
+//! run (`TEST_RUN_ID`, else nextest's `NEXTEST_RUN_ID`), so `.ci/run` can drop what its own run left
 //! and what is older than a day without touching a run going on in another checkout.
 //!
 //! The server is `TEST_DATABASE_URL`, else 127.0.0.1:5432, else, when nothing answers there, a private
@@ -87,10 +87,11 @@ fn private_server_url() -> String {
     let server = SERVER.get_or_init(|| {
         let options = PrivateServerOptions {
             dir: std::env::temp_dir().join(format!("ebg-test-pg-{}", run_id())),
-            bin_path: std::env::var("EBG_TEST_POSTGRES_BIN_PATH").unwrap_or_default(),
+            bin_path: std::env::var("TEST_POSTGRES_BIN_PATH").unwrap_or_default(),
             target: "127.0.0.1:5432".to_owned(),
         };
-        let server = PrivateServer::start(&options).unwrap_or_else(|e| panic!("{e}"));
+        let server =
+            PrivateServer::start(&options).unwrap_or_else(|e| panic!("{e} (for the tests: TEST_DATABASE_URL)"));
         if server.started() {
             use std::os::unix::process::CommandExt;
             // Started in the background by a shell that exits at once, so the reaper outlives this
@@ -107,11 +108,11 @@ fn private_server_url() -> String {
     format!("postgres://postgres@127.0.0.1:{}", server.port())
 }
 
-/// Identifies this test run: `EBG_TEST_RUN_ID` (set by `.ci/run`), else nextest's run id, else this process.
+/// Identifies this test run: `TEST_RUN_ID` (set by `.ci/run`), else nextest's run id, else this process.
 pub fn run_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
-        let raw = std::env::var("EBG_TEST_RUN_ID")
+        let raw = std::env::var("TEST_RUN_ID")
             .or_else(|_| std::env::var("NEXTEST_RUN_ID"))
             .unwrap_or_else(|_| format!("p{}", std::process::id()));
         raw.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).take(8).collect()
