@@ -1,6 +1,7 @@
 //! The first hour, through the real binary: a private PostgreSQL when none runs, running from any
 //! directory, and startup errors that name the cause once and say what to set.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -53,13 +54,25 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// `serve` until /health/ready answers 200, checks it with `check`, then SIGTERM; returns the exit output.
-async fn serve_until_ready<F, Fut>(mut cmd: Command, check: F) -> Output
+/// How a test stops `serve`.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// SIGTERM to the process, as an orchestrator does.
+    Term,
+    /// SIGINT to its whole process group, as Ctrl-C in a terminal does.
+    CtrlC,
+}
+
+/// `serve` until /health/ready answers 200, checks it with `check`, then stops it; returns the exit output.
+async fn serve_until_ready<F, Fut>(mut cmd: Command, stop: Stop, check: F) -> Output
 where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let port = free_port();
+    if matches!(stop, Stop::CtrlC) {
+        cmd.process_group(0);
+    }
     let mut child = cmd
         .arg("serve")
         .env("EBG_HTTP__ADDR", format!("127.0.0.1:{port}"))
@@ -83,9 +96,12 @@ where
     if ready {
         check(base).await;
     }
-    // SIGTERM, as an orchestrator (or Ctrl-C) would stop it.
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let pid = child.id() as i32;
+    // SAFETY: signalling our own child (or the process group it leads) by id.
+    match stop {
+        Stop::Term => unsafe { libc::kill(pid, libc::SIGTERM) },
+        Stop::CtrlC => unsafe { libc::kill(-pid, libc::SIGINT) },
+    };
     let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
     assert!(ready, "serve never became ready: {}", stderr(&output));
     output
@@ -127,12 +143,13 @@ async fn without_a_server_the_local_profile_runs_a_private_one_kept_between_runs
     assert!(dir.join("data/PG_VERSION").exists(), "the cluster lives in the named directory");
     assert!(!postmaster_running(&dir), "stopped when the command ended");
 
-    // A second run reuses the cluster: the service starts on it, takes a request, and on SIGTERM drains
-    // and stops the server.
+    // A second run reuses the cluster: the service starts on it, takes a request, and on Ctrl-C (which
+    // reaches ebg-notify's process group, not the server's) drains and stops the server.
     let mut serve = binary(private.path());
     with_private(serve.env("RUST_LOG", "info"));
     let created = std::fs::metadata(dir.join("data/PG_VERSION")).unwrap().modified().unwrap();
-    let output = serve_until_ready(serve, |base| async move {
+    let (cwd, url, dir2) = (private.path().to_path_buf(), url.clone(), dir.clone());
+    let output = serve_until_ready(serve, Stop::CtrlC, |base| async move {
         let r = reqwest::Client::new()
             .post(format!("{base}{SEND_EMAIL}"))
             .bearer_auth(token_for(PARTICIPANT_ID))
@@ -141,9 +158,17 @@ async fn without_a_server_the_local_profile_runs_a_private_one_kept_between_runs
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "recorded in the private database");
+        // A CLI verb in another terminal joins the running server and leaves it running when it ends.
+        let mut flags = binary(&cwd);
+        flags.args(["flags", "list"]).env("EBG_DATABASE__URL", &url).env("EBG_DATABASE__PRIVATE_DIR", &dir2);
+        let listed = tokio::task::spawn_blocking(move || flags.output().unwrap()).await.unwrap();
+        assert!(listed.status.success(), "{}", stderr(&listed));
+        assert!(String::from_utf8_lossy(&listed.stdout).contains("event_bus_gateway_emails_enabled"));
+        let ready = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+        assert_eq!(ready.status(), 200, "the service's database is still there");
     })
     .await;
-    assert!(output.status.success(), "clean exit on SIGTERM: {}", stderr(&output));
+    assert!(output.status.success(), "clean exit on Ctrl-C: {}", stderr(&output));
     assert!(stderr(&output).contains("using a private server"), "{}", stderr(&output));
     assert!(!stderr(&output).contains("hunter2"), "never the password: {}", stderr(&output));
     assert_eq!(std::fs::metadata(dir.join("data/PG_VERSION")).unwrap().modified().unwrap(), created, "kept");
@@ -171,6 +196,23 @@ async fn without_a_server_or_postgresql_programs_one_line_says_what_to_do() {
 }
 
 #[tokio::test]
+async fn a_database_on_another_host_is_never_replaced_by_a_private_one() {
+    let empty = TempDir::new("remote");
+    let dir = empty.path().join("postgres");
+    let output = binary(empty.path())
+        .arg("migrate")
+        .env("EBG_DATABASE__URL", "postgres://postgres:hunter2@db.invalid:5432/ebg_notify")
+        .env("EBG_DATABASE__PRIVATE_DIR", &dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("could not connect to PostgreSQL at db.invalid:5432/ebg_notify"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(!dir.exists(), "an outage elsewhere is reported, not papered over");
+}
+
+#[tokio::test]
 async fn production_never_starts_a_private_server() {
     let empty = TempDir::new("production");
     let output = binary(empty.path())
@@ -195,7 +237,7 @@ async fn runs_from_any_directory_with_the_embedded_development_keys() {
     let database = TestDatabase::fresh();
     let mut serve = binary(elsewhere.path());
     serve.env("EBG_DATABASE__URL", &database.url);
-    let output = serve_until_ready(serve, |base| async move {
+    let output = serve_until_ready(serve, Stop::Term, |base| async move {
         let r = reqwest::Client::new()
             .post(format!("{base}{SEND_EMAIL}"))
             .bearer_auth(&token)
