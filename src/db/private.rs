@@ -137,8 +137,10 @@ impl PrivateServer {
     fn release(&mut self) {
         let Some(users) = self.users.take() else { return };
         let Ok(start_lock) = lock(&self.dir.join("start.lock"), Lock::Exclusive) else { return };
-        // Converting our shared lock to exclusive succeeds only when nobody else holds it.
-        if flock(&users, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+        // Converting our shared lock to exclusive succeeds only when nobody else holds it. No pid file:
+        // the server never started (a failed start), so there is nothing to stop.
+        let running = self.data_dir().join("postmaster.pid").exists();
+        if running && flock(&users, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
             let data = self.data_dir();
             let stopped = self.run("pg_ctl", |c| {
                 c.arg("stop").arg("-D").arg(&data).args(["-m", "fast", "-w", "-t", "60"]);
