@@ -341,3 +341,61 @@ async fn token_refuses_participant_ids_the_service_would_refuse() {
     let output = binary(dir.path()).args(["token", "--participant-id", "12345678901234567890"]).output().unwrap();
     assert!(output.status.success(), "20 digits is allowed: {}", stderr(&output));
 }
+
+/// Run by [`the_harness_shares_one_private_server_per_run_and_removes_it`] in child test processes; in a
+/// normal run it checks that the harness's server takes a database.
+#[tokio::test]
+async fn harness_probe_uses_the_test_server() {
+    let database = TestDatabase::fresh();
+    let app = app().database(&database.url).spawn().await;
+    assert_eq!(app.send_email(TEMPLATE_ID).await.status(), 200);
+    println!("HARNESS-SERVER {}", server_url());
+}
+
+#[tokio::test]
+async fn the_harness_shares_one_private_server_per_run_and_removes_it() {
+    let run = format!("hp{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let dir = std::env::temp_dir().join(format!("ebg-test-pg-{run}"));
+    // Two test processes of one run, at the same time, as nextest starts them.
+    let probe = || {
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "startup::harness_probe_uses_the_test_server", "--nocapture"])
+            .env("TEST_DATABASE_URL", "private")
+            .env("TEST_RUN_ID", &run)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (probe(), probe());
+    let outputs =
+        tokio::task::spawn_blocking(move || [first.wait_with_output().unwrap(), second.wait_with_output().unwrap()])
+            .await
+            .unwrap();
+    let servers: Vec<String> = outputs
+        .iter()
+        .map(|o| {
+            assert!(o.status.success(), "{}", stderr(o));
+            let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("HARNESS-SERVER "))
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("{stdout}"))
+        })
+        .collect();
+    assert_eq!(servers[0], servers[1], "one server for the run");
+    assert_ne!(servers[0], "postgres://postgres@127.0.0.1:5432", "the private one");
+    // Nobody uses it any more: the reaper stops it and removes its directory within a few seconds.
+    let mut gone = false;
+    for _ in 0..100 {
+        if !dir.exists() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "{} was not removed", dir.display());
+    let port = servers[0].rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the server was stopped");
+}
