@@ -262,3 +262,24 @@ async fn replay(
     println!("{} {count} notification(s) in state {status}", if dry_run { "would requeue" } else { "requeued" });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error communicating with database: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        let error = anyhow::Error::new(Repeats(io)).context("startup failed");
+        assert_eq!(
+            render_error(&error),
+            "startup failed: error communicating with database: Connection refused (os error 111)"
+        );
+        let distinct = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(render_error(&distinct), "outer: middle: inner");
+    }
+}
