@@ -53,8 +53,8 @@ pub enum StartupError {
     Notify(#[from] crate::notify::NotifyInitError),
     #[error(transparent)]
     Contacts(#[from] crate::contacts::ContactsInitError),
-    #[error("could not bind {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    #[error("could not listen on {addr}: {cause} (is another ebg-notify running? set EBG_HTTP__ADDR)")]
+    Bind { addr: String, cause: std::io::Error },
 }
 
 /// A built, bound application.
@@ -66,10 +66,24 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects (creating and migrating the database when configured), loads toggles, builds the
-    /// upstream clients and binds the listener.
+    /// Binds the listener, then connects (creating and migrating the database when configured), loads
+    /// toggles and builds the upstream clients.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let listener = Self::bind(&config).await?;
+        Self::build_on(config, listener).await
+    }
+
+    /// Binds `http.addr`. Done before anything else so a taken port is the first error reported.
+    pub async fn bind(config: &Config) -> Result<TcpListener, StartupError> {
+        let addr = config.http_addr();
+        TcpListener::bind(addr).await.map_err(|cause| StartupError::Bind { addr: addr.to_string(), cause })
+    }
+
+    /// Like [`Application::build`] on a listener bound by [`Application::bind`].
+    pub async fn build_on(config: Config, listener: TcpListener) -> Result<Self, StartupError> {
         let metrics = metrics::install();
+        let addr = config.http_addr();
+        let local = listener.local_addr().map_err(|cause| StartupError::Bind { addr: addr.to_string(), cause })?;
         let pool = db::connect(&config.database).await?;
         if config.database.migrate_on_start {
             db::migrate(&pool).await?;
@@ -77,11 +91,6 @@ impl Application {
         let migrations = db::migrations_applied(&pool).await;
         Toggles::register_known_features(&pool).await.map_err(StartupError::Toggles)?;
         let toggles = Toggles::load(pool.clone()).await.map_err(StartupError::Toggles)?;
-
-        let addr = config.http_addr();
-        let listener =
-            TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr: addr.to_string(), source })?;
-        let local = listener.local_addr().map_err(|source| StartupError::Bind { addr: addr.to_string(), source })?;
 
         // In sandbox mode the fake VA Notify reports delivery to our own callback route.
         let sandbox_callback = (config.notify.mode == NotifyMode::Sandbox).then(|| SandboxCallback {

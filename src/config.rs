@@ -3,10 +3,11 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use figment::Figment;
-use figment::providers::{Format, Toml};
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Provider, Source};
 use serde::Deserialize;
 
 const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -101,6 +102,9 @@ pub struct DatabaseConfig {
     pub acquire_timeout_ms: u64,
     pub create_if_missing: bool,
     pub migrate_on_start: bool,
+    pub private_server: bool,
+    pub private_dir: String,
+    pub postgres_bin_path: String,
 }
 
 impl DatabaseConfig {
@@ -292,9 +296,15 @@ pub struct TelemetryConfig {
 pub enum ConfigError {
     #[error("configuration could not be read: {0}")]
     Load(String),
-    #[error("configuration is invalid:\n{}", .0.join("\n"))]
+    #[error("configuration is invalid:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
 }
+
+/// Name of the layer built from `EBG_` variables; its metadata turns a key back into the variable's name.
+const ENV_LAYER: &str = "environment";
+/// Keys holding file paths: a relative path is resolved against the directory of the file that set it.
+const PATH_KEYS: [&str; 4] =
+    ["auth.public_key_path", "auth.extra_public_key_paths", "auth.dev_private_key_path", "database.private_dir"];
 
 impl Config {
     /// Loads the configuration from the process environment.
@@ -304,33 +314,70 @@ impl Config {
 
     /// Loads the configuration from the given environment variables (tests pass their own).
     pub fn load_from(env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        Self::load_with_warnings(env).map(|(config, _)| config)
+    }
+
+    /// Like [`Config::load_from`], and also returns warnings: keys that no setting has (a misspelled
+    /// `EBG_` variable or file key), each with the nearest real key.
+    pub fn load_with_warnings(
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let profile_toml = match lookup("EBG_PROFILE").as_deref() {
-            None | Some("") | Some("local") => LOCAL_TOML,
-            Some("production") => PRODUCTION_TOML,
+        let lookup = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let (profile_name, profile_toml) = match lookup("EBG_PROFILE").as_deref() {
+            None | Some("") | Some("local") => ("local", LOCAL_TOML),
+            Some("production") => ("production", PRODUCTION_TOML),
             Some(other) => {
                 return Err(ConfigError::Invalid(vec![format!(
                     "EBG_PROFILE: unknown profile `{other}` (expected `local` or `production`)"
                 )]));
             }
         };
-        let mut figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(profile_toml));
+        let base = Figment::from(named(Toml::string(DEFAULT_TOML), "built-in default"))
+            .merge(named(Toml::string(profile_toml), format!("built-in `{profile_name}` profile")));
+        let mut warnings = Vec::new();
+        let mut figment = base.clone();
         if let Some(path) = lookup("EBG_CONFIG_FILE").filter(|p| !p.is_empty()) {
-            if !std::path::Path::new(&path).exists() {
+            if !Path::new(&path).exists() {
                 return Err(ConfigError::Load(format!("EBG_CONFIG_FILE `{path}` does not exist")));
             }
-            figment = figment.merge(Toml::file(path));
+            let file = Figment::from(Toml::file(&path));
+            let dict = file.data().map_err(|e| ConfigError::Load(format!("{path}: {e}")))?;
+            for (_, dict) in dict {
+                unknown_file_keys(&base, &dict, "", &path, &mut warnings);
+            }
+            figment = figment.merge(Toml::file(&path));
         }
         let ebg_vars: Vec<(String, String)> =
             env.iter().filter(|(k, _)| k.starts_with("EBG_") && k != "EBG_CONFIG_FILE").cloned().collect();
-        figment = figment.merge(env_provider(ebg_vars));
-        if let Some(url) = lookup("DATABASE_URL").filter(|u| !u.is_empty()) {
-            figment = figment.merge(("database.url", url));
+        for (name, _) in &ebg_vars {
+            if let Some(warning) = unknown_env_key(&base, name) {
+                warnings.push(warning);
+            }
         }
-        let config: Config = figment.extract().map_err(|e| ConfigError::Load(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
+        figment = figment.merge(EnvLayer::new(&base, ebg_vars));
+        if let Some(url) = lookup("DATABASE_URL").filter(|u| !u.is_empty()) {
+            figment = figment.merge(named(Serialized::global("database.url", url), "DATABASE_URL"));
+        }
+        let (mut config, mut problems) = match extract_all(&base, figment.clone()) {
+            Ok(extracted) => extracted,
+            Err(ConfigError::Invalid(mut problems)) => {
+                problems.extend(warnings);
+                return Err(ConfigError::Invalid(problems));
+            }
+            Err(e) => return Err(e),
+        };
+        resolve_relative_paths(&mut config, &figment);
+        if let Err(ConfigError::Invalid(more)) = config.validate() {
+            problems.extend(more);
+        }
+        if problems.is_empty() {
+            Ok((config, warnings))
+        } else {
+            // A misspelled key is often why a required value looks missing.
+            problems.extend(warnings);
+            Err(ConfigError::Invalid(problems))
+        }
     }
 
     /// Checks the loaded values; returns every problem at once.
@@ -405,9 +452,11 @@ impl Config {
             check(self.notify.mode == NotifyMode::Live, "notify.mode: production refuses `sandbox`");
             check(self.contacts.mode == ContactsMode::Bgs, "contacts.mode: production refuses `sandbox`");
             check(
-                !self.auth.public_key_path.contains("config/dev/"),
+                !self.auth.public_key_path.contains("config/dev/")
+                    && !self.auth.public_key_path.starts_with(BUILTIN_KEY_PREFIX),
                 "auth.public_key_path: production refuses the development key",
             );
+            check(!self.database.private_server, "database.private_server: production never starts its own database");
             check(self.auth.dev_private_key_path.is_empty(), "auth.dev_private_key_path: must be empty in production");
             check(
                 !self.notify.callback_token.is_empty(),
@@ -459,18 +508,269 @@ impl Config {
     }
 }
 
-/// Maps `EBG_SECTION__KEY=value` pairs to nested keys. Like figment's `Env` provider, but it reads a
-/// given list, so tests can load a configuration without touching the process environment.
-fn env_provider(vars: Vec<(String, String)>) -> Figment {
-    let mut figment = Figment::new();
-    for (key, value) in vars {
-        let path = key["EBG_".len()..].to_lowercase().replace("__", ".");
-        // Parse like figment's Env does, so numbers and booleans keep their types.
-        let value: figment::value::Value = value.parse().unwrap_or_else(|_| figment::value::Value::from(value));
-        figment = figment.merge((path, value));
-    }
-    figment
+/// A provider under a name of our choosing, so an error can say which layer a value came from.
+struct Named<P> {
+    inner: P,
+    name: String,
 }
+
+fn named<P: Provider>(inner: P, name: impl Into<String>) -> Named<P> {
+    Named { inner, name: name.into() }
+}
+
+impl<P: Provider> Provider for Named<P> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+    fn data(&self) -> Result<Map<figment::Profile, Dict>, figment::Error> {
+        self.inner.data()
+    }
+}
+
+/// `EBG_SECTION__KEY=value` pairs as nested keys. Like figment's `Env` provider, but it reads a given list
+/// (tests load a configuration without touching the process environment), and a value whose default is a
+/// string stays a string (`EBG_ADMIN__TOKEN=1234…` is a token, not a number).
+struct EnvLayer {
+    dict: Dict,
+}
+
+impl EnvLayer {
+    fn new(base: &Figment, vars: Vec<(String, String)>) -> Self {
+        let mut dict = Dict::new();
+        for (name, raw) in vars {
+            let path = env_key(&name);
+            let value = match base.find_value(&path) {
+                Ok(Value::String(..)) => Value::from(raw),
+                _ => raw.parse().unwrap_or_else(|_| Value::from(raw)),
+            };
+            if let Value::Dict(_, nested) = figment::util::nest(&path, value) {
+                merge_dict(&mut dict, nested);
+            }
+        }
+        Self { dict }
+    }
+}
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(ENV_LAYER).interpolater(|_, keys| format!("EBG_{}", keys.join("__").to_uppercase()))
+    }
+    fn data(&self) -> Result<Map<figment::Profile, Dict>, figment::Error> {
+        Ok(figment::Profile::Global.collect(self.dict.clone()))
+    }
+}
+
+fn merge_dict(into: &mut Dict, from: Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Dict(_, existing)), Value::Dict(_, nested)) => merge_dict(existing, nested),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+/// `EBG_WORKER__CONCURRENCY` -> `worker.concurrency`.
+fn env_key(name: &str) -> String {
+    name["EBG_".len()..].to_lowercase().replace("__", ".")
+}
+
+/// Every key the embedded defaults define (they document every setting).
+fn known_keys(base: &Figment) -> Vec<String> {
+    fn walk(dict: &Dict, prefix: &str, out: &mut Vec<String>) {
+        for (key, value) in dict {
+            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            match value {
+                Value::Dict(_, nested) => walk(nested, &path, out),
+                _ => out.push(path),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(Value::Dict(_, dict)) = base.find_value("") {
+        walk(&dict, "", &mut out);
+    } else if let Ok(data) = base.data() {
+        for dict in data.values() {
+            walk(dict, "", &mut out);
+        }
+    }
+    out
+}
+
+/// The known key nearest to `key`, for "did you mean".
+fn nearest<'a>(key: &str, known: &'a [String]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::levenshtein(key, k), k))
+        .filter(|(distance, _)| *distance <= 3)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| k.as_str())
+}
+
+fn unknown_env_key(base: &Figment, name: &str) -> Option<String> {
+    let key = env_key(name);
+    let known = known_keys(base);
+    if known.contains(&key) {
+        return None;
+    }
+    let hint = nearest(&key, &known)
+        .map(|k| format!(" (did you mean EBG_{}?)", k.replace('.', "__").to_uppercase()))
+        .unwrap_or_default();
+    Some(format!("{name} is not a configuration setting and is ignored{hint}"))
+}
+
+fn unknown_file_keys(base: &Figment, dict: &Dict, prefix: &str, file: &str, warnings: &mut Vec<String>) {
+    let known = known_keys(base);
+    for (key, value) in dict {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        if known.contains(&path) {
+            continue;
+        }
+        match value {
+            Value::Dict(_, nested) if known.iter().any(|k| k.starts_with(&format!("{path}."))) => {
+                unknown_file_keys(base, nested, &path, file, warnings);
+            }
+            _ => {
+                let hint = nearest(&path, &known).map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default();
+                warnings.push(format!("{file}: `{path}` is not a configuration setting and is ignored{hint}"));
+            }
+        }
+    }
+}
+
+/// Extracts the configuration, collecting every type error: serde stops at the first, so each bad value
+/// is reported and replaced by its default, and extraction is tried again.
+fn extract_all(base: &Figment, mut figment: Figment) -> Result<(Config, Vec<String>), ConfigError> {
+    let mut problems = Vec::new();
+    // Each round removes at least one bad value; the bound only guards against a value that cannot be repaired.
+    for _ in 0..100 {
+        let errors = match figment.extract::<Config>() {
+            Ok(config) => return Ok((config, problems)),
+            Err(errors) => errors,
+        };
+        for error in errors {
+            problems.push(describe(&error));
+            let Some((key, default)) = default_for(base, &error.path) else {
+                return Err(ConfigError::Invalid(problems));
+            };
+            figment = figment.merge(named(Serialized::global(&key, default), "built-in default"));
+        }
+    }
+    Err(ConfigError::Invalid(problems))
+}
+
+/// The default of the nearest key at or above `path` (a bad list element is replaced by the default list).
+fn default_for(base: &Figment, path: &[String]) -> Option<(String, Value)> {
+    (1..=path.len()).rev().find_map(|n| {
+        let key = path[..n].join(".");
+        base.find_value(&key).ok().map(|v| (key, v))
+    })
+}
+
+/// One line naming where the value came from (the environment variable, or the file and key) and what is
+/// expected. Values are never echoed: they may be secrets.
+fn describe(error: &figment::Error) -> String {
+    let mut path = error.path.clone();
+    if let figment::error::Kind::MissingField(field) = &error.kind {
+        path.push(field.to_string());
+    }
+    let key = path.join(".");
+    let source = match &error.metadata {
+        Some(m) if m.name == ENV_LAYER => m.interpolate(&figment::Profile::Global, &path),
+        Some(Metadata { source: Some(Source::File(file)), .. }) => format!("`{key}` in {}", file.display()),
+        Some(m) => format!("`{key}` ({})", m.name),
+        None => format!("`{key}`"),
+    };
+    use figment::error::Kind;
+    let what = match &error.kind {
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!("expected {}, found {}", expected_text(expected), actual_text(actual))
+        }
+        Kind::UnknownVariant(_, options) => {
+            format!("expected one of {}", options.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", "))
+        }
+        Kind::MissingField(_) => "required".to_owned(),
+        other => other.to_string(),
+    };
+    format!("{source}: {what}")
+}
+
+fn expected_text(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" => format!("a whole number from 0 to {}", max_of(expected)),
+        "u64" | "usize" => "a whole number (0 or more)".to_owned(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".to_owned(),
+        "f32" | "f64" => "a number".to_owned(),
+        "a boolean" => "true or false".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn max_of(unsigned: &str) -> u64 {
+    match unsigned {
+        "u8" => u8::MAX.into(),
+        "u16" => u16::MAX.into(),
+        _ => u32::MAX.into(),
+    }
+}
+
+fn actual_text(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "true/false",
+        Actual::Signed(v) if *v < 0 => "a negative number",
+        Actual::Unsigned(_) | Actual::Signed(_) => "a whole number",
+        Actual::Float(_) => "a fractional number",
+        Actual::Str(_) | Actual::Char(_) => "text",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        _ => "something else",
+    }
+}
+
+/// A relative path set in a configuration file names a file beside it, wherever the process runs.
+fn resolve_relative_paths(config: &mut Config, figment: &Figment) {
+    let dir_of = |key: &str| match figment.find_metadata(key).and_then(|m| m.source.as_ref()) {
+        Some(Source::File(file)) => file.parent().map(Path::to_path_buf),
+        _ => None,
+    };
+    let resolve = |dir: Option<PathBuf>, value: &mut String| {
+        if let Some(dir) = dir {
+            if !value.is_empty() && !value.starts_with(BUILTIN_KEY_PREFIX) && Path::new(value.as_str()).is_relative() {
+                *value = dir.join(value.as_str()).display().to_string();
+            }
+        }
+    };
+    for key in PATH_KEYS {
+        let dir = dir_of(key);
+        match key {
+            "auth.public_key_path" => resolve(dir, &mut config.auth.public_key_path),
+            "auth.dev_private_key_path" => resolve(dir, &mut config.auth.dev_private_key_path),
+            "database.private_dir" => resolve(dir, &mut config.database.private_dir),
+            _ => config.auth.extra_public_key_paths.iter_mut().for_each(|p| resolve(dir.clone(), p)),
+        }
+    }
+}
+
+/// Key paths starting with this name a development key compiled into the binary (`builtin:dev_public_key.pem`).
+pub const BUILTIN_KEY_PREFIX: &str = "builtin:";
+
+/// The contents of a key file; `builtin:` names one of the development keys embedded in the binary.
+pub fn read_key_file(path: &str) -> std::io::Result<std::borrow::Cow<'static, [u8]>> {
+    match path.strip_prefix(BUILTIN_KEY_PREFIX) {
+        Some("dev_public_key.pem") => Ok(std::borrow::Cow::Borrowed(DEV_PUBLIC_KEY)),
+        Some("dev_private_key.pem") => Ok(std::borrow::Cow::Borrowed(DEV_PRIVATE_KEY)),
+        Some(other) => Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no built-in key `{other}` (there are dev_public_key.pem and dev_private_key.pem)"),
+        )),
+        None => std::fs::read(path).map(std::borrow::Cow::Owned),
+    }
+}
+
+const DEV_PUBLIC_KEY: &[u8] = include_bytes!("../config/dev/dev_public_key.pem");
+const DEV_PRIVATE_KEY: &[u8] = include_bytes!("../config/dev/dev_private_key.pem");
 
 #[cfg(test)]
 mod tests {
@@ -534,5 +834,124 @@ mod tests {
         let dump = format!("{c:?}");
         assert!(!dump.contains("super-secret-value"));
         assert!(!dump.contains("local-admin-token"));
+    }
+
+    /// A TOML file in a fresh temporary directory; removed on drop.
+    struct TempToml(PathBuf);
+
+    impl TempToml {
+        fn new(text: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("ebg-config-test-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("ebg.toml");
+            std::fs::write(&file, text).unwrap();
+            Self(file)
+        }
+        fn env(&self) -> (&'static str, String) {
+            ("EBG_CONFIG_FILE", self.0.display().to_string())
+        }
+    }
+
+    impl Drop for TempToml {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+
+    fn load(pairs: Vec<(&str, String)>) -> Result<(Config, Vec<String>), ConfigError> {
+        Config::load_with_warnings(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)))
+    }
+
+    #[test]
+    fn type_errors_are_listed_together_naming_their_source() {
+        let file = TempToml::new("[retention]\ndays = \"forever\"\n");
+        let err = load(vec![
+            ("EBG_WORKER__CONCURRENCY", "abc".into()),
+            ("EBG_HTTP__BODY_LIMIT_BYTES", "-5".into()),
+            ("EBG_NOTIFY__MODE", "nope".into()),
+            ("EBG_ADMIN__PROTECT_READS", "maybe".into()),
+            file.env(),
+        ])
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "EBG_WORKER__CONCURRENCY: expected a whole number (0 or more), found text",
+            "EBG_HTTP__BODY_LIMIT_BYTES: expected a whole number (0 or more), found a negative number",
+            "EBG_NOTIFY__MODE: expected one of `live`, `sandbox`",
+            "EBG_ADMIN__PROTECT_READS: expected true or false, found text",
+            &format!(
+                "`retention.days` in {}: expected a whole number from 0 to 4294967295, found text",
+                file.0.display()
+            ),
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in\n{err}");
+        }
+        assert!(!err.contains("figment") && !err.contains("alloc::"), "{err}");
+        assert!(!err.contains("abc") && !err.contains("maybe"), "values are never echoed: {err}");
+    }
+
+    #[test]
+    fn type_errors_and_invalid_values_are_reported_together() {
+        let err = load(vec![("EBG_WORKER__CONCURRENCY", "x".into()), ("EBG_WORKER__MAX_ATTEMPTS", "0".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("EBG_WORKER__CONCURRENCY"), "{err}");
+        assert!(err.contains("worker.max_attempts: must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_warn_with_the_nearest_setting() {
+        let file = TempToml::new("[worker]\nconcurency = 3\n[nonsense]\nx = 1\n");
+        let (config, warnings) =
+            load(vec![("EBG_WORKER__CONCURENCY", "3".into()), ("EBG_WORKER__CONCURRENCY", "4".into()), file.env()])
+                .unwrap();
+        assert_eq!(config.worker.concurrency, 4);
+        let text = warnings.join("\n");
+        assert!(
+            text.contains("EBG_WORKER__CONCURENCY is not a configuration setting and is ignored (did you mean EBG_WORKER__CONCURRENCY?)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "`worker.concurency` is not a configuration setting and is ignored (did you mean `worker.concurrency`?)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("`nonsense` is not a configuration setting"), "{text}");
+        assert_eq!(warnings.len(), 3, "{text}");
+    }
+
+    #[test]
+    fn string_settings_keep_numeric_looking_values_as_text() {
+        let (c, _) = load(vec![("EBG_ADMIN__TOKEN", "12345678901234567890".into())]).unwrap();
+        assert_eq!(c.admin.token.expose(), "12345678901234567890");
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_relative_to_that_file() {
+        let file = TempToml::new(
+            "[auth]\npublic_key_path = \"keys/signer.pem\"\nextra_public_key_paths = [\"/abs.pem\", \"old.pem\"]\n",
+        );
+        let dir = file.0.parent().unwrap().to_path_buf();
+        let (c, _) = load(vec![file.env(), ("EBG_DATABASE__PRIVATE_DIR", "pg".into())]).unwrap();
+        assert_eq!(c.auth.public_key_path, dir.join("keys/signer.pem").display().to_string());
+        assert_eq!(c.auth.extra_public_key_paths, ["/abs.pem".to_owned(), dir.join("old.pem").display().to_string()]);
+        assert_eq!(c.auth.dev_private_key_path, "builtin:dev_private_key.pem", "defaults stay built in");
+        assert_eq!(c.database.private_dir, "pg", "a path from the environment is left to the working directory");
+    }
+
+    #[test]
+    fn builtin_keys_are_embedded_and_refused_by_production() {
+        assert!(read_key_file("builtin:dev_public_key.pem").unwrap().starts_with(b"-----BEGIN"));
+        assert!(read_key_file("builtin:nope.pem").is_err());
+        let err = Config::load_from(env(&[
+            ("EBG_PROFILE", "production"),
+            ("EBG_AUTH__PUBLIC_KEY_PATH", "builtin:dev_public_key.pem"),
+            ("EBG_DATABASE__PRIVATE_SERVER", "true"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("auth.public_key_path: production refuses the development key"), "{err}");
+        assert!(err.contains("database.private_server: production never starts its own database"), "{err}");
     }
 }

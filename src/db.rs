@@ -1,4 +1,7 @@
-//! Database: pool, create-if-missing (local profile), embedded migrations, readiness probe.
+//! Database: pool, create-if-missing (local profile), a private server when none runs (local profile,
+//! [`private`]), embedded migrations, readiness probe.
+
+pub mod private;
 
 use std::time::Duration;
 
@@ -16,10 +19,13 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub enum DbError {
     #[error("database.url is not a valid PostgreSQL URL: {0}")]
     Url(#[source] sqlx::Error),
-    #[error("could not connect to PostgreSQL: {0}")]
-    Connect(#[source] sqlx::Error),
-    #[error("could not create database `{name}`: {source}")]
-    Create { name: String, source: sqlx::Error },
+    /// `target` is host:port and database name, never the password; `cause` the innermost error.
+    #[error("could not connect to PostgreSQL at {target}: {cause} (is PostgreSQL running? set EBG_DATABASE__URL)")]
+    Connect { target: String, cause: String },
+    #[error("could not create database `{name}`: {cause}")]
+    Create { name: String, cause: String },
+    #[error(transparent)]
+    Private(#[from] private::PrivateDbError),
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -28,6 +34,25 @@ pub enum DbError {
 pub fn connect_options(cfg: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
     let options: PgConnectOptions = cfg.url.expose().parse().map_err(DbError::Url)?;
     Ok(options.log_statements(tracing::log::LevelFilter::Debug))
+}
+
+/// `host:port/database` of a connection, for messages (the password never appears).
+pub fn describe_target(options: &PgConnectOptions) -> String {
+    format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or("postgres"))
+}
+
+/// The innermost cause of an error: sqlx repeats its source in its own message, so printing the whole
+/// chain would say "connection refused" twice.
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+fn connect_error(options: &PgConnectOptions) -> impl Fn(sqlx::Error) -> DbError + '_ {
+    move |e| DbError::Connect { target: describe_target(options), cause: root_cause(&e) }
 }
 
 /// Opens the pool; creates the database first when configured to (local profile).
@@ -39,20 +64,66 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
     PgPoolOptions::new()
         .max_connections(cfg.max_connections)
         .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
-        .connect_with(options)
+        .connect_with(options.clone())
         .await
-        .map_err(DbError::Connect)
+        .map_err(connect_error(&options))
+}
+
+/// Local profile (`database.private_server`): when the configured server is on this machine and nothing
+/// listens there, starts (or joins) the private server and points `cfg.url` at it, keeping the database
+/// name. Returns the server, which the caller stops when it is done; `None` when the configured server
+/// is used as is (a server on another host is never replaced: that would hide an outage).
+pub async fn start_private_if_unreachable(cfg: &mut DatabaseConfig) -> Result<Option<private::PrivateServer>, DbError> {
+    if !cfg.private_server {
+        return Ok(None);
+    }
+    let options = connect_options(cfg)?;
+    let (host, port) = (options.get_host().to_owned(), options.get_port());
+    if !is_this_machine(&host) || answers(&host, port).await {
+        return Ok(None);
+    }
+    let dir = if cfg.private_dir.is_empty() { private::default_dir() } else { Some(cfg.private_dir.clone().into()) };
+    let target = format!("{host}:{port}");
+    let dir = dir.ok_or_else(|| private::PrivateDbError::NoDataDir { target: target.clone() })?;
+    let settings = private::PrivateServerOptions { dir, bin_path: cfg.postgres_bin_path.clone(), target };
+    let server = tokio::task::spawn_blocking(move || private::PrivateServer::start(&settings))
+        .await
+        .map_err(|e| private::PrivateDbError::Failed { dir: String::new(), what: e.to_string() })??;
+    let database = options.get_database().unwrap_or("ebg_notify");
+    tracing::info!(
+        configured = %format!("{host}:{port}"),
+        port = server.port(),
+        dir = %server.dir().display(),
+        "nothing answers at the configured PostgreSQL; using a private server"
+    );
+    cfg.url = crate::config::Secret::new(server.url(database));
+    Ok(Some(server))
+}
+
+/// Stops using a private server without blocking the runtime.
+pub async fn stop_private(server: private::PrivateServer) {
+    let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+}
+
+fn is_this_machine(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// True when something accepts TCP connections at host:port within a second.
+async fn answers(host: &str, port: u16) -> bool {
+    let connect = tokio::net::TcpStream::connect((host, port));
+    matches!(tokio::time::timeout(Duration::from_secs(1), connect).await, Ok(Ok(_)))
 }
 
 /// Creates the target database through the `postgres` maintenance database if it does not exist.
 pub async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), DbError> {
     let name = options.get_database().unwrap_or("postgres").to_owned();
-    let mut admin = options.clone().database("postgres").connect().await.map_err(DbError::Connect)?;
+    let mut admin = options.clone().database("postgres").connect().await.map_err(connect_error(options))?;
     let exists: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
         .bind(&name)
         .fetch_one(&mut admin)
         .await
-        .map_err(DbError::Connect)?;
+        .map_err(connect_error(options))?;
     if !exists {
         // Identifiers cannot be bound as parameters; quote it the way PostgreSQL does.
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
@@ -61,7 +132,7 @@ pub async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()
         if let Err(e) = created {
             let duplicate = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "42P04");
             if !duplicate {
-                return Err(DbError::Create { name, source: e });
+                return Err(DbError::Create { name, cause: root_cause(&e) });
             }
         }
         tracing::info!(database = %name, "created database");

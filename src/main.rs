@@ -5,8 +5,7 @@ async fn main() -> std::process::ExitCode {
     match ebg_notify::cli::run().await {
         Ok(code) => code,
         Err(e) => {
-            // One line per cause, so a config error reads as a list of what to fix.
-            eprintln!("ebg-notify: {e:#}");
+            eprintln!("ebg-notify: {}", ebg_notify::cli::render_error(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -34,7 +34,7 @@ pub fn mint_dev_token(cfg: &AuthConfig, participant_id: &str, ttl: Duration) -> 
             "auth.dev_private_key_path: not set (development tokens are not available in this profile)".to_owned(),
         ));
     }
-    let private_key = std::fs::read(&cfg.dev_private_key_path).map_err(|e| {
+    let private_key = crate::config::read_key_file(&cfg.dev_private_key_path).map_err(|e| {
         AuthInitError(format!("cannot read development private key `{}`: {e}", cfg.dev_private_key_path))
     })?;
 

@@ -17,6 +17,15 @@ pub use admin::AdminTokens;
 pub use mint::{DEV_SERVICE_ACCOUNT_ID, EBG_PATHS, mint_dev_token, mint_token_with_claims};
 pub use service_account::ServiceAccountVerifier;
 
+/// Longest participant id accepted (BGS issues numeric ids; 20 digits leaves room to grow).
+pub const MAX_PARTICIPANT_ID_LEN: usize = 20;
+
+/// True for a participant id the service accepts: 1 to [`MAX_PARTICIPANT_ID_LEN`] ASCII digits.
+/// `send_email` answers 422 for anything else, and `ebg-notify token` refuses to mint it.
+pub fn is_valid_participant_id(pid: &str) -> bool {
+    !pid.is_empty() && pid.len() <= MAX_PARTICIPANT_ID_LEN && pid.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Claims of a verified service-account token that the service uses.
 ///
 /// `Debug` never prints the participant id (it identifies a Veteran).

@@ -54,8 +54,8 @@ impl fmt::Debug for ServiceAccountVerifier {
 }
 
 impl ServiceAccountVerifier {
-    /// Loads the public key(s) and claim requirements from `[auth]`. Relative key paths are relative to the
-    /// process working directory.
+    /// Loads the public key(s) and claim requirements from `[auth]` (`builtin:` names an embedded
+    /// development key; the configuration has already resolved paths relative to the file naming them).
     pub fn from_config(cfg: &AuthConfig) -> Result<Self, AuthInitError> {
         let paths = public_key_paths(cfg);
         if paths.is_empty() {
@@ -214,8 +214,8 @@ fn public_key_paths(cfg: &AuthConfig) -> Vec<&Path> {
 }
 
 fn load_public_key(path: &Path) -> Result<DecodingKey, AuthInitError> {
-    let pem =
-        std::fs::read(path).map_err(|e| AuthInitError(format!("cannot read public key `{}`: {e}", path.display())))?;
+    let pem = crate::config::read_key_file(&path.to_string_lossy())
+        .map_err(|e| AuthInitError(format!("cannot read public key `{}`: {e}", path.display())))?;
     DecodingKey::from_rsa_pem(&pem)
         .map_err(|e| AuthInitError(format!("public key `{}` is not an RSA PEM key: {e}", path.display())))
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
@@ -119,14 +120,52 @@ const SIMULATE_EXIT_CODES: &str = "Exit status: 0 when the plan COMPLETED (every
 /// (`simulate` ending PAUSED is [`EXIT_PAUSED`]).
 pub async fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let mut config = Config::load()?;
-    if matches!(cli.command, Some(Command::Simulate { .. })) {
+    let (mut config, warnings) = Config::load_with_warnings(std::env::vars())?;
+    let command = cli.command.unwrap_or(Command::Serve);
+    if matches!(command, Command::Simulate { .. }) {
         // The simulation prints its own progress; the service's info logs would bury it.
         config.telemetry.log_filter = "warn".to_owned();
         config.telemetry.log_format = crate::config::LogFormat::Pretty;
     }
     telemetry::init(&config.telemetry);
-    let done = match cli.command.unwrap_or(Command::Serve) {
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    // A taken port is reported before anything touches the database.
+    let listener = match command {
+        Command::Serve => Some(Application::bind(&config).await?),
+        _ => None,
+    };
+    let private = match command {
+        Command::Token { .. } => None,
+        _ => db::start_private_if_unreachable(&mut config.database).await?,
+    };
+    let result = run_command(command, config, listener).await;
+    if let Some(server) = private {
+        db::stop_private(server).await;
+    }
+    result
+}
+
+/// The error and its causes on one line each cause once: sqlx and thiserror messages often repeat the
+/// text of their source, which `{:#}` would print two or three times.
+pub fn render_error(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+async fn run_command(command: Command, config: Config, listener: Option<TcpListener>) -> anyhow::Result<ExitCode> {
+    let done = match command {
         Command::Simulate { failure_rate, click_rate, stage_seconds, participants, rate, min_sends, keep } => {
             let options =
                 SimulateOptions { failure_rate, click_rate, stage_seconds, participants, rate, min_sends, keep };
@@ -137,7 +176,10 @@ pub async fn run() -> anyhow::Result<ExitCode> {
                 other => Err(anyhow::anyhow!("the simulation ended {}", other.as_str())),
             };
         }
-        Command::Serve => serve(config).await,
+        Command::Serve => match listener {
+            Some(listener) => serve(config, listener).await,
+            None => anyhow::bail!("serve needs a bound listener"),
+        },
         Command::Migrate => {
             let pool = db::connect(&config.database).await?;
             db::migrate(&pool).await?;
@@ -148,6 +190,11 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             anyhow::ensure!(
                 config.profile == crate::config::Profile::Local,
                 "`token` mints development tokens and is refused outside the local profile"
+            );
+            anyhow::ensure!(
+                auth::is_valid_participant_id(&participant_id),
+                "--participant-id must be 1 to {} digits (a BGS participant id); the service answers 422 to anything else",
+                auth::MAX_PARTICIPANT_ID_LEN
             );
             let token = auth::mint_dev_token(&config.auth, &participant_id, Duration::from_secs(ttl))?;
             println!("{token}");
@@ -209,8 +256,8 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = Application::build(config).await.context("startup failed")?;
+async fn serve(config: Config, listener: TcpListener) -> anyhow::Result<()> {
+    let app = Application::build_on(config, listener).await.context("startup failed")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     app.run_until_stopped(shutdown).await.context("server error")
@@ -285,4 +332,25 @@ async fn show(config: Config, id: uuid::Uuid, json: bool) -> anyhow::Result<()> 
         print!("{}", history.timeline());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error communicating with database: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        let error = anyhow::Error::new(Repeats(io)).context("startup failed");
+        assert_eq!(
+            render_error(&error),
+            "startup failed: error communicating with database: Connection refused (os error 111)"
+        );
+        let distinct = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(render_error(&distinct), "outer: middle: inner");
+    }
 }

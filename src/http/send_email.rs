@@ -15,8 +15,6 @@ use crate::toggles::EMAILS_ENABLED;
 
 /// Longest Idempotency-Key accepted.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-/// BGS participant ids are numeric; anything else cannot be a Veteran and is refused up front.
-const MAX_PARTICIPANT_ID_LEN: usize = 20;
 
 /// Body returned when the caller sends `Accept: application/json`.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -115,7 +113,7 @@ fn participant_id(from_token: Option<&str>) -> Result<&str, ApiError> {
         field: "participant_id",
         detail: "the service account token has no user_attributes.participant_id".into(),
     })?;
-    if pid.len() > MAX_PARTICIPANT_ID_LEN || !pid.bytes().all(|b| b.is_ascii_digit()) {
+    if !crate::auth::is_valid_participant_id(pid) {
         return Err(ApiError::Unprocessable {
             field: "participant_id",
             detail: "user_attributes.participant_id must be a numeric participant id".into(),

@@ -37,7 +37,8 @@ fn stdout_of(output: &Output) -> String {
 #[tokio::test]
 async fn serve_says_what_it_is_at_start_and_that_it_stopped() {
     // A password in the URL (trust auth ignores it) that must never reach the log.
-    let mut url = url::Url::parse(&fresh_database_url()).unwrap();
+    let database = TestDatabase::fresh();
+    let mut url = url::Url::parse(&database.url).unwrap();
     url.set_password(Some("sekret-password")).unwrap();
     let name = url.path().trim_start_matches('/').to_owned();
     let mut child = binary(url.as_str(), &[]).arg("serve").spawn().unwrap();

@@ -75,12 +75,12 @@ async fn load(port: u16, from: u32, count: u32, acked: Arc<Mutex<Vec<Uuid>>>) {
 async fn sigkill_under_load_loses_nothing_and_doubles_only_in_flight_calls() {
     let notify = FakeVaNotify::start().await;
     notify.set_latency(Duration::from_millis(30));
-    let env = app()
+    let (env, _database) = app()
         .notify(&notify)
         .with_workers()
         .env("EBG_WORKER__CONCURRENCY", 8)
         .env("EBG_WORKER__LEASE_SECONDS", 5)
-        .config_env();
+        .into_env();
     let database_url = env.iter().rev().find(|(k, _)| k == "EBG_DATABASE__URL").unwrap().1.clone();
     let client = reqwest::Client::new();
 

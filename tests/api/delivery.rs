@@ -252,7 +252,7 @@ async fn graceful_shutdown_finishes_deliveries_in_flight() {
     // Wait until the call is in flight, then stop.
     let in_flight = app.eventually(Duration::from_secs(5), || async { notify.requests_total() == 1 }).await;
     assert!(in_flight);
-    app.stop().await;
+    let _database = app.stop().await;
     let _ = db;
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let status: String =

@@ -1,6 +1,15 @@
 //! Test harness: each test gets the real application on a random port, against its own fresh
 //! PostgreSQL database. Upstreams are local HTTP fakes from `ebg-testkit`.
+//!
+//! Databases are named `ebg_test_<UTC yyyymmddhhmm>_<run id>_<random>` and dropped when the test passes
+//! (a failed test keeps its database to look at). The run id is shared by every test process of one
+//! run (`TEST_RUN_ID`, else nextest's `NEXTEST_RUN_ID`), so `.ci/run` can drop what its own run left
+//! and what is older than a day without touching a run going on in another checkout.
+//!
+//! The server is `TEST_DATABASE_URL`, else 127.0.0.1:5432, else, when nothing answers there, a private
+//! server shared by the whole run (see [`server_url`]).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use ebg_notify::app::{AppState, Application};
@@ -20,9 +29,162 @@ pub const PARTICIPANT_ID: &str = "600061742";
 pub const ADMIN_TOKEN: &str = "local-admin-token";
 pub const CALLBACK_TOKEN: &str = "local-callback-token";
 
-/// PostgreSQL server the tests use (`TEST_DATABASE_URL` to point elsewhere).
+/// PostgreSQL server the tests use: `TEST_DATABASE_URL`, else 127.0.0.1:5432 when it answers, else a private
+/// server started from the PostgreSQL programs on this machine (`TEST_DATABASE_URL=private` forces it).
+///
+/// nextest runs every test in its own process, so the private server is shared through a directory named
+/// by the run id (`$TMPDIR/ebg-test-pg-<run id>`, the layout of `ebg_notify::db::private`): the first
+/// process creates and starts it, later ones join it, and each holds the shared `users.lock` until it
+/// exits (the kernel releases it even on a crash). The process that started the server also starts a
+/// small reaper (`sh` + `flock`) that, once no test process has held `users.lock` for 3 seconds, stops
+/// the server and removes the directory, holding `start.lock` so no process can join meanwhile. A
+/// process arriving after that simply starts a new one.
 pub fn server_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        match std::env::var("TEST_DATABASE_URL") {
+            // What a machine without a running server gets, on demand (to test the harness itself).
+            Ok(url) if url == "private" => return private_server_url(),
+            Ok(url) => return url,
+            Err(_) => {}
+        }
+        let default = std::net::SocketAddr::from(([127, 0, 0, 1], 5432));
+        if std::net::TcpStream::connect_timeout(&default, Duration::from_secs(1)).is_ok() {
+            return "postgres://postgres@127.0.0.1:5432".to_owned();
+        }
+        private_server_url()
+    })
+    .clone()
+}
+
+/// Stops the run's private server once no test process uses it, and removes its directory.
+const REAPER: &str = r#"
+d="$1"; idle=0
+while sleep 1; do
+  [ -d "$d" ] || exit 0
+  if flock -x -n "$d/users.lock" true; then idle=$((idle + 1)); else idle=0; fi
+  [ "$idle" -ge 3 ] || continue
+  exec 9>>"$d/start.lock"
+  flock -x 9
+  if flock -x -n "$d/users.lock" true; then
+    pid=$(head -n 1 "$d/data/postmaster.pid" 2>/dev/null)
+    if [ -n "$pid" ]; then
+      kill -INT "$pid"
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    fi
+    rm -rf "$d"
+    exit 0
+  fi
+  exec 9>&-
+  idle=0
+done
+"#;
+
+fn private_server_url() -> String {
+    use ebg_notify::db::private::{PrivateServer, PrivateServerOptions};
+    // Kept for the life of the process: it holds this process's share of `users.lock`.
+    static SERVER: OnceLock<PrivateServer> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        let options = PrivateServerOptions {
+            dir: std::env::temp_dir().join(format!("ebg-test-pg-{}", run_id())),
+            bin_path: std::env::var("TEST_POSTGRES_BIN_PATH").unwrap_or_default(),
+            target: "127.0.0.1:5432".to_owned(),
+        };
+        let server =
+            PrivateServer::start(&options).unwrap_or_else(|e| panic!("{e} (for the tests: TEST_DATABASE_URL)"));
+        if server.started() {
+            use std::os::unix::process::CommandExt;
+            // Started in the background by a shell that exits at once, so the reaper outlives this
+            // process without being its child; its own process group keeps nextest's signals away.
+            std::process::Command::new("sh")
+                .args(["-c", r#"sh -c "$0" ebg-test-pg-reaper "$1" </dev/null >/dev/null 2>&1 &"#, REAPER])
+                .arg(server.dir())
+                .process_group(0)
+                .status()
+                .expect("sh and flock are available");
+        }
+        server
+    });
+    format!("postgres://postgres@127.0.0.1:{}", server.port())
+}
+
+/// Identifies this test run: `TEST_RUN_ID` (set by `.ci/run`), else nextest's run id, else this process.
+pub fn run_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let raw = std::env::var("TEST_RUN_ID")
+            .or_else(|_| std::env::var("NEXTEST_RUN_ID"))
+            .unwrap_or_else(|_| format!("p{}", std::process::id()));
+        raw.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).take(8).collect()
+    })
+}
+
+/// The name prefix of every database this run creates: `ebg_test_<UTC yyyymmddhhmm>_<run id>_`.
+pub fn database_prefix() -> &'static str {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    PREFIX.get_or_init(|| format!("ebg_test_{}_{}_", chrono::Utc::now().format("%Y%m%d%H%M"), run_id()))
+}
+
+/// A database for one test (created by whoever connects first with `create_if_missing`), dropped when the
+/// test passes; a failing test keeps it for inspection.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// A new name with this run's prefix; nothing is created yet.
+    pub fn fresh() -> Self {
+        let name = format!("{}{}", database_prefix(), &Uuid::new_v4().simple().to_string()[..16]);
+        Self { url: format!("{}/{name}", server_url()), name }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            drop_database(&self.name);
+        }
+    }
+}
+
+/// Drops a database (terminating its connections) from any context, async or not.
+pub fn drop_database(name: &str) {
+    let sql = format!("drop database if exists \"{}\" with (force)", name.replace('"', "\"\""));
+    if let Err(e) = admin_execute(&sql) {
+        eprintln!("could not drop test database {name}: {e}");
+    }
+}
+
+/// Runs one statement on the server's `postgres` database, from any context (a thread of its own).
+pub fn admin_execute(sql: &str) -> Result<(), sqlx::Error> {
+    let (url, sql) = (format!("{}/postgres", server_url()), sql.to_owned());
+    in_own_runtime(async move {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await?;
+        sqlx::query(&sql).execute(&mut conn).await?;
+        conn.close().await
+    })
+}
+
+/// A count from the server's `postgres` database, from any context.
+pub fn admin_count(sql: &str) -> Result<i64, sqlx::Error> {
+    let (url, sql) = (format!("{}/postgres", server_url()), sql.to_owned());
+    in_own_runtime(async move {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await?;
+        let count = sqlx::query_scalar(&sql).fetch_one(&mut conn).await?;
+        conn.close().await?;
+        Ok(count)
+    })
+}
+
+fn in_own_runtime<T: Send + 'static>(work: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(work)
+    })
+    .join()
+    .expect("the admin thread finished")
 }
 
 /// A running application.
@@ -34,12 +196,16 @@ pub struct TestApp {
     pub client: reqwest::Client,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Dropped after the app (fields drop after `Drop::drop`): the database goes when the test passes.
+    database: Option<TestDatabase>,
 }
 
 /// Builder for a test application: extra `EBG_` settings, workers on or off.
 pub struct TestAppBuilder {
     env: Vec<(String, String)>,
     database_url: Option<String>,
+    /// The database this builder's app owns (none when sharing another app's).
+    owned: Option<TestDatabase>,
 }
 
 impl TestAppBuilder {
@@ -73,12 +239,13 @@ impl TestAppBuilder {
     /// Shares an existing database (several replicas on one database).
     pub fn database(mut self, url: &str) -> Self {
         self.database_url = Some(url.to_owned());
+        self.owned = None;
         self
     }
 
     /// The configuration this builder would start with (also used to start the real binary).
     pub fn config_env(&self) -> Vec<(String, String)> {
-        let database_url = self.database_url.clone().unwrap_or_else(fresh_database_url);
+        let database_url = self.database_url.clone().expect("a database is always named");
         let mut env = vec![
             ("EBG_HTTP__ADDR".to_owned(), "127.0.0.1:0".to_owned()),
             ("EBG_DATABASE__URL".to_owned(), database_url),
@@ -97,7 +264,7 @@ impl TestAppBuilder {
     }
 
     /// Builds and starts the application.
-    pub async fn spawn(self) -> TestApp {
+    pub async fn spawn(mut self) -> TestApp {
         let env = self.config_env();
         let database_url = env.iter().rev().find(|(k, _)| k == "EBG_DATABASE__URL").map(|(_, v)| v.clone()).unwrap();
         let config = Config::load_from(env).expect("test configuration is valid");
@@ -115,18 +282,23 @@ impl TestAppBuilder {
             client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
             shutdown,
             handle: Some(handle),
+            database: self.owned.take(),
         }
     }
 }
 
 /// A test application with default settings.
 pub fn app() -> TestAppBuilder {
-    TestAppBuilder { env: Vec::new(), database_url: None }
+    let database = TestDatabase::fresh();
+    TestAppBuilder { env: Vec::new(), database_url: Some(database.url.clone()), owned: Some(database) }
 }
 
-/// A URL naming a database that does not exist yet; the app creates and migrates it.
-pub fn fresh_database_url() -> String {
-    format!("{}/ebg_test_{}", server_url(), Uuid::new_v4().simple())
+impl TestAppBuilder {
+    /// The builder's environment and the database it names, for a test that starts the real binary
+    /// itself: the database is dropped when the returned guard is (if the test passed).
+    pub fn into_env(mut self) -> (Vec<(String, String)>, Option<TestDatabase>) {
+        (self.config_env(), self.owned.take())
+    }
 }
 
 /// Standard Sign-in Service claims for EBG's service account, valid for an hour.
@@ -252,12 +424,14 @@ impl TestApp {
             .unwrap_or(0.0)
     }
 
-    /// Stops the server and waits for it to drain.
-    pub async fn stop(mut self) {
+    /// Stops the server and waits for it to drain. The database stays until the returned guard drops.
+    #[must_use = "the database is dropped with the returned guard"]
+    pub async fn stop(mut self) -> Option<TestDatabase> {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
             let _ = handle.await;
         }
+        self.database.take()
     }
 }
 

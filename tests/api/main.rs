@@ -17,3 +17,4 @@ mod operations;
 mod report;
 mod rollout;
 mod send_email;
+mod startup;

@@ -407,7 +407,8 @@ async fn operators_override_and_a_manual_gate_change_interrupts_the_plan() {
 /// Runs `ebg-notify simulate` with tiny settings; returns (exit code, stdout). Checks that progress
 /// went to stderr as plain lines (no terminal here, so no bar and no escape codes).
 fn simulate(failure_rate: &str) -> (Option<i32>, String) {
-    let configured = format!("ebg_sim_configured_{}", Uuid::new_v4().simple());
+    // Never created: `simulate` makes a database of its own beside it.
+    let configured = TestDatabase::fresh().name.clone();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ebg-notify"))
         .args(["simulate", "--failure-rate", failure_rate, "--stage-seconds", "1", "--rate", "50"])
         .args(["--participants", "500", "--min-sends", "5"])
@@ -419,16 +420,9 @@ fn simulate(failure_rate: &str) -> (Option<i32>, String) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let name = stdout.lines().find_map(|l| l.strip_prefix("simulation database: ")).and_then(|l| l.split(' ').next());
     let name = name.unwrap_or_else(|| panic!("no database line in {stdout}\n{stderr}")).to_owned();
-    let left = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-Atc"])
-        .arg(format!("select count(*) from pg_database where datname in ('{name}', '{configured}')"))
-        .output();
-    if let Ok(left) = left {
-        if left.status.success() {
-            let text = String::from_utf8_lossy(&left.stdout);
-            assert_eq!(text.trim(), "0", "the simulation dropped its database and never created the configured one");
-        }
-    }
+    let left = admin_count(&format!("select count(*) from pg_database where datname in ('{name}', '{configured}')"))
+        .expect("the server answers");
+    assert_eq!(left, 0, "the simulation dropped its database and never created the configured one");
     assert!(stderr.lines().any(|l| l.starts_with("simulate [")), "heartbeat lines without a terminal: {stderr}");
     assert!(!stderr.contains('\u{1b}') && !stderr.contains('\r'), "no escape codes: {stderr:?}");
     (output.status.code(), stdout)
