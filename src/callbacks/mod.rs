@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::{CallbacksConfig, Secret};
+use crate::input::{self, InputError, Location};
 use crate::metrics as m;
 use crate::outbox::Status;
 
@@ -34,6 +35,7 @@ pub struct CallbackPayload {
     /// VA Notify's notification id (one per send).
     pub id: Option<Uuid>,
     /// Our notification id, as sent in `reference`.
+    #[schema(value_type = Option<Uuid>)]
     pub reference: Option<String>,
     /// `delivered`, `permanent-failure`, `temporary-failure`, or an in-flight status.
     pub status: String,
@@ -44,6 +46,31 @@ pub struct CallbackPayload {
     pub sent_at: Option<String>,
     pub notification_type: Option<String>,
     pub provider: Option<String>,
+}
+
+/// Parses a callback body: strict JSON (no NUL, no repeated key; see [`crate::input`]), the fields
+/// typed, and `reference`, when present, a UUID: every reference this service sends is one, so any
+/// other value cannot name one of its notifications and is refused rather than silently unmatched.
+pub fn parse(body: &[u8]) -> Result<CallbackPayload, InputError> {
+    let value = input::parse_json(body)?;
+    let payload: CallbackPayload = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let location = if field == "." { Location::Pointer("/".into()) } else { Location::parameter(&field) };
+        let detail = match &location {
+            Location::Parameter(name) => format!("{name} has the wrong type"),
+            _ => "the callback body must be an object with a string status".into(),
+        };
+        InputError::Invalid { location, detail }
+    })?;
+    if let Some(reference) = payload.reference.as_deref()
+        && Uuid::parse_str(reference.trim()).is_err()
+    {
+        return Err(InputError::Invalid {
+            location: Location::parameter("reference"),
+            detail: "reference must be the notification's UUID".into(),
+        });
+    }
+    Ok(payload)
 }
 
 /// Who may post callbacks: any configured bearer token, or a valid `x-enp-signature`.
