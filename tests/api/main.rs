@@ -10,6 +10,7 @@ mod flipper_api;
 mod helpers;
 mod metrics;
 mod notify_client;
+mod openapi_clients;
 mod operations;
 mod report;
 mod rollout;
