@@ -8,6 +8,7 @@ mod crash;
 mod delivery;
 mod flipper_api;
 mod helpers;
+mod hostile_input;
 mod metrics;
 mod notify_client;
 mod openapi_clients;
