@@ -268,7 +268,63 @@ fn decode_component(raw: &[u8], location: impl FnOnce() -> Location) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    fn no_nul(value: &Value) -> bool {
+        match value {
+            Value::String(s) => !s.contains('\0'),
+            Value::Array(items) => items.iter().all(no_nul),
+            Value::Object(map) => map.iter().all(|(k, v)| !k.contains('\0') && no_nul(v)),
+            _ => true,
+        }
+    }
+
+    /// JSON-ish text: mostly the characters JSON is made of, so the parser gets past the first byte.
+    fn jsonish() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"{".to_vec()),
+            Just(b"}".to_vec()),
+            Just(b"[".to_vec()),
+            Just(b"]".to_vec()),
+            Just(b",".to_vec()),
+            Just(b":".to_vec()),
+            Just(b"\"a\"".to_vec()),
+            Just(b"\"\\u0000\"".to_vec()),
+            Just(b"1e309".to_vec()),
+            Just(b"-0".to_vec()),
+            Just(b"null".to_vec()),
+            Just(b"\xff".to_vec()),
+            any::<Vec<u8>>(),
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parse_json_never_panics_and_lets_no_nul_through(bytes in jsonish()) {
+            if let Ok(value) = parse_json(&bytes) {
+                prop_assert!(no_nul(&value));
+                // What it accepts, serde_json accepts too, with the same meaning.
+                prop_assert_eq!(serde_json::from_slice::<Value>(&bytes).ok(), Some(value));
+            }
+        }
+
+        #[test]
+        fn form_pairs_never_panic_and_keep_bytes_exact(bytes in any::<Vec<u8>>(), text in "[a-z=&%+0-9A-F\\x00]{0,40}") {
+            for input in [bytes.as_slice(), text.as_bytes()] {
+                if let Ok(pairs) = form_pairs(input) {
+                    prop_assert!(pairs.iter().all(|(k, v)| !k.contains('\0') && !v.contains('\0')));
+                    // No lossy decoding: the lenient decoder agrees exactly when the strict one accepts.
+                    let lenient: Vec<(String, String)> =
+                        form_urlencoded::parse(input).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+                    prop_assert_eq!(pairs, lenient);
+                }
+            }
+        }
+    }
 
     #[test]
     fn strict_json_refuses_duplicates_and_nul_and_says_where() {

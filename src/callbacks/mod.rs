@@ -341,6 +341,32 @@ fn count(effect: Effect) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// Whatever VA Notify (or anyone holding a token) posts, parsing never panics, and what it
+        /// accepts is safe to store: no NUL anywhere, a reference that is a UUID.
+        #[test]
+        fn parse_never_panics_and_accepts_only_storable_payloads(
+            status in ".{0,12}",
+            reason in proptest::option::of(".{0,12}"),
+            reference in proptest::option::of(prop_oneof![".{0,40}", Just(Uuid::new_v4().to_string())]),
+            extra in any::<Vec<u8>>(),
+        ) {
+            let body = serde_json::json!({ "status": status, "status_reason": reason, "reference": reference });
+            for bytes in [serde_json::to_vec(&body).unwrap(), extra] {
+                if let Ok(p) = parse(&bytes) {
+                    prop_assert!(!p.status.contains('\0'));
+                    prop_assert!(!p.status_reason.unwrap_or_default().contains('\0'));
+                    if let Some(r) = p.reference {
+                        prop_assert!(Uuid::parse_str(r.trim()).is_ok());
+                    }
+                }
+            }
+        }
+    }
 
     fn row(status: Status, sends: i32, latest_send: bool) -> RowState {
         RowState { status, sends, latest_send }

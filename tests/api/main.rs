@@ -7,6 +7,7 @@ mod contacts_client;
 mod crash;
 mod delivery;
 mod flipper_api;
+mod fuzz;
 mod helpers;
 mod hostile_input;
 mod metrics;
