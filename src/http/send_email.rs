@@ -39,7 +39,8 @@ pub struct AcceptedBody {
     operation_id = "send_email",
     params(
         ("template_id" = Option<Uuid>, Query, description = "VA Notify template UUID (or send it in the body)"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key, at most 255 characters"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "Repeat-safe key: 1 to 255 visible ASCII characters"),
     ),
     request_body(content(
         (crate::http::openapi::TemplateParams = "application/json"),
