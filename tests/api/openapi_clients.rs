@@ -125,7 +125,7 @@ async fn schemathesis(bin: &Path, dir: &Path, url: &str) -> Value {
         .arg("--config-file")
         .arg(repo_root().join("tests/python/openapi/schemathesis.toml"))
         .args(["run", url, "--checks", "all", "--seed", SEED, "--max-examples", MAX_EXAMPLES])
-        .args(["--workers", "2", "--max-redirects", "0", "--request-timeout", "10", "--no-color"])
+        .args(["--workers", "1", "--max-redirects", "0", "--request-timeout", "10", "--no-color"])
         .args(["--report", "json", "--report-dir"])
         .arg(&report_dir);
     let output = run(st).await;
