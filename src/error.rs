@@ -4,10 +4,62 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::input::{InputError, Location};
 use crate::outbox::AcceptError;
+
+/// Error body for 4xx/5xx answers (vets-api's JSON:API-style shape); each error names the parameter,
+/// header or body position at fault in `source` when there is one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub errors: Vec<ErrorItem>,
+}
+
+/// One error.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorItem {
+    pub title: String,
+    pub detail: String,
+    /// vets-api's error code, e.g. `108` (missing parameter), `103` (invalid value).
+    pub code: String,
+    /// The HTTP status, as a string.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<ErrorSource>,
+}
+
+/// What an error is about: `{"parameter": "template_id"}`, `{"header": "Content-Type"}` or `{"pointer": "/"}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorSource {
+    Parameter(String),
+    Header(String),
+    Pointer(String),
+}
+
+impl From<Location> for ErrorSource {
+    fn from(location: Location) -> Self {
+        match location {
+            Location::Parameter(name) => Self::Parameter(name),
+            Location::Pointer(pointer) => Self::Pointer(pointer),
+            Location::Header(name) => Self::Header(name.to_owned()),
+        }
+    }
+}
+
+/// vets-api's service-account error: a bare message, e.g. "Service Account access token has expired".
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServiceAccountErrorBody {
+    pub errors: String,
+}
+
+/// Admin and callback credentials refused: `{"message": "Unauthorized"}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UnauthorizedBody {
+    pub message: String,
+}
 
 /// A request outcome label for `ebg_requests_total` (bounded set), carried as a response extension.
 #[derive(Clone, Copy, Debug)]
@@ -28,9 +80,15 @@ pub enum ApiError {
     /// A parameter is present but invalid (400).
     #[error("invalid parameter {field}: {detail}")]
     InvalidParameter { field: &'static str, detail: String },
+    /// Text that is not UTF-8 or holds NUL, a JSON key given twice, or a body that is not JSON (400).
+    #[error(transparent)]
+    BadInput(#[from] InputError),
     /// The request is well-formed but cannot be processed (422).
     #[error("unprocessable {field}: {detail}")]
     Unprocessable { field: &'static str, detail: String },
+    /// The request conflicts with the resource's current state (409), e.g. a second live plan.
+    #[error("conflict {field}: {detail}")]
+    Conflict { field: &'static str, detail: String },
     /// The named resource does not exist (404).
     #[error("{what} not found")]
     NotFound { what: &'static str },
@@ -79,10 +137,12 @@ impl ApiError {
         match self {
             Self::ServiceAccount(AuthError::Expired) => StatusCode::FORBIDDEN,
             Self::ServiceAccount(_) | Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::MissingParameter { .. } | Self::InvalidParameter { .. } | Self::MalformedBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MissingParameter { .. }
+            | Self::InvalidParameter { .. }
+            | Self::MalformedBody(_)
+            | Self::BadInput(_) => StatusCode::BAD_REQUEST,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,7 +158,8 @@ impl ApiError {
             Self::ServiceAccount(_) | Self::Unauthorized => "unauthorized",
             Self::MissingParameter { field }
             | Self::InvalidParameter { field, .. }
-            | Self::Unprocessable { field, .. } => match *field {
+            | Self::Unprocessable { field, .. }
+            | Self::Conflict { field, .. } => match *field {
                 "template_id" => "rejected_template_id",
                 "participant_id" => "rejected_participant_id",
                 "Idempotency-Key" => "rejected_idempotency_key",
@@ -107,56 +168,63 @@ impl ApiError {
             Self::NotFound { .. } => "not_found",
             Self::UnsupportedMediaType => "rejected_content_type",
             Self::PayloadTooLarge => "rejected_too_large",
-            Self::MalformedBody(_) => "rejected_malformed",
+            Self::MalformedBody(_) | Self::BadInput(_) => "rejected_malformed",
             Self::Unavailable(_) => "unavailable",
             Self::Retry => "retry",
             Self::Internal(_) => "error",
         }
     }
 
-    fn body(&self) -> serde_json::Value {
+    fn body(&self) -> Response {
         let status = self.status_code();
-        let code = status.as_u16().to_string();
+        let error = |title: &str, detail: String, code: &str, source: Option<ErrorSource>| {
+            Json(ErrorBody {
+                errors: vec![ErrorItem {
+                    title: title.to_owned(),
+                    detail,
+                    code: code.to_owned(),
+                    status: status.as_u16().to_string(),
+                    source,
+                }],
+            })
+            .into_response()
+        };
+        let parameter = |field: &str| Some(ErrorSource::Parameter(field.to_owned()));
+        let pointer = || Some(ErrorSource::Pointer("/".to_owned()));
         match self {
             // vets-api's service-account errors are a bare string under `errors`.
-            Self::ServiceAccount(e) => json!({ "errors": e.to_string() }),
-            Self::Unauthorized => json!({ "message": "Unauthorized" }),
-            Self::MissingParameter { field } => json!({ "errors": [{
-                "title": "Missing parameter",
-                "detail": format!("The required parameter \"{field}\", is missing"),
-                "code": "108", "status": code, "source": { "parameter": field },
-            }]}),
-            Self::InvalidParameter { field, detail } => json!({ "errors": [{
-                "title": "Invalid field value", "detail": detail, "code": "103", "status": code,
-                "source": { "parameter": field },
-            }]}),
-            Self::Unprocessable { field, detail } => json!({ "errors": [{
-                "title": "Unprocessable Entity", "detail": detail, "code": "422", "status": code,
-                "source": { "parameter": field },
-            }]}),
-            Self::NotFound { what } => json!({ "errors": [{
-                "title": "Not Found", "detail": format!("{what} not found"), "code": "404", "status": code,
-            }]}),
-            Self::UnsupportedMediaType => json!({ "errors": [{
-                "title": "Unsupported Media Type",
-                "detail": "Send application/json, application/x-www-form-urlencoded, or no body",
-                "code": "415", "status": code, "source": { "header": "Content-Type" },
-            }]}),
-            Self::PayloadTooLarge => json!({ "errors": [{
-                "title": "Payload Too Large", "detail": "The request body is too large", "code": "413", "status": code,
-                "source": { "pointer": "/" },
-            }]}),
-            Self::MalformedBody(detail) => json!({ "errors": [{
-                "title": "Malformed request body", "detail": detail, "code": "400", "status": code,
-                "source": { "pointer": "/" },
-            }]}),
-            Self::Unavailable(_) | Self::Retry => json!({ "errors": [{
-                "title": "Service Unavailable", "detail": "The service is temporarily unavailable; retry later",
-                "code": "503", "status": code,
-            }]}),
-            Self::Internal(_) => json!({ "errors": [{
-                "title": "Internal Server Error", "detail": "Internal server error", "code": "500", "status": code,
-            }]}),
+            Self::ServiceAccount(e) => Json(ServiceAccountErrorBody { errors: e.to_string() }).into_response(),
+            Self::Unauthorized => Json(UnauthorizedBody { message: "Unauthorized".into() }).into_response(),
+            Self::MissingParameter { field } => error(
+                "Missing parameter",
+                format!("The required parameter \"{field}\", is missing"),
+                "108",
+                parameter(field),
+            ),
+            Self::InvalidParameter { field, detail } => {
+                error("Invalid field value", detail.clone(), "103", parameter(field))
+            }
+            Self::BadInput(e @ InputError::Json(_)) => error("Malformed request body", e.to_string(), "400", pointer()),
+            Self::BadInput(e) => error("Invalid field value", e.to_string(), "103", Some(e.location().into())),
+            Self::Unprocessable { field, detail } => {
+                error("Unprocessable Entity", detail.clone(), "422", parameter(field))
+            }
+            Self::Conflict { field, detail } => error("Conflict", detail.clone(), "409", parameter(field)),
+            Self::NotFound { what } => error("Not Found", format!("{what} not found"), "404", None),
+            Self::UnsupportedMediaType => error(
+                "Unsupported Media Type",
+                "Send application/json, application/x-www-form-urlencoded, or no body".into(),
+                "415",
+                Some(ErrorSource::Header("Content-Type".into())),
+            ),
+            Self::PayloadTooLarge => {
+                error("Payload Too Large", "The request body is too large".into(), "413", pointer())
+            }
+            Self::MalformedBody(detail) => error("Malformed request body", detail.clone(), "400", pointer()),
+            Self::Unavailable(_) | Self::Retry => {
+                error("Service Unavailable", "The service is temporarily unavailable; retry later".into(), "503", None)
+            }
+            Self::Internal(_) => error("Internal Server Error", "Internal server error".into(), "500", None),
         }
     }
 }
@@ -170,7 +238,7 @@ impl IntoResponse for ApiError {
             // The message never contains the token or PII (AuthError labels are fixed strings).
             _ => tracing::info!(status = status.as_u16(), error = %self, "request rejected"),
         }
-        let mut response = (status, Json(self.body())).into_response();
+        let mut response = (status, self.body()).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }

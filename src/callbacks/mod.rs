@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::{CallbacksConfig, Secret};
+use crate::input::{self, InputError, Location};
 use crate::metrics as m;
 use crate::outbox::Status;
 
@@ -34,6 +35,7 @@ pub struct CallbackPayload {
     /// VA Notify's notification id (one per send).
     pub id: Option<Uuid>,
     /// Our notification id, as sent in `reference`.
+    #[schema(value_type = Option<Uuid>)]
     pub reference: Option<String>,
     /// `delivered`, `permanent-failure`, `temporary-failure`, or an in-flight status.
     pub status: String,
@@ -44,6 +46,31 @@ pub struct CallbackPayload {
     pub sent_at: Option<String>,
     pub notification_type: Option<String>,
     pub provider: Option<String>,
+}
+
+/// Parses a callback body: strict JSON (no NUL, no repeated key; see [`crate::input`]), the fields
+/// typed, and `reference`, when present, a UUID: every reference this service sends is one, so any
+/// other value cannot name one of its notifications and is refused rather than silently unmatched.
+pub fn parse(body: &[u8]) -> Result<CallbackPayload, InputError> {
+    let value = input::parse_json(body)?;
+    let payload: CallbackPayload = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let location = if field == "." { Location::Pointer("/".into()) } else { Location::parameter(&field) };
+        let detail = match &location {
+            Location::Parameter(name) => format!("{name} has the wrong type"),
+            _ => "the callback body must be an object with a string status".into(),
+        };
+        InputError::Invalid { location, detail }
+    })?;
+    if let Some(reference) = payload.reference.as_deref()
+        && Uuid::parse_str(reference.trim()).is_err()
+    {
+        return Err(InputError::Invalid {
+            location: Location::parameter("reference"),
+            detail: "reference must be the notification's UUID".into(),
+        });
+    }
+    Ok(payload)
 }
 
 /// Who may post callbacks: any configured bearer token, or a valid `x-enp-signature`.
@@ -311,6 +338,32 @@ fn count(effect: Effect) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// Whatever VA Notify (or anyone holding a token) posts, parsing never panics, and what it
+        /// accepts is safe to store: no NUL anywhere, a reference that is a UUID.
+        #[test]
+        fn parse_never_panics_and_accepts_only_storable_payloads(
+            status in ".{0,12}",
+            reason in proptest::option::of(".{0,12}"),
+            reference in proptest::option::of(prop_oneof![".{0,40}", Just(Uuid::new_v4().to_string())]),
+            extra in any::<Vec<u8>>(),
+        ) {
+            let body = serde_json::json!({ "status": status, "status_reason": reason, "reference": reference });
+            for bytes in [serde_json::to_vec(&body).unwrap(), extra] {
+                if let Ok(p) = parse(&bytes) {
+                    prop_assert!(!p.status.contains('\0'));
+                    prop_assert!(!p.status_reason.unwrap_or_default().contains('\0'));
+                    if let Some(r) = p.reference {
+                        prop_assert!(Uuid::parse_str(r.trim()).is_ok());
+                    }
+                }
+            }
+        }
+    }
 
     fn row(status: Status, sends: i32, latest_send: bool) -> RowState {
         RowState { status, sends, latest_send }

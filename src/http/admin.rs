@@ -1,17 +1,18 @@
 //! Admin routes beyond Flipper (SPEC §4.4): the kill switch, the audit log, and releasing mail that
 //! was suppressed while the toggle was off.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::extract::{AdminAuth, AdminReadAuth, Params, RequestMeta};
-use super::flipper_api::feature_json;
+use super::extract::{AdminAuth, AdminReadAuth, Params, PathText, RequestMeta, StrictQuery};
+use super::flipper_api::{FeatureBody, feature_json};
+use super::openapi::{AdminUnauthorized, InputRejections, ReadRejections};
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::toggles::EMAILS_ENABLED;
 use crate::toggles::release::{self, ReleaseOutcome, ReleaseRequest};
 use crate::toggles::store::{self, AuditContext, AuditEntry, Change, StoreError};
@@ -46,8 +47,10 @@ pub struct AuditPage {
 
 /// Audit query.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Page size, 1–500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// Only entries older than this id.
     pub before_id: Option<i64>,
@@ -65,26 +68,27 @@ pub struct ReleaseParams {
 }
 
 /// Kill switch on: the feature is off for everyone, its gates stay as they are.
-#[utoipa::path(post, path = "/admin/features/{name}/pause", tag = "admin",
+#[utoipa::path(post, path = "/admin/features/{name}/pause", tag = "admin", operation_id = "pause_feature",
     params(
         ("name" = String, Path, description = "Feature key"),
         ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)"),
     ),
     request_body(content((ReasonParam = "application/json"), (ReasonParam = "application/x-www-form-urlencoded"))),
     responses(
-        (status = 200, description = "The feature, paused", body = super::flipper_api::FeatureBody),
-        (status = 401, description = "Admin token required"),
-        (status = 404, description = "No such feature", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Reason missing", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "The feature, paused", body = FeatureBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 404, description = "No such feature", body = ErrorBody),
+        (status = 422, description = "Reason missing", body = ErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn pause(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FeatureBody>, ApiError> {
     let reason = meta.reason_or(&params)?.ok_or_else(|| ApiError::Unprocessable {
         field: "reason",
         detail: "a reason is required to pause a feature (X-Reason header or reason field)".into(),
@@ -94,30 +98,36 @@ pub async fn pause(
 }
 
 /// Kill switch off: the stored gates apply again, exactly as before the pause.
-#[utoipa::path(post, path = "/admin/features/{name}/resume", tag = "admin",
+#[utoipa::path(post, path = "/admin/features/{name}/resume", tag = "admin", operation_id = "resume_feature",
     params(
         ("name" = String, Path, description = "Feature key"),
         ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)"),
     ),
     request_body(content((ReasonParam = "application/json"), (ReasonParam = "application/x-www-form-urlencoded"))),
     responses(
-        (status = 200, description = "The feature, resumed", body = super::flipper_api::FeatureBody),
-        (status = 401, description = "Admin token required"),
-        (status = 404, description = "No such feature", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "The feature, resumed", body = FeatureBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 404, description = "No such feature", body = ErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn resume(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FeatureBody>, ApiError> {
     let ctx = AuditContext { actor: admin.name, reason: meta.reason_or(&params)?, request_id: meta.request_id };
     switch(&state, &name, Change::Resume, &ctx).await
 }
 
-async fn switch(state: &AppState, name: &str, change: Change, ctx: &AuditContext) -> Result<Json<Value>, ApiError> {
+async fn switch(
+    state: &AppState,
+    name: &str,
+    change: Change,
+    ctx: &AuditContext,
+) -> Result<Json<FeatureBody>, ApiError> {
     let record = store::apply(&state.db, name, &change, ctx).await.map_err(|e| match e {
         StoreError::NotFound | StoreError::InvalidName => ApiError::NotFound { what: "feature" },
         StoreError::InvalidPercentage | StoreError::InvalidActor => ApiError::Internal(e.into()),
@@ -130,24 +140,20 @@ async fn switch(state: &AppState, name: &str, change: Change, ctx: &AuditContext
 }
 
 /// The feature's audit log, newest first.
-#[utoipa::path(get, path = "/admin/features/{name}/audit", tag = "admin",
+#[utoipa::path(get, path = "/admin/features/{name}/audit", tag = "admin", operation_id = "feature_audit",
     params(("name" = String, Path, description = "Feature key"), AuditQuery),
     responses(
         (status = 200, description = "One page", body = AuditPage),
-        (status = 400, description = "limit out of range", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Admin token required (admin.protect_reads)"),
+        AdminUnauthorized,
+        ReadRejections,
     ),
     security((), ("admin" = [])))]
 pub async fn audit(
     State(state): State<AppState>,
     _reader: AdminReadAuth,
-    Path(name): Path<String>,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    PathText(name): PathText,
+    StrictQuery(query): StrictQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let Query(query) = query.map_err(|_| ApiError::InvalidParameter {
-        field: "limit",
-        detail: "limit and before_id must be integers".into(),
-    })?;
     let limit = query.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
     if !(1..=MAX_AUDIT_LIMIT).contains(&limit) {
         return Err(ApiError::InvalidParameter { field: "limit", detail: "limit must be from 1 to 500".into() });
@@ -163,13 +169,12 @@ pub async fn audit(
 /// Idempotent: a released row is `queued`, no longer `suppressed`. Percentage-of-time gates are not
 /// rolled (only 100% counts) and only the first of several notifications for the same participant and
 /// template within the duplicate window is released.
-#[utoipa::path(post, path = "/admin/notifications/release", tag = "admin",
+#[utoipa::path(post, path = "/admin/notifications/release", tag = "admin", operation_id = "release_suppressed",
     request_body(content((ReleaseParams = "application/json"), (ReleaseParams = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "Counts", body = ReleaseOutcome),
-        (status = 400, description = "from missing, from/to not RFC 3339, or from not before to", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Admin token required"),
-        (status = 503, description = "Database unavailable", body = crate::http::openapi::ErrorBody),
+        AdminUnauthorized,
+        InputRejections,
     ),
     security(("admin" = [])))]
 pub async fn release_suppressed(

@@ -7,30 +7,36 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::app::AppState;
 use crate::auth::bearer_token;
 use crate::callbacks::{self, CallbackAuth, CallbackPayload, Effect, Handled};
 use crate::config::{Config, NotifyMode};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody, UnauthorizedBody};
 use crate::metrics as m;
 
 /// Header carrying VA Notify's HMAC signature of the body.
 pub const SIGNATURE_HEADER: &str = "x-enp-signature";
 
+/// The answer to an accepted callback: `{"status": "ok"}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CallbackAnswer {
+    pub status: &'static str,
+}
+
 /// Record a delivery-status callback from VA Notify.
 ///
 /// Authenticate with a callback bearer token or with `x-enp-signature` (lowercase hex HMAC-SHA256 of
 /// Python's `urlencode` of the body's fields, keyed with the VA Notify API key's secret).
-#[utoipa::path(post, path = "/va_notify/callbacks", tag = "va_notify", request_body = CallbackPayload,
+#[utoipa::path(post, path = "/va_notify/callbacks", tag = "va_notify", operation_id = "receive_callback", request_body = CallbackPayload,
     params(("x-enp-signature" = Option<String>, Header, description = "VA Notify's signature of the body (instead of a bearer token)")),
     responses(
-        (status = 200, description = "Recorded (also for unknown notifications): {\"status\":\"ok\"}"),
-        (status = 400, description = "Malformed body", body = super::openapi::ErrorBody),
-        (status = 401, description = "Bad credentials: {\"message\":\"Unauthorized\"}"),
-        (status = 413, description = "Body larger than http.body_limit_bytes", body = super::openapi::ErrorBody),
-        (status = 503, description = "Transient: the send is still being recorded or the database is down; VA Notify retries"),
+        (status = 200, description = "Recorded (also for unknown notifications)", body = CallbackAnswer),
+        (status = 400, description = "Malformed body: not JSON, a field of the wrong type, NUL in text, a repeated key, a reference that is not a UUID; `source` names the field", body = ErrorBody),
+        (status = 401, description = "Bad credentials", body = UnauthorizedBody),
+        (status = 413, description = "Body larger than http.body_limit_bytes", body = ErrorBody),
+        (status = 503, description = "Transient: the send is still being recorded or the database is down; VA Notify retries", body = ErrorBody),
     ),
     security(("callback_token" = []), ())
 )]
@@ -38,7 +44,7 @@ pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CallbackAnswer>, ApiError> {
     let auth = callback_auth(&state.config);
     let bearer = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     let bearer_ok = bearer.is_some_and(|t| auth.bearer_ok(t));
@@ -61,9 +67,7 @@ pub async fn receive(
     if !bearer_ok && !signed() {
         return Err(rejected("unauthorized", ApiError::Unauthorized));
     }
-    let payload: CallbackPayload = serde_json::from_slice(&body).map_err(|_| {
-        rejected("malformed", ApiError::MalformedBody("the callback body is not a valid status JSON object".into()))
-    })?;
+    let payload: CallbackPayload = callbacks::parse(&body).map_err(|e| rejected("malformed", e.into()))?;
 
     let status = callbacks::status_label(&payload.status);
     metrics::counter!(m::CALLBACKS, "status" => status).increment(1);
@@ -78,7 +82,7 @@ pub async fn receive(
         }
         Handled::Known(effect) => tracing::info!(status, effect = effect.as_str(), "callback recorded"),
     }
-    Ok(Json(json!({ "status": "ok" })))
+    Ok(Json(CallbackAnswer { status: "ok" }))
 }
 
 /// The credentials accepted now. Built per request from the configuration: parsing the key is cheap

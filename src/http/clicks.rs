@@ -11,10 +11,10 @@ use crate::clicks::{self, ClickLinks};
 use crate::metrics as m;
 
 /// Follow a tracked link: 302 to `https://<clicks.web_host>/<path>?<query>`.
-#[utoipa::path(get, path = "/c/{token}/{path}", tag = "clicks",
+#[utoipa::path(get, path = "/c/{token}/{path}", tag = "clicks", operation_id = "follow_click",
     params(
         ("token" = String, Path, description = "Signed notification token from the email's link"),
-        ("path" = String, Path, description = "The VA.gov path the template linked to (may be empty, may contain `/`)"),
+        ("path" = String, Path, description = "The VA.gov path the template linked to (may contain `/`)"),
     ),
     responses((status = 302, description = "Redirect to the web host, query kept; also for unknown or forged tokens (nothing is recorded then)",
         headers(("Location" = String, description = "https://<clicks.web_host>/<path>?<query>"))))
@@ -51,4 +51,14 @@ pub async fn follow(State(state): State<AppState>, method: Method, headers: Head
         ],
     )
         .into_response()
+}
+
+/// Follow a tracked link with no path (`/c/{token}` or `/c/{token}/`): 302 to `https://<clicks.web_host>/?<query>`.
+#[utoipa::path(get, path = "/c/{token}", tag = "clicks", operation_id = "follow_click_root",
+    params(("token" = String, Path, description = "Signed notification token from the email's link")),
+    responses((status = 302, description = "Redirect to the web host's root, query kept; also for unknown or forged tokens",
+        headers(("Location" = String, description = "https://<clicks.web_host>/?<query>"))))
+)]
+pub async fn follow_bare(state: State<AppState>, method: Method, headers: HeaderMap, uri: Uri) -> Response {
+    follow(state, method, headers, uri).await
 }

@@ -4,14 +4,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::app::AppState;
 use crate::auth::{AuthError, ServiceAccount, bearer_token};
 use crate::error::ApiError;
+use crate::input::{self, InputError, Location};
 
 /// A caller holding a valid service-account token whose scope is exactly this route's URL.
 pub struct ServiceAccountAuth(pub Arc<ServiceAccount>);
@@ -84,19 +86,69 @@ impl RequestMeta {
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
-    type Rejection = std::convert::Infallible;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let header = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
+        // A reason is free text: UTF-8 is accepted (not only visible ASCII), bad bytes are refused
+        // rather than silently dropped, which would turn a given reason into a missing one.
+        let reason = match parts.headers.get("x-reason") {
+            None => None,
+            Some(value) => {
+                let text = std::str::from_utf8(value.as_bytes())
+                    .map_err(|_| InputError::InvalidUtf8(Location::Header("X-Reason")))?;
+                input::check_text(text, || Location::Header("X-Reason"))?;
+                Some(text.trim()).filter(|v| !v.is_empty()).map(str::to_owned)
+            }
         };
-        Ok(Self { reason: header("x-reason"), request_id: header("x-request-id") })
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        Ok(Self { reason, request_id })
+    }
+}
+
+/// The route's single path parameter, percent-decoded, refused (400, naming the parameter) when it is
+/// not UTF-8 or holds NUL. Replaces axum's `Path<String>`, whose rejections are plain text.
+pub struct PathText(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathText {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state).await.map_err(|_| {
+            // The only way a matched route's parameter fails is bytes that do not decode to UTF-8.
+            InputError::InvalidUtf8(Location::Pointer("/path".into()))
+        })?;
+        let (name, value) = params
+            .iter()
+            .next()
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("PathText used on a route without a path parameter")))?;
+        input::check_text(value, || Location::parameter(name))?;
+        Ok(Self(value.to_owned()))
+    }
+}
+
+/// A query string deserialised into `T`, decoded strictly (UTF-8, no NUL); a value that does not fit
+/// its field (`limit=9223372036854775808`, `limit=abc`) is a 400 naming that field.
+pub struct StrictQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        // Checked first, so the lossy decoder below only ever sees input it decodes exactly.
+        input::form_pairs(query.as_bytes())?;
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map(Self).map_err(|e| {
+            let field = e.path().to_string();
+            let detail = format!("{field} has an invalid value");
+            ApiError::BadInput(InputError::Invalid { location: Location::parameter(&field), detail })
+        })
     }
 }
 
@@ -144,8 +196,7 @@ impl FromRequest<AppState> for Params {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let mut params = HashMap::new();
         if let Some(query) = req.uri().query() {
-            let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-                .map_err(|_| ApiError::MalformedBody("the query string is not valid URL encoding".into()))?;
+            let pairs = input::form_pairs(query.as_bytes())?;
             params.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v))));
         }
         let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(media_type);
@@ -160,19 +211,12 @@ impl FromRequest<AppState> for Params {
             return Ok(Self(params));
         }
         match content_type.as_deref() {
-            Some("application/json") => match serde_json::from_slice::<Value>(&body) {
-                Ok(Value::Object(map)) => params.extend(map),
-                Ok(_) => return Err(ApiError::MalformedBody("the JSON body must be an object".into())),
-                Err(e) => {
-                    return Err(ApiError::MalformedBody(format!(
-                        "the body is not valid JSON ({})",
-                        e.classify_label()
-                    )));
-                }
+            Some("application/json") => match input::parse_json(&body)? {
+                Value::Object(map) => params.extend(map),
+                _ => return Err(ApiError::MalformedBody("the JSON body must be an object".into())),
             },
             Some("application/x-www-form-urlencoded") => {
-                let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
-                    .map_err(|_| ApiError::MalformedBody("the form body is not valid URL encoding".into()))?;
+                let pairs = input::form_pairs(&body)?;
                 params.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v))));
             }
             _ => return Err(ApiError::UnsupportedMediaType),
@@ -184,20 +228,4 @@ impl FromRequest<AppState> for Params {
 /// `application/json; charset=utf-8` -> `application/json`.
 fn media_type(value: &str) -> String {
     value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
-}
-
-/// A short, fixed description of a JSON error (serde's messages may quote the input).
-trait ClassifyLabel {
-    fn classify_label(&self) -> &'static str;
-}
-
-impl ClassifyLabel for serde_json::Error {
-    fn classify_label(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "read error",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "unexpected data",
-            serde_json::error::Category::Eof => "unexpected end of input",
-        }
-    }
 }

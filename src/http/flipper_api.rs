@@ -23,16 +23,18 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::extract::{AdminAuth, AdminReadAuth, Params, RequestMeta};
+use super::extract::{AdminAuth, AdminReadAuth, Params, PathText, RequestMeta};
+use super::openapi::{AdminUnauthorized, InputRejections, ReadRejections};
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::input;
 use crate::toggles::store::{self, AuditContext, Change, FeatureRecord, StoreError};
 
 /// Where the API is mounted.
@@ -54,13 +56,17 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/features/{name}/percentage_of_time", post(set_percentage_of_time).delete(reset_percentage_of_time))
         .route("/features/{name}/actors", post(add_actor).delete(remove_actor))
+        .route("/features/{name}/groups", post(groups_unsupported).delete(remove_group_unsupported))
+        .route("/features/{name}/expression", post(expression_unsupported).delete(remove_expression_unsupported))
+        .route("/import", post(import_unsupported))
         .route("/actors/{flipper_id}", get(actor_features))
 }
 
 /// Flipper's error body.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct FlipperErrorBody {
-    /// 1 feature not found, 3 invalid percentage, 4 flipper_id missing, 5 name missing.
+    /// 1 feature not found, 3 invalid percentage, 4 flipper_id missing, 5 name missing; 100 (ebg-notify)
+    /// a Flipper route this service does not serve.
     pub code: u8,
     pub message: String,
     pub more_info: String,
@@ -72,18 +78,36 @@ pub struct FeatureBody {
     pub key: String,
     /// `on`, `off` or `conditional`.
     pub state: String,
-    pub gates: Vec<GateBody>,
+    /// Absent with `exclude_gates=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gates: Option<Vec<GateBody>>,
     /// Kill switch (ebg-notify): off for everyone while true, gates untouched.
     pub paused: bool,
 }
 
-/// One gate: `value` is a string (`"true"`, `"25"`), an array (actors, groups) or null.
+/// One gate.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct GateBody {
     pub key: String,
-    pub name: String,
-    #[schema(value_type = Object)]
+    /// Absent with `exclude_gate_names=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What the adapter stored: a string (`"true"`, `"25"`), a set as an array of strings (actors,
+    /// groups), the expression as a JSON object, or null when the gate is not set.
+    #[schema(schema_with = gate_value_schema)]
     pub value: Value,
+}
+
+fn gate_value_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let of = |t| ObjectBuilder::new().schema_type(t);
+    OneOfBuilder::new()
+        .item(of(Type::String))
+        .item(ArrayBuilder::new().items(of(Type::String)))
+        .item(of(Type::Object))
+        .item(of(Type::Null))
+        .build()
+        .into()
 }
 
 /// `GET /features`.
@@ -96,9 +120,14 @@ pub struct FeaturesBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ActorBody {
     pub flipper_id: String,
-    /// Feature key → `{"enabled": bool}`.
-    #[schema(value_type = Object)]
-    pub features: BTreeMap<String, Value>,
+    /// Feature key → whether it is enabled for this actor.
+    pub features: BTreeMap<String, ActorFeature>,
+}
+
+/// One feature's answer for an actor.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ActorFeature {
+    pub enabled: bool,
 }
 
 /// An answer in Flipper's error format, or one of the app's own (auth, body, database).
@@ -112,6 +141,8 @@ pub enum FlipperError {
     FlipperIdInvalid,
     #[error("name missing")]
     NameInvalid,
+    #[error("{0} not supported")]
+    Unsupported(&'static str),
     #[error(transparent)]
     Api(#[from] ApiError),
 }
@@ -145,6 +176,7 @@ impl IntoResponse for FlipperError {
                 (StatusCode::UNPROCESSABLE_ENTITY, 4, "Required parameter flipper_id is missing.")
             }
             Self::NameInvalid => (StatusCode::UNPROCESSABLE_ENTITY, 5, "Required parameter name is missing."),
+            Self::Unsupported(message) => (StatusCode::NOT_FOUND, UNSUPPORTED_CODE, message),
             Self::Api(e) => return e.into_response(),
         };
         let body = FlipperErrorBody { code, message: message.to_owned(), more_info: MORE_INFO.to_owned() };
@@ -152,34 +184,28 @@ impl IntoResponse for FlipperError {
     }
 }
 
+/// Flipper's error codes stop at 5; this one is ours, for the routes below that are not served.
+const UNSUPPORTED_CODE: u8 = 100;
+
 /// Prints a feature as flipper-api does. `gate_names = false` is `exclude_gate_names=true`.
-pub fn feature_json(record: &FeatureRecord, gates: bool, gate_names: bool) -> Value {
-    let mut body = json!({ "key": record.key, "state": record.gates().state(), "paused": record.paused });
-    if gates {
+pub fn feature_json(record: &FeatureRecord, gates: bool, gate_names: bool) -> FeatureBody {
+    let gates = gates.then(|| {
         let string = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
         // The expression gate stores JSON text; Flipper prints it parsed.
         let expression = record.expression.as_deref().and_then(|e| serde_json::from_str(e).ok()).unwrap_or(Value::Null);
-        let list = [
+        [
             ("boolean", "boolean", string(&record.boolean)),
             ("expression", "expression", expression),
             ("actors", "actor", json!(record.actors)),
             ("percentage_of_actors", "percentage_of_actors", string(&record.percentage_of_actors)),
             ("percentage_of_time", "percentage_of_time", string(&record.percentage_of_time)),
             ("groups", "group", json!(record.groups)),
-        ];
-        let gates: Vec<Value> = list
-            .into_iter()
-            .map(|(key, name, value)| {
-                if gate_names {
-                    json!({ "key": key, "name": name, "value": value })
-                } else {
-                    json!({ "key": key, "value": value })
-                }
-            })
-            .collect();
-        body["gates"] = Value::Array(gates);
-    }
-    body
+        ]
+        .into_iter()
+        .map(|(key, name, value)| GateBody { key: key.to_owned(), name: gate_names.then(|| name.to_owned()), value })
+        .collect()
+    });
+    FeatureBody { key: record.key.clone(), state: record.gates().state().to_string(), gates, paused: record.paused }
 }
 
 /// Query parameters of the read routes, parsed by hand because `keys[]=a&keys[]=b` repeats a name.
@@ -191,8 +217,7 @@ struct ReadQuery {
 
 impl ReadQuery {
     fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or_default())
-            .map_err(|_| ApiError::MalformedBody("the query string is not valid URL encoding".into()))?;
+        let pairs = input::form_pairs(raw.unwrap_or_default().as_bytes())?;
         let mut keys: Option<Vec<String>> = None;
         let mut query = Self { keys: None, exclude_gates: false, exclude_gate_names: false };
         for (name, value) in pairs {
@@ -212,39 +237,36 @@ impl ReadQuery {
 }
 
 /// Every feature (or those named in `keys` that exist).
-#[utoipa::path(get, path = "/flipper/api/features", tag = "flipper",
-    params(
-        ("keys" = Option<String>, Query, description = "Comma-separated feature keys"),
-        ("exclude_gates" = Option<bool>, Query, description = "Omit gates"),
-        ("exclude_gate_names" = Option<bool>, Query, description = "Omit each gate's name"),
-    ),
+#[utoipa::path(get, path = "/flipper/api/features", tag = "flipper", operation_id = "flipper_list_features",
+    params(("keys" = Option<String>, Query, description = "Comma-separated feature keys"), ("exclude_gates" = Option<bool>, Query, description = "Omit gates"), ("exclude_gate_names" = Option<bool>, Query, description = "Omit each gate's name")),
     responses(
         (status = 200, description = "Features", body = FeaturesBody),
-        (status = 401, description = "Admin token required (admin.protect_reads)"),
+        AdminUnauthorized,
+        ReadRejections,
     ),
     security((), ("admin" = [])))]
 pub async fn list_features(
     State(state): State<AppState>,
     _reader: AdminReadAuth,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeaturesBody>, FlipperError> {
     let query = ReadQuery::parse(raw.as_deref())?;
     let mut records = store::all_features(&state.db).await?;
     if let Some(keys) = &query.keys {
         records.retain(|r| keys.contains(&r.key));
     }
-    let features: Vec<Value> =
-        records.iter().map(|r| feature_json(r, !query.exclude_gates, !query.exclude_gate_names)).collect();
-    Ok(Json(json!({ "features": features })))
+    let features = records.iter().map(|r| feature_json(r, !query.exclude_gates, !query.exclude_gate_names)).collect();
+    Ok(Json(FeaturesBody { features }))
 }
 
 /// Registers a feature (off).
-#[utoipa::path(post, path = "/flipper/api/features", tag = "flipper",
+#[utoipa::path(post, path = "/flipper/api/features", tag = "flipper", operation_id = "flipper_add_feature",
     request_body(content((FeatureName = "application/json"), (FeatureName = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The feature", body = FeatureBody),
-        (status = 401, description = "Admin token required"),
-        (status = 422, description = "Error 5: name missing", body = FlipperErrorBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 422, description = "Error 5: name missing or longer than 255 characters", body = FlipperErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn add_feature(
@@ -252,7 +274,7 @@ pub async fn add_feature(
     admin: AdminAuth,
     meta: RequestMeta,
     params: Params,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeatureBody>, FlipperError> {
     let name = params.text("name").ok_or(FlipperError::NameInvalid)?;
     write(&state, admin, meta, &params, &name, Change::AddFeature).await
 }
@@ -278,35 +300,41 @@ pub struct FlipperIdParam {
 }
 
 /// One feature.
-#[utoipa::path(get, path = "/flipper/api/features/{name}", tag = "flipper",
-    params(("name" = String, Path, description = "Feature key")),
+#[utoipa::path(get, path = "/flipper/api/features/{name}", tag = "flipper", operation_id = "flipper_get_feature",
+    params(("name" = String, Path, description = "Feature key"), ("exclude_gates" = Option<bool>, Query, description = "Omit gates"), ("exclude_gate_names" = Option<bool>, Query, description = "Omit each gate's name")),
     responses(
         (status = 200, description = "The feature", body = FeatureBody),
-        (status = 401, description = "Admin token required (admin.protect_reads)"),
+        AdminUnauthorized,
+        ReadRejections,
         (status = 404, description = "Error 1: feature not found", body = FlipperErrorBody),
     ),
     security((), ("admin" = [])))]
 pub async fn get_feature(
     State(state): State<AppState>,
     _reader: AdminReadAuth,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeatureBody>, FlipperError> {
     let query = ReadQuery::parse(raw.as_deref())?;
     let record = store::feature(&state.db, &name).await?.ok_or(FlipperError::FeatureNotFound)?;
     Ok(Json(feature_json(&record, !query.exclude_gates, !query.exclude_gate_names)))
 }
 
 /// Removes a feature and its gates (204 whether or not it existed).
-#[utoipa::path(delete, path = "/flipper/api/features/{name}", tag = "flipper",
-    params(("name" = String, Path, description = "Feature key")),
-    responses((status = 204, description = "Removed"), (status = 401, description = "Admin token required")),
+#[utoipa::path(delete, path = "/flipper/api/features/{name}", tag = "flipper", operation_id = "flipper_remove_feature",
+    params(("name" = String, Path, description = "Feature key"), ("X-Reason" = Option<String>, Header, description = "Why, for the audit log")),
+    responses(
+        (status = 204, description = "Removed (whether or not it existed)"),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 422, description = "Error 5: name longer than 255 characters", body = FlipperErrorBody),
+    ),
     security(("admin" = [])))]
 pub async fn remove_feature(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
 ) -> Result<StatusCode, FlipperError> {
     // Flipper answers 204 without a body; the feature JSON is not sent.
@@ -315,15 +343,20 @@ pub async fn remove_feature(
 }
 
 /// Removes every gate of a feature; the feature stays (off).
-#[utoipa::path(delete, path = "/flipper/api/features/{name}/clear", tag = "flipper",
-    params(("name" = String, Path, description = "Feature key")),
-    responses((status = 204, description = "Cleared"), (status = 401, description = "Admin token required")),
+#[utoipa::path(delete, path = "/flipper/api/features/{name}/clear", tag = "flipper", operation_id = "flipper_clear_feature",
+    params(("name" = String, Path, description = "Feature key"), ("X-Reason" = Option<String>, Header, description = "Why, for the audit log")),
+    responses(
+        (status = 204, description = "Cleared"),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 422, description = "Error 5: name longer than 255 characters", body = FlipperErrorBody),
+    ),
     security(("admin" = [])))]
 pub async fn clear_feature(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
 ) -> Result<StatusCode, FlipperError> {
     let _cleared = write(&state, admin, meta, &params, &name, Change::Clear).await?;
@@ -331,178 +364,248 @@ pub async fn clear_feature(
 }
 
 /// Turns the boolean gate on (Flipper clears the other gates first).
-#[utoipa::path(post, path = "/flipper/api/features/{name}/boolean", tag = "flipper",
-    params(("name" = String, Path, description = "Feature key")),
-    responses((status = 200, description = "The feature", body = FeatureBody), (status = 401, description = "Admin token required")),
+#[utoipa::path(post, path = "/flipper/api/features/{name}/boolean", tag = "flipper", operation_id = "flipper_enable_boolean",
+    params(("name" = String, Path, description = "Feature key"), ("X-Reason" = Option<String>, Header, description = "Why, for the audit log")),
+    responses(
+        (status = 200, description = "The feature", body = FeatureBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 422, description = "Error 5: name longer than 255 characters", body = FlipperErrorBody),
+    ),
     security(("admin" = [])))]
 pub async fn enable_boolean(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeatureBody>, FlipperError> {
     write(&state, admin, meta, &params, &name, Change::EnableBoolean).await
 }
 
 /// Turns the feature off by clearing all gates (Flipper's semantics; use pause to keep the stage).
-#[utoipa::path(delete, path = "/flipper/api/features/{name}/boolean", tag = "flipper",
-    params(("name" = String, Path, description = "Feature key")),
-    responses((status = 200, description = "The feature", body = FeatureBody), (status = 401, description = "Admin token required")),
+#[utoipa::path(delete, path = "/flipper/api/features/{name}/boolean", tag = "flipper", operation_id = "flipper_disable_boolean",
+    params(("name" = String, Path, description = "Feature key"), ("X-Reason" = Option<String>, Header, description = "Why, for the audit log")),
+    responses(
+        (status = 200, description = "The feature", body = FeatureBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 422, description = "Error 5: name longer than 255 characters", body = FlipperErrorBody),
+    ),
     security(("admin" = [])))]
 pub async fn disable_boolean(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeatureBody>, FlipperError> {
     write(&state, admin, meta, &params, &name, Change::DisableBoolean).await
 }
 
 /// Sets the percentage of actors.
-#[utoipa::path(post, path = "/flipper/api/features/{name}/percentage_of_actors", tag = "flipper",
-    params(("name" = String, Path, description = "Feature key")),
+#[utoipa::path(post, path = "/flipper/api/features/{name}/percentage_of_actors", tag = "flipper", operation_id = "flipper_set_percentage_of_actors",
+    params(("name" = String, Path, description = "Feature key"), ("X-Reason" = Option<String>, Header, description = "Why, for the audit log")),
     request_body(content((PercentageParam = "application/json"), (PercentageParam = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The feature", body = FeatureBody),
-        (status = 401, description = "Admin token required"),
-        (status = 422, description = "Error 3: invalid percentage", body = FlipperErrorBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 422, description = "Error 5: name longer than 255 characters; Error 3: invalid percentage", body = FlipperErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn set_percentage_of_actors(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeatureBody>, FlipperError> {
     let pct = percentage(&params)?;
     write(&state, admin, meta, &params, &name, Change::SetPercentageOfActors(pct)).await
 }
 
 /// Sets the percentage of actors to `"0"`.
-#[utoipa::path(delete, path = "/flipper/api/features/{name}/percentage_of_actors", tag = "flipper",
-    params(("name" = String, Path, description = "Feature key")),
-    responses((status = 200, description = "The feature", body = FeatureBody), (status = 401, description = "Admin token required")),
+#[utoipa::path(delete, path = "/flipper/api/features/{name}/percentage_of_actors", tag = "flipper", operation_id = "flipper_reset_percentage_of_actors",
+    params(("name" = String, Path, description = "Feature key"), ("X-Reason" = Option<String>, Header, description = "Why, for the audit log")),
+    responses(
+        (status = 200, description = "The feature", body = FeatureBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 422, description = "Error 5: name longer than 255 characters", body = FlipperErrorBody),
+    ),
     security(("admin" = [])))]
 pub async fn reset_percentage_of_actors(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeatureBody>, FlipperError> {
     write(&state, admin, meta, &params, &name, Change::SetPercentageOfActors(0.0)).await
 }
 
 /// Sets the percentage of time.
-#[utoipa::path(post, path = "/flipper/api/features/{name}/percentage_of_time", tag = "flipper",
-    params(("name" = String, Path, description = "Feature key")),
+#[utoipa::path(post, path = "/flipper/api/features/{name}/percentage_of_time", tag = "flipper", operation_id = "flipper_set_percentage_of_time",
+    params(("name" = String, Path, description = "Feature key"), ("X-Reason" = Option<String>, Header, description = "Why, for the audit log")),
     request_body(content((PercentageParam = "application/json"), (PercentageParam = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The feature", body = FeatureBody),
-        (status = 401, description = "Admin token required"),
-        (status = 422, description = "Error 3: invalid percentage", body = FlipperErrorBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 422, description = "Error 5: name longer than 255 characters; Error 3: invalid percentage", body = FlipperErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn set_percentage_of_time(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeatureBody>, FlipperError> {
     let pct = percentage(&params)?;
     write(&state, admin, meta, &params, &name, Change::SetPercentageOfTime(pct)).await
 }
 
 /// Sets the percentage of time to `"0"`.
-#[utoipa::path(delete, path = "/flipper/api/features/{name}/percentage_of_time", tag = "flipper",
-    params(("name" = String, Path, description = "Feature key")),
-    responses((status = 200, description = "The feature", body = FeatureBody), (status = 401, description = "Admin token required")),
+#[utoipa::path(delete, path = "/flipper/api/features/{name}/percentage_of_time", tag = "flipper", operation_id = "flipper_reset_percentage_of_time",
+    params(("name" = String, Path, description = "Feature key"), ("X-Reason" = Option<String>, Header, description = "Why, for the audit log")),
+    responses(
+        (status = 200, description = "The feature", body = FeatureBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 422, description = "Error 5: name longer than 255 characters", body = FlipperErrorBody),
+    ),
     security(("admin" = [])))]
 pub async fn reset_percentage_of_time(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeatureBody>, FlipperError> {
     write(&state, admin, meta, &params, &name, Change::SetPercentageOfTime(0.0)).await
 }
 
 /// Adds an actor (a participant id for the emails toggle).
-#[utoipa::path(post, path = "/flipper/api/features/{name}/actors", tag = "flipper",
-    params(("name" = String, Path, description = "Feature key")),
+#[utoipa::path(post, path = "/flipper/api/features/{name}/actors", tag = "flipper", operation_id = "flipper_add_actor",
+    params(("name" = String, Path, description = "Feature key"), ("X-Reason" = Option<String>, Header, description = "Why, for the audit log")),
     request_body(content((FlipperIdParam = "application/json"), (FlipperIdParam = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The feature", body = FeatureBody),
-        (status = 401, description = "Admin token required"),
-        (status = 422, description = "Error 4: flipper_id missing", body = FlipperErrorBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 422, description = "Error 5: name longer than 255 characters; Error 4: flipper_id missing", body = FlipperErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn add_actor(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeatureBody>, FlipperError> {
     let id = params.text("flipper_id").ok_or(FlipperError::FlipperIdInvalid)?;
     write(&state, admin, meta, &params, &name, Change::AddActor(id)).await
 }
 
 /// Removes an actor.
-#[utoipa::path(delete, path = "/flipper/api/features/{name}/actors", tag = "flipper",
-    params(("name" = String, Path, description = "Feature key")),
+#[utoipa::path(delete, path = "/flipper/api/features/{name}/actors", tag = "flipper", operation_id = "flipper_remove_actor",
+    params(("name" = String, Path, description = "Feature key"), ("X-Reason" = Option<String>, Header, description = "Why, for the audit log")),
     request_body(content((FlipperIdParam = "application/json"), (FlipperIdParam = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The feature", body = FeatureBody),
-        (status = 401, description = "Admin token required"),
-        (status = 422, description = "Error 4: flipper_id missing", body = FlipperErrorBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 422, description = "Error 5: name longer than 255 characters; Error 4: flipper_id missing", body = FlipperErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn remove_actor(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeatureBody>, FlipperError> {
     let id = params.text("flipper_id").ok_or(FlipperError::FlipperIdInvalid)?;
     write(&state, admin, meta, &params, &name, Change::RemoveActor(id)).await
 }
 
 /// Whether each feature (or those named in `keys`) is enabled for one actor now, kill switch included.
-#[utoipa::path(get, path = "/flipper/api/actors/{flipper_id}", tag = "flipper",
-    params(
-        ("flipper_id" = String, Path, description = "The actor"),
-        ("keys" = Option<String>, Query, description = "Comma-separated feature keys"),
+#[utoipa::path(get, path = "/flipper/api/actors/{flipper_id}", tag = "flipper", operation_id = "flipper_actor_features",
+    params(("flipper_id" = String, Path, description = "The actor"), ("keys" = Option<String>, Query, description = "Comma-separated feature keys")),
+    responses(
+        (status = 200, description = "Per-feature answers", body = ActorBody),
+        AdminUnauthorized,
+        ReadRejections,
     ),
-    responses((status = 200, description = "Per-feature answers", body = ActorBody), (status = 401, description = "Admin token required (admin.protect_reads)")),
     security((), ("admin" = [])))]
 pub async fn actor_features(
     State(state): State<AppState>,
     _reader: AdminReadAuth,
-    Path(flipper_id): Path<String>,
+    PathText(flipper_id): PathText,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<ActorBody>, FlipperError> {
     let query = ReadQuery::parse(raw.as_deref())?;
     let records = store::all_features(&state.db).await?;
-    let enabled = |r: &FeatureRecord| json!({ "enabled": r.is_enabled_for(&flipper_id) });
+    let enabled = |r: &FeatureRecord| ActorFeature { enabled: r.is_enabled_for(&flipper_id) };
     let features = match &query.keys {
         // Flipper preloads the named features, existing or not; unknown ones are off.
         Some(keys) => keys
             .iter()
             .map(|k| {
                 let record = records.iter().find(|r| &r.key == k);
-                (k.clone(), record.map_or_else(|| json!({ "enabled": false }), enabled))
+                (k.clone(), record.map_or(ActorFeature { enabled: false }, enabled))
             })
             .collect(),
         None => records.iter().map(|r| (r.key.clone(), enabled(r))).collect(),
     };
     Ok(Json(ActorBody { flipper_id, features }))
+}
+
+/// Flipper's group gates: not served (ebg-notify's toggles use boolean, actor and percentage gates).
+#[utoipa::path(post, path = "/flipper/api/features/{name}/groups", tag = "flipper", operation_id = "flipper_groups_unsupported",
+    params(("name" = String, Path, description = "Feature key")),
+    responses((status = 404, description = "Not supported: a Flipper error with code 100", body = FlipperErrorBody)))]
+pub async fn groups_unsupported() -> FlipperError {
+    FlipperError::Unsupported(
+        "Group gates are not supported by this Flipper API (ebg-notify serves boolean, actor and percentage gates).",
+    )
+}
+
+/// Flipper's group gates: not served.
+#[utoipa::path(delete, path = "/flipper/api/features/{name}/groups", tag = "flipper", operation_id = "flipper_remove_group_unsupported",
+    params(("name" = String, Path, description = "Feature key")),
+    responses((status = 404, description = "Not supported: a Flipper error with code 100", body = FlipperErrorBody)))]
+pub async fn remove_group_unsupported() -> FlipperError {
+    groups_unsupported().await
+}
+
+/// Flipper's expression gates: not served.
+#[utoipa::path(delete, path = "/flipper/api/features/{name}/expression", tag = "flipper", operation_id = "flipper_remove_expression_unsupported",
+    params(("name" = String, Path, description = "Feature key")),
+    responses((status = 404, description = "Not supported: a Flipper error with code 100", body = FlipperErrorBody)))]
+pub async fn remove_expression_unsupported() -> FlipperError {
+    expression_unsupported().await
+}
+
+/// Flipper's expression gates: not served.
+#[utoipa::path(post, path = "/flipper/api/features/{name}/expression", tag = "flipper", operation_id = "flipper_expression_unsupported",
+    params(("name" = String, Path, description = "Feature key")),
+    responses((status = 404, description = "Not supported: a Flipper error with code 100", body = FlipperErrorBody)))]
+pub async fn expression_unsupported() -> FlipperError {
+    FlipperError::Unsupported(
+        "Expression gates are not supported by this Flipper API (ebg-notify serves boolean, actor and percentage gates).",
+    )
+}
+
+/// Flipper's bulk import: not served (change toggles one audited write at a time).
+#[utoipa::path(post, path = "/flipper/api/import", tag = "flipper", operation_id = "flipper_import_unsupported",
+    responses((status = 404, description = "Not supported: a Flipper error with code 100", body = FlipperErrorBody)))]
+pub async fn import_unsupported() -> FlipperError {
+    FlipperError::Unsupported(
+        "Import is not supported by this Flipper API; change features one audited write at a time.",
+    )
 }
 
 /// Flipper's percentage check: `[+-]?digits[.digits]` (or `.digits`), JSON numbers too, 0..=100.
@@ -525,7 +628,7 @@ async fn write(
     params: &Params,
     name: &str,
     change: Change,
-) -> Result<Json<Value>, FlipperError> {
+) -> Result<Json<FeatureBody>, FlipperError> {
     let ctx = AuditContext { actor: admin.name, reason: meta.reason_or(params)?, request_id: meta.request_id };
     let record = store::apply(&state.db, name, &change, &ctx).await?;
     if let Err(e) = state.toggles.refresh().await {
@@ -572,7 +675,7 @@ mod tests {
         let mut record = FeatureRecord { key: "f".into(), ..FeatureRecord::default() };
         record.actors.insert("600061742".into());
         record.percentage_of_actors = Some("25".into());
-        let body = feature_json(&record, true, true);
+        let body = serde_json::to_value(feature_json(&record, true, true)).unwrap();
         let keys: Vec<&str> = body["gates"].as_array().unwrap().iter().map(|g| g["key"].as_str().unwrap()).collect();
         assert_eq!(keys, ["boolean", "expression", "actors", "percentage_of_actors", "percentage_of_time", "groups"]);
         assert_eq!(body["state"], "conditional");
@@ -580,9 +683,9 @@ mod tests {
         assert_eq!(body["gates"][2], json!({"key": "actors", "name": "actor", "value": ["600061742"]}));
         assert_eq!(body["gates"][3]["value"], "25");
         assert_eq!(body["paused"], false);
-        let bare = feature_json(&record, true, false);
+        let bare = serde_json::to_value(feature_json(&record, true, false)).unwrap();
         assert!(bare["gates"][0].get("name").is_none());
-        assert!(feature_json(&record, false, true).get("gates").is_none());
+        assert!(serde_json::to_value(feature_json(&record, false, true)).unwrap().get("gates").is_none());
     }
 
     #[test]

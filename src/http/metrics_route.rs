@@ -9,7 +9,8 @@ use crate::metrics as m;
 use crate::outbox;
 
 /// Renders every metric; queue gauges are refreshed first from the small pending-row index.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     match outbox::queue_depth(&state.db).await {
         Ok((depth, oldest)) => {

@@ -48,8 +48,8 @@ pub fn router(state: AppState) -> Router {
         .merge(ebg)
         .route("/va_notify/callbacks", post(callbacks::receive))
         // `/c/{token}` and `/c/{token}/` carry an empty path; the wildcard needs at least one character.
-        .route("/c/{token}", get(clicks::follow))
-        .route("/c/{token}/", get(clicks::follow))
+        .route("/c/{token}", get(clicks::follow_bare))
+        .route("/c/{token}/", get(clicks::follow_bare))
         .route("/c/{token}/{*path}", get(clicks::follow))
         .route("/admin/rollout/report", get(report::rollout_report))
         .route("/admin/notifications/{id}", get(notifications::show))

@@ -6,34 +6,50 @@ use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+pub use crate::error::{ErrorBody, ErrorItem, ErrorSource, ServiceAccountErrorBody, UnauthorizedBody};
+
 /// `send_email` body parameters (JSON or form).
 #[derive(Serialize, ToSchema)]
 pub struct TemplateParams {
     /// VA Notify template UUID.
-    pub template_id: String,
+    pub template_id: uuid::Uuid,
 }
 
-/// Error body for 4xx/5xx answers: each error names the parameter or header at fault in `source`.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub errors: Vec<ErrorItem>,
+/// Answers any route that reads parameters, a path segment or a body may give.
+#[derive(utoipa::IntoResponses)]
+pub enum InputRejections {
+    /// Malformed input: text that is not UTF-8 or holds NUL, a repeated JSON key, JSON that does not
+    /// parse, a value that does not fit its field. `source` names the field.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// Body larger than `http.body_limit_bytes`.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Body neither JSON nor a form.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// The database is unavailable; retry (`Retry-After`).
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
 }
 
-/// One error.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorItem {
-    pub title: String,
-    pub detail: String,
-    pub code: String,
-    pub status: String,
-    /// `{"parameter": "template_id"}`, `{"header": "Content-Type"}` or `{"pointer": "/"}`.
-    pub source: Option<serde_json::Value>,
+/// Answers of read-only routes: malformed query or path, database down.
+#[derive(utoipa::IntoResponses)]
+pub enum ReadRejections {
+    /// Malformed query string or path segment; `source` names the field.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// The database is unavailable; retry (`Retry-After`).
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
 }
 
-/// vets-api's service-account error: a bare message, e.g. "Service Account access token has expired".
-#[derive(Serialize, ToSchema)]
-pub struct ServiceAccountErrorBody {
-    pub errors: String,
+/// Admin token missing or wrong.
+#[derive(utoipa::IntoResponses)]
+pub enum AdminUnauthorized {
+    /// `{"message": "Unauthorized"}`.
+    #[response(status = 401)]
+    Unauthorized(UnauthorizedBody),
 }
 
 /// The API description.
@@ -44,6 +60,7 @@ pub struct ServiceAccountErrorBody {
         super::send_email::send_email,
         super::callbacks::receive,
         super::clicks::follow,
+        super::clicks::follow_bare,
         super::report::rollout_report,
         super::health::live,
         super::health::ready,
@@ -63,6 +80,11 @@ pub struct ServiceAccountErrorBody {
         super::flipper_api::add_actor,
         super::flipper_api::remove_actor,
         super::flipper_api::actor_features,
+        super::flipper_api::groups_unsupported,
+        super::flipper_api::expression_unsupported,
+        super::flipper_api::import_unsupported,
+        super::flipper_api::remove_group_unsupported,
+        super::flipper_api::remove_expression_unsupported,
         super::admin::pause,
         super::admin::resume,
         super::admin::audit,
@@ -77,9 +99,10 @@ pub struct ServiceAccountErrorBody {
         super::rollouts::abort,
     ),
     components(schemas(
-        TemplateParams, ErrorBody, ErrorItem, ServiceAccountErrorBody, super::send_email::AcceptedBody,
+        TemplateParams, ErrorBody, ErrorItem, ErrorSource, ServiceAccountErrorBody, UnauthorizedBody,
+        super::send_email::AcceptedBody, super::callbacks::CallbackAnswer, super::health::Liveness, super::health::Readiness,
         super::flipper_api::FeatureBody, super::flipper_api::GateBody, super::flipper_api::FeaturesBody,
-        super::flipper_api::ActorBody, super::flipper_api::FlipperErrorBody, super::flipper_api::FeatureName,
+        super::flipper_api::ActorBody, super::flipper_api::ActorFeature, super::flipper_api::FlipperErrorBody, super::flipper_api::FeatureName,
         super::flipper_api::PercentageParam, super::flipper_api::FlipperIdParam, super::admin::ReasonParam,
         super::admin::AuditPage, super::admin::ReleaseParams, crate::toggles::store::AuditEntry,
         crate::toggles::release::ReleaseOutcome,
@@ -113,7 +136,8 @@ impl Modify for SecuritySchemes {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "openapi_document",
+    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json", body = Object)))]
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

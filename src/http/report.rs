@@ -1,13 +1,14 @@
 //! `GET /admin/rollout/report`: the rollout report (SPEC §9) as JSON or Markdown.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AdminAuth;
+use super::extract::StrictQuery;
+use super::openapi::{AdminUnauthorized, ReadRejections};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::report::{self, ReportError, ReportRequest};
@@ -29,21 +30,20 @@ pub struct ReportParams {
 
 /// The rollout report: per toggle stage, users, requests, sent, delivered, failed, error rate, clicks and
 /// click-through rate, judged against `report.max_error_rate` with at least `report.min_sample` attempted sends.
-#[utoipa::path(get, path = "/admin/rollout/report", tag = "admin", params(ReportParams),
+#[utoipa::path(get, path = "/admin/rollout/report", tag = "admin", operation_id = "rollout_report", params(ReportParams),
     responses(
-        (status = 200, description = "The report (JSON, or text/markdown with format=markdown)", body = report::Report),
-        (status = 400, description = "Bad parameter", body = super::openapi::ErrorBody),
-        (status = 401, description = "Missing or wrong admin token"),
+        (status = 200, description = "The report: JSON, or Markdown with format=markdown",
+            content((report::Report = "application/json"), (String = "text/markdown"))),
+        AdminUnauthorized,
+        ReadRejections,
     ),
     security(("admin" = []))
 )]
 pub async fn rollout_report(
     _admin: AdminAuth,
     State(state): State<AppState>,
-    params: Result<Query<ReportParams>, QueryRejection>,
+    StrictQuery(params): StrictQuery<ReportParams>,
 ) -> Result<Response, ApiError> {
-    let Query(params) =
-        params.map_err(|_| ApiError::MalformedBody("the query string is not valid URL encoding".into()))?;
     let time = |field: &'static str, value: &Option<String>| {
         value
             .as_deref()

@@ -1,7 +1,6 @@
 //! Guarded-rollout plans (SPEC §9): create, read, list, and the operator's overrides.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -10,9 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::extract::{AdminAuth, AdminReadAuth, Params, RequestMeta};
+use super::extract::{AdminAuth, AdminReadAuth, Params, PathText, RequestMeta, StrictQuery};
+use super::openapi::{AdminUnauthorized, InputRejections, ReadRejections};
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::rollout::{self, Action, NewPlan, Plan, PlanDetail, RolloutError};
 use crate::toggles::EMAILS_ENABLED;
 use crate::toggles::store::AuditContext;
@@ -43,6 +44,7 @@ pub struct PlanList {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1–500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -57,10 +59,11 @@ fn map_error(e: RolloutError) -> ApiError {
     match e {
         RolloutError::Invalid { field, detail } => ApiError::InvalidParameter { field, detail: detail.to_owned() },
         RolloutError::NotFound => ApiError::NotFound { what: "rollout plan" },
+        // Conflicts with the current state of the plan or the feature: the request itself was fine.
         RolloutError::AlreadyLive | RolloutError::Feature(_) => {
-            ApiError::Unprocessable { field: "feature", detail: e.to_string() }
+            ApiError::Conflict { field: "feature", detail: e.to_string() }
         }
-        RolloutError::InvalidTransition { .. } => ApiError::Unprocessable { field: "state", detail: e.to_string() },
+        RolloutError::InvalidTransition { .. } => ApiError::Conflict { field: "state", detail: e.to_string() },
         RolloutError::Store(e) => ApiError::Internal(e.into()),
         RolloutError::Database(e) => e.into(),
     }
@@ -79,13 +82,16 @@ async fn detail(state: &AppState, id: Uuid) -> Result<PlanDetail, ApiError> {
 ///
 /// Omitted fields take defaults: `feature` = `event_bus_gateway_emails_enabled`, `stages` = the seed's
 /// 2, 25, 50, 75, 100% (4 h canary, then a day each; 100 attempted sends per stage), `max_error_rate` = 0.05.
-#[utoipa::path(post, path = "/admin/rollouts", tag = "rollout",
+#[utoipa::path(post, path = "/admin/rollouts", tag = "rollout", operation_id = "create_rollout",
     request_body(content = rollout::NewPlan, content_type = "application/json"),
     responses(
         (status = 201, description = "The plan", body = PlanDetail),
-        (status = 400, description = "Invalid plan", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Admin token required"),
-        (status = 422, description = "The feature already has a live plan, or its gates do not allow one", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Invalid plan, or malformed input", body = ErrorBody),
+        AdminUnauthorized,
+        (status = 409, description = "The feature already has a live plan, or its gates do not allow one", body = ErrorBody),
+        (status = 413, description = "Body larger than http.body_limit_bytes", body = ErrorBody),
+        (status = 415, description = "Body neither JSON nor a form", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn create(
@@ -102,20 +108,18 @@ pub async fn create(
 }
 
 /// Plans, newest first.
-#[utoipa::path(get, path = "/admin/rollouts", tag = "rollout", params(ListQuery),
+#[utoipa::path(get, path = "/admin/rollouts", tag = "rollout", operation_id = "list_rollouts", params(ListQuery),
     responses(
         (status = 200, description = "Plans", body = PlanList),
-        (status = 400, description = "limit out of range", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Admin token required (admin.protect_reads)"),
+        AdminUnauthorized,
+        ReadRejections,
     ),
     security((), ("admin" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     _reader: AdminReadAuth,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    StrictQuery(query): StrictQuery<ListQuery>,
 ) -> Result<Json<PlanList>, ApiError> {
-    let Query(query) =
-        query.map_err(|_| ApiError::InvalidParameter { field: "limit", detail: "limit must be an integer".into() })?;
     let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if !(1..=MAX_LIST_LIMIT).contains(&limit) {
         return Err(ApiError::InvalidParameter { field: "limit", detail: "limit must be from 1 to 500".into() });
@@ -124,18 +128,19 @@ pub async fn list(
 }
 
 /// One plan with its decision log (each decision with its evidence).
-#[utoipa::path(get, path = "/admin/rollouts/{id}", tag = "rollout",
+#[utoipa::path(get, path = "/admin/rollouts/{id}", tag = "rollout", operation_id = "show_rollout",
     params(("id" = Uuid, Path, description = "Plan id")),
     responses(
         (status = 200, description = "The plan", body = PlanDetail),
-        (status = 401, description = "Admin token required (admin.protect_reads)"),
-        (status = 404, description = "No such plan", body = crate::http::openapi::ErrorBody),
+        AdminUnauthorized,
+        ReadRejections,
+        (status = 404, description = "No such plan", body = ErrorBody),
     ),
     security((), ("admin" = [])))]
 pub async fn show(
     State(state): State<AppState>,
     _reader: AdminReadAuth,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> Result<Json<PlanDetail>, ApiError> {
     Ok(Json(detail(&state, plan_id(&id)?).await?))
 }
@@ -166,21 +171,23 @@ async fn apply(
 
 /// Pauses the plan; for an `auto` plan also the feature (kill switch, gates preserved). The evaluator
 /// leaves a paused plan alone until `resume`.
-#[utoipa::path(post, path = "/admin/rollouts/{id}/pause", tag = "rollout",
+#[utoipa::path(post, path = "/admin/rollouts/{id}/pause", tag = "rollout", operation_id = "pause_rollout",
     params(("id" = Uuid, Path, description = "Plan id"), ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)")),
     request_body(content((OverrideParams = "application/json"), (OverrideParams = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The plan, paused", body = PlanDetail),
-        (status = 401, description = "Admin token required"),
-        (status = 404, description = "No such plan", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Reason missing, or the plan cannot be paused in its state", body = crate::http::openapi::ErrorBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 404, description = "No such plan", body = ErrorBody),
+        (status = 409, description = "The plan cannot be paused in its state", body = ErrorBody),
+        (status = 422, description = "Reason missing", body = ErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn pause(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     params: Params,
 ) -> Result<Json<PlanDetail>, ApiError> {
     apply(&state, admin, meta, &id, &params, Action::Pause).await
@@ -188,63 +195,67 @@ pub async fn pause(
 
 /// Resumes a paused plan (and the feature); the current stage starts over, so the numbers that paused
 /// it are not judged again.
-#[utoipa::path(post, path = "/admin/rollouts/{id}/resume", tag = "rollout",
+#[utoipa::path(post, path = "/admin/rollouts/{id}/resume", tag = "rollout", operation_id = "resume_rollout",
     params(("id" = Uuid, Path, description = "Plan id"), ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)")),
     request_body(content((OverrideParams = "application/json"), (OverrideParams = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The plan, running", body = PlanDetail),
-        (status = 401, description = "Admin token required"),
-        (status = 404, description = "No such plan", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "The plan is not paused", body = crate::http::openapi::ErrorBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 404, description = "No such plan", body = ErrorBody),
+        (status = 409, description = "The plan is not paused", body = ErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn resume(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     params: Params,
 ) -> Result<Json<PlanDetail>, ApiError> {
     apply(&state, admin, meta, &id, &params, Action::Resume).await
 }
 
 /// Moves to the next stage now, whatever the numbers (after the last stage: completes the plan).
-#[utoipa::path(post, path = "/admin/rollouts/{id}/advance", tag = "rollout",
+#[utoipa::path(post, path = "/admin/rollouts/{id}/advance", tag = "rollout", operation_id = "advance_rollout",
     params(("id" = Uuid, Path, description = "Plan id"), ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)")),
     request_body(content((OverrideParams = "application/json"), (OverrideParams = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The plan, on its next stage", body = PlanDetail),
-        (status = 401, description = "Admin token required"),
-        (status = 404, description = "No such plan", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "The plan cannot advance in its state", body = crate::http::openapi::ErrorBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 404, description = "No such plan", body = ErrorBody),
+        (status = 409, description = "The plan cannot advance in its state", body = ErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn advance(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     params: Params,
 ) -> Result<Json<PlanDetail>, ApiError> {
     apply(&state, admin, meta, &id, &params, Action::Advance).await
 }
 
 /// Stops the plan for good; the gates stay as they are.
-#[utoipa::path(post, path = "/admin/rollouts/{id}/abort", tag = "rollout",
+#[utoipa::path(post, path = "/admin/rollouts/{id}/abort", tag = "rollout", operation_id = "abort_rollout",
     params(("id" = Uuid, Path, description = "Plan id"), ("X-Reason" = Option<String>, Header, description = "Why (or `reason` in the body)")),
     request_body(content((OverrideParams = "application/json"), (OverrideParams = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The plan, aborted", body = PlanDetail),
-        (status = 401, description = "Admin token required"),
-        (status = 404, description = "No such plan", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Reason missing, or the plan already ended", body = crate::http::openapi::ErrorBody),
+        AdminUnauthorized,
+        InputRejections,
+        (status = 404, description = "No such plan", body = ErrorBody),
+        (status = 409, description = "The plan already ended", body = ErrorBody),
+        (status = 422, description = "Reason missing", body = ErrorBody),
     ),
     security(("admin" = [])))]
 pub async fn abort(
     State(state): State<AppState>,
     admin: AdminAuth,
     meta: RequestMeta,
-    Path(id): Path<String>,
+    PathText(id): PathText,
     params: Params,
 ) -> Result<Json<PlanDetail>, ApiError> {
     apply(&state, admin, meta, &id, &params, Action::Abort).await

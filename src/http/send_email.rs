@@ -34,17 +34,23 @@ pub struct AcceptedBody {
     post,
     path = "/v0/event_bus_gateway/send_email",
     tag = "event_bus_gateway",
+    operation_id = "send_email",
     params(
-        ("template_id" = Option<String>, Query, description = "VA Notify template UUID (or send it in the body)"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key, at most 255 characters"),
+        ("template_id" = Option<Uuid>, Query, description = "VA Notify template UUID (or send it in the body)"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "Repeat-safe key: 1 to 255 visible ASCII characters"),
     ),
     request_body(content(
         (crate::http::openapi::TemplateParams = "application/json"),
         (crate::http::openapi::TemplateParams = "application/x-www-form-urlencoded"),
     ), description = "Optional: template_id may instead be in the query string"),
     responses(
-        (status = 200, description = "Recorded (empty body; JSON with Accept: application/json)", body = AcceptedBody),
-        (status = 400, description = "template_id missing or not a UUID; malformed body", body = crate::http::openapi::ErrorBody),
+        (status = 200, description = "Recorded: an empty text/plain body (vets-api parity), or JSON with Accept: application/json",
+            content(
+                (AcceptedBody = "application/json"),
+                (String = "text/plain", example = ""),
+            )),
+        (status = 400, description = "template_id missing or not a UUID; malformed body or text", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Token missing, malformed, badly signed, or without the exact scope", body = crate::http::openapi::ServiceAccountErrorBody),
         (status = 403, description = "Token expired", body = crate::http::openapi::ServiceAccountErrorBody),
         (status = 413, description = "Body larger than the limit", body = crate::http::openapi::ErrorBody),
@@ -93,8 +99,8 @@ pub async fn send_email(
     let mut response = if wants_json(&headers) {
         Json(AcceptedBody { id: accepted.id, status: accepted.status.to_string() }).into_response()
     } else {
-        // vets-api parity: 200 with an empty body.
-        StatusCode::OK.into_response()
+        // vets-api parity: 200 with an empty body (labelled, so no client has to guess what it is).
+        (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")]).into_response()
     };
     response.extensions_mut().insert(Outcome(outcome));
     Ok(response)

@@ -350,7 +350,7 @@ async fn operators_override_and_a_manual_gate_change_interrupts_the_plan() {
     let plan = create_plan(&app, json!({"mode": "auto", "stages": seed_stages(10)})).await;
     let id = id_of(&plan);
     let again = app.client.post(&url).bearer_auth(ADMIN_TOKEN).json(&json!({"mode": "auto"})).send().await.unwrap();
-    assert_eq!(again.status(), 422, "one live plan per feature");
+    assert_eq!(again.status(), 409, "one live plan per feature");
     let t0 = Utc::now();
     evaluate(&app, t0).await;
 
@@ -368,7 +368,7 @@ async fn operators_override_and_a_manual_gate_change_interrupts_the_plan() {
     assert_eq!(override_plan(&app, &id, "pause", None).await.status(), 422);
     assert_eq!(override_plan(&app, &id, "pause", Some("call center reports")).await.status(), 200);
     assert!(feature(&app).await.paused);
-    assert_eq!(override_plan(&app, &id, "pause", Some("again")).await.status(), 422);
+    assert_eq!(override_plan(&app, &id, "pause", Some("again")).await.status(), 409);
     assert_eq!(override_plan(&app, &id, "resume", None).await.status(), 200);
     let record = feature(&app).await;
     assert!(!record.paused);
@@ -390,7 +390,7 @@ async fn operators_override_and_a_manual_gate_change_interrupts_the_plan() {
     rows(&app, Utc::now() - Duration::minutes(30), 50, "delivered").await;
     assert!(evaluate_once(&app.db, Utc::now() + Duration::days(30)).await.unwrap().outcomes.is_empty());
     assert_eq!(feature(&app).await.percentage_of_actors.as_deref(), Some("40"));
-    assert_eq!(override_plan(&app, &id, "abort", Some("done")).await.status(), 422, "already ended");
+    assert_eq!(override_plan(&app, &id, "abort", Some("done")).await.status(), 409, "already ended");
     assert_eq!(override_plan(&app, &Uuid::new_v4().to_string(), "abort", Some("x")).await.status(), 404);
 
     // An interrupted plan is not live: a new one may start, and can be aborted.
