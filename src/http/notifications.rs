@@ -2,10 +2,12 @@
 //! without PII; the participant id itself only for tokens named in `admin.pii_token_names`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use uuid::Uuid;
 
 use super::AdminReadAuth;
+use super::extract::PathText;
+use super::openapi::{AdminUnauthorized, ReadRejections};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::outbox::history::{self, NotificationHistory};
@@ -18,15 +20,15 @@ use crate::outbox::history::{self, NotificationHistory};
     params(("id" = Uuid, Path, description = "Notification id (the `id` send_email answers with)")),
     responses(
         (status = 200, description = "The notification's history", body = NotificationHistory),
-        (status = 400, description = "The id is not a UUID", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Admin token required (admin.protect_reads)"),
         (status = 404, description = "No such notification", body = crate::http::openapi::ErrorBody),
+        AdminUnauthorized,
+        ReadRejections,
     ),
     security((), ("admin" = [])))]
 pub async fn show(
     State(state): State<AppState>,
     reader: AdminReadAuth,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> Result<Json<NotificationHistory>, ApiError> {
     let id: Uuid = id
         .parse()
