@@ -198,20 +198,8 @@ async fn replay(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let pool = db::connect(&config.database).await?;
-    let filter = "status = $1 and ($2::timestamptz is null or created_at >= $2)
-                  and (cardinality($3::uuid[]) = 0 or id = any($3))";
-    let sql = if dry_run {
-        format!("select count(*) from notifications where {filter}")
-    } else {
-        // The cause was fixed, so the row gets a full retry budget again: the budget counts tries since
-        // `attempts_before_send`. `attempts` itself keeps growing, so attempt records never collide.
-        format!(
-            "with r as (update notifications set status = 'queued', status_reason = 'replayed',
-                 attempts_before_send = attempts,
-                 next_attempt_at = now(), updated_at = now() where {filter} returning 1) select count(*) from r"
-        )
-    };
-    let count: i64 = sqlx::query_scalar(&sql).bind(status).bind(since).bind(ids).fetch_one(&pool).await?;
+    let filter = crate::outbox::replay::ReplayFilter { status: status.to_owned(), since, ids: ids.to_vec() };
+    let count = crate::outbox::replay::replay(&pool, &filter, dry_run).await?;
     println!("{} {count} notification(s) in state {status}", if dry_run { "would requeue" } else { "requeued" });
     Ok(())
 }
