@@ -124,8 +124,13 @@ fn cookie_name(profile: Profile) -> &'static str {
 }
 
 fn set_cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
-    let secure = if state.config.profile == Profile::Production { "; Secure" } else { "" };
-    let name = cookie_name(state.config.profile);
+    cookie_header(state.config.profile, value, max_age)
+}
+
+/// `Set-Cookie` for the session: HttpOnly, SameSite=Strict, and Secure (with the `__Host-` name) in production.
+fn cookie_header(profile: Profile, value: &str, max_age: u64) -> HeaderValue {
+    let secure = if profile == Profile::Production { "; Secure" } else { "" };
+    let name = cookie_name(profile);
     let cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
     // Base64url, digits and fixed text only: always a valid header value.
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -348,6 +353,17 @@ mod tests {
     fn an_empty_secret_gives_a_random_key_per_process() {
         let (a, b) = (key(""), key(""));
         assert_ne!(a.mac(&[b"x"]), b.mac(&[b"x"]));
+    }
+
+    #[test]
+    fn cookies_are_http_only_strict_and_secure_in_production() {
+        let local = cookie_header(Profile::Local, "v", 60);
+        assert_eq!(local.to_str().unwrap(), "ebg_console=v; Path=/; HttpOnly; SameSite=Strict; Max-Age=60");
+        let production = cookie_header(Profile::Production, "v", 60);
+        assert_eq!(
+            production.to_str().unwrap(),
+            "__Host-ebg_console=v; Path=/; HttpOnly; SameSite=Strict; Max-Age=60; Secure"
+        );
     }
 
     #[test]

@@ -721,6 +721,26 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_reads_the_audit_snapshot_back() {
+        let mut record = FeatureRecord::empty("f");
+        record.actors.insert("600061742".into());
+        record.percentage_of_actors = Some("25".into());
+        record.paused = true;
+        let snapshot = GateSnapshot::from_audit(&record.audit_snapshot()).unwrap();
+        assert_eq!(snapshot.actors.len(), 1);
+        assert_eq!(snapshot.percentage_of_actors, 25.0);
+        assert!(snapshot.paused && !snapshot.boolean);
+        assert!(GateSnapshot::from_audit(&json!({})).is_none(), "rows written by hand with `{{}}` restore nothing");
+        let change = Change::Restore { snapshot, audit_id: 7 };
+        assert_eq!((change.operation(), change.gate(), change.value().as_deref()), ("restore", None, Some("7")));
+        let bad = Change::Restore {
+            snapshot: GateSnapshot { percentage_of_actors: 101.0, ..GateSnapshot::default() },
+            audit_id: 1,
+        };
+        assert!(matches!(validate("f", &bad), Err(StoreError::InvalidPercentage)));
+    }
+
+    #[test]
     fn paused_features_are_off_whatever_the_gates() {
         let mut record = FeatureRecord::empty("f");
         record.boolean = Some("true".into());

@@ -3,6 +3,7 @@
 mod admin;
 mod callbacks;
 mod clicks;
+mod console;
 mod contacts_client;
 mod crash;
 mod delivery;
