@@ -22,18 +22,33 @@ pub struct Threshold {
     pub label: String,
 }
 
-/// A bar chart. `format` prints values (axis, labels, tooltips); bars at or above the threshold are
-/// drawn in the warning colour.
-pub fn bar_chart(
-    id: &str,
-    title: &str,
-    bars: &[Bar],
-    format: fn(f64) -> String,
-    threshold: Option<&Threshold>,
-) -> Markup {
+/// What a chart's values are: fractions (printed as percentages) or whole counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    Fraction,
+    Count,
+}
+
+impl Scale {
+    fn format(self, v: f64) -> String {
+        match self {
+            Self::Fraction => format!("{:.1}%", v * 100.0),
+            Self::Count => format!("{v:.0}"),
+        }
+    }
+}
+
+/// A bar chart; bars at or above the threshold are drawn in the warning colour.
+pub fn bar_chart(id: &str, title: &str, bars: &[Bar], scale: Scale, threshold: Option<&Threshold>) -> Markup {
+    let format = |v: f64| scale.format(v);
     let max_value = bars.iter().filter_map(|b| b.value).fold(0.0_f64, f64::max);
     let top = max_value.max(threshold.map_or(0.0, |t| t.value)) * 1.15;
-    let top = if top > 0.0 { top } else { 1.0 };
+    // Counts get an even whole-number top, so the middle tick is a whole number too.
+    let top = match scale {
+        Scale::Count => ((top / 2.0).ceil() * 2.0).max(2.0),
+        Scale::Fraction if top > 0.0 => top,
+        Scale::Fraction => 1.0,
+    };
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let y = |v: f64| TOP + plot_h - (v / top) * plot_h;
@@ -77,10 +92,6 @@ pub fn bar_chart(
 mod tests {
     use super::*;
 
-    fn count(v: f64) -> String {
-        format!("{v:.0}")
-    }
-
     #[test]
     fn one_bar_per_value_and_the_threshold_line() {
         let bars = vec![
@@ -89,7 +100,7 @@ mod tests {
             Bar { label: "S3".into(), value: None },
         ];
         let t = Threshold { value: 0.05, label: "5% limit".into() };
-        let svg = bar_chart("c", "Error rate", &bars, count, Some(&t)).into_string();
+        let svg = bar_chart("c", "Error rate", &bars, Scale::Fraction, Some(&t)).into_string();
         assert_eq!(svg.matches("class=\"bar").count(), 3);
         assert_eq!(svg.matches("class=\"threshold\"").count(), 1);
         assert!(svg.contains("#b50909"), "the bar above the limit is marked");
@@ -98,7 +109,7 @@ mod tests {
     #[test]
     fn labels_are_escaped() {
         let bars = vec![Bar { label: "<script>".into(), value: Some(1.0) }];
-        let svg = bar_chart("c", "t", &bars, count, None).into_string();
+        let svg = bar_chart("c", "t", &bars, Scale::Count, None).into_string();
         assert!(!svg.contains("<script>"));
     }
 }

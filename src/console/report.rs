@@ -8,7 +8,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::ConsoleError;
-use super::charts::{Bar, Threshold, bar_chart};
+use super::charts::{Bar, Scale, Threshold, bar_chart};
 use super::layout::{Notice, Section, page, pct, query_value, rate, when};
 use super::session::Session;
 use crate::app::AppState;
@@ -83,10 +83,6 @@ fn percent_label(v: f64) -> String {
     format!("{:.1}%", v * 100.0)
 }
 
-fn count_label(v: f64) -> String {
-    format!("{v:.0}")
-}
-
 fn charts(report: &Report, labels: &[String]) -> maud::Markup {
     let bars = |f: &dyn Fn(&report::Stage) -> Option<f64>| -> Vec<Bar> {
         report.stages.iter().zip(labels).map(|(s, l)| Bar { label: l.clone(), value: f(s) }).collect()
@@ -97,19 +93,19 @@ fn charts(report: &Report, labels: &[String]) -> maud::Markup {
         "chart-error-rate",
         "Error rate per stage against the limit",
         &bars(&|s| s.error_rate),
-        percent_label,
+        Scale::Fraction,
         Some(&limit),
     );
     let ctr =
-        bar_chart("chart-ctr", "Click-through rate per stage", &bars(&|s| s.click_through_rate), percent_label, None);
+        bar_chart("chart-ctr", "Click-through rate per stage", &bars(&|s| s.click_through_rate), Scale::Fraction, None);
     let users = bar_chart(
         "chart-users",
         "Unique users per stage",
         &bars(&|s| Some(s.counts.unique_participants as f64)),
-        count_label,
+        Scale::Count,
         None,
     );
-    let sends = bar_chart("chart-sends", "Sends per stage", &bars(&|s| Some(s.counts.sent as f64)), count_label, None);
+    let sends = bar_chart("chart-sends", "Sends per stage", &bars(&|s| Some(s.counts.sent as f64)), Scale::Count, None);
     html! {
         div class="charts" {
             figure { figcaption { "Error rate per stage" } (error) }

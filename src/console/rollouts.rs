@@ -358,3 +358,25 @@ pub async fn act(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_evidence_is_judged_against_each_threshold() {
+        let evidence = json!({
+            "attempted": 120, "failed": 9, "delivered": 100, "sent": 111, "unique_participants": 118,
+            "min_sends": 100, "error_rate": 0.075, "max_error_rate": 0.05,
+            "click_through_rate": 0.30, "previous_click_through_rate": 0.40, "min_ctr_ratio": 0.8,
+            "dwell_seconds": 7200, "min_dwell_seconds": 14400,
+        });
+        let html = evidence_table(&evidence).into_string();
+        let rows: Vec<&str> = html.split("<tr>").skip(2).collect();
+        assert!(rows[0].contains("120") && rows[0].contains("met") && !rows[0].contains("not met"), "{}", rows[0]);
+        assert!(rows[1].contains("7.5%") && rows[1].contains("not met"), "{}", rows[1]);
+        assert!(rows[2].contains("30.0%") && rows[2].contains("≥ 32.0%") && rows[2].contains("not met"), "{}", rows[2]);
+        assert!(rows[3].contains("2 h") && rows[3].contains("4 h") && rows[3].contains("not met"), "{}", rows[3]);
+    }
+}

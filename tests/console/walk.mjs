@@ -264,8 +264,21 @@ try {
   }
 
   // A read-only session: no write control, and a forged POST (with its own valid CSRF token) is refused.
+  // Keyboard only: Tab reaches the skip link, then the token field (with a visible focus ring); Enter signs in.
   const reader = await newPage();
-  await signIn(reader, readToken);
+  await reader.goto(`${base}/console/sign-in`);
+  await reader.keyboard.press('Tab');
+  check(await reader.evaluate(() => document.activeElement.classList.contains('skip')), 'Tab first reaches the skip link');
+  await reader.keyboard.press('Tab');
+  const focus = await reader.evaluate(() => {
+    const el = document.activeElement;
+    const style = getComputedStyle(el);
+    return { id: el.id, outline: style.outlineStyle, width: parseFloat(style.outlineWidth) };
+  });
+  check(focus.id === 'token' && focus.outline !== 'none' && focus.width >= 2, `the focused token field shows a focus ring (${JSON.stringify(focus)})`);
+  await reader.keyboard.type(readToken);
+  await Promise.all([reader.waitForEvent('load'), reader.keyboard.press('Enter')]);
+  check(new URL(reader.url()).pathname === '/console', 'signed in with the keyboard alone');
   await reader.goto(featureUrl);
   const writeForms = await reader.locator('form[method=post]:not([action="/console/sign-out"])').count();
   check(writeForms === 0, `a read-only session sees no write control (${writeForms} forms)`);
