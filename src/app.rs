@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AdminTokens, ServiceAccountVerifier};
 use crate::clicks::ClickLinks;
-use crate::config::{Config, NotifyMode};
+use crate::config::{Config, ContactsMode, NotifyMode};
 use crate::contacts::Contacts;
 use crate::notify::{NotifyClient, SandboxCallback};
 use crate::outbox::worker::Deliverer;
@@ -65,6 +65,8 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// Embedded migrations the database has applied, and how many there are (for the startup line).
+    migrations: (usize, usize),
 }
 
 impl Application {
@@ -76,6 +78,7 @@ impl Application {
         if config.database.migrate_on_start {
             db::migrate(&pool).await?;
         }
+        let migrations = db::migrations_applied(&pool).await;
         Toggles::register_known_features(&pool).await.map_err(StartupError::Toggles)?;
         let toggles = Toggles::load(pool.clone()).await.map_err(StartupError::Toggles)?;
 
@@ -117,7 +120,7 @@ impl Application {
             wake_workers: Wakeup::new(pool),
             workers_running: Arc::new(AtomicBool::new(false)),
         };
-        Ok(Self { listener, state })
+        Ok(Self { listener, state, migrations })
     }
 
     /// The bound port (useful with port 0).
@@ -165,7 +168,7 @@ impl Application {
             ))
         });
 
-        tracing::info!(addr = %self.listener.local_addr()?, "ebg-notify listening");
+        log_started(&state.config, self.listener.local_addr()?, self.migrations);
         let app = http::router(state.clone());
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
 
@@ -189,6 +192,25 @@ impl Application {
             );
         }
         state.db.close().await;
+        tracing::info!("ebg-notify stopped");
         served
     }
+}
+
+/// The one line that says what this process is: version, profile, address, database (host and name,
+/// never credentials), whether each upstream is real, click tracking, migrations.
+fn log_started(config: &Config, addr: std::net::SocketAddr, (applied, embedded): (usize, usize)) {
+    let upstream = |live: bool| if live { "live" } else { "sandbox" };
+    // Display (`%`) rather than Debug, so text logs read `profile=local`, not `profile="local"`.
+    tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        profile = %config.profile.as_str(),
+        %addr,
+        database = %config.database.target(),
+        va_notify = %upstream(config.notify.mode == NotifyMode::Live),
+        bgs = %upstream(config.contacts.mode == ContactsMode::Bgs),
+        click_tracking = %if config.clicks.enabled { "on" } else { "off" },
+        migrations = %format!("{applied}/{embedded} applied"),
+        "ebg-notify started"
+    );
 }

@@ -55,6 +55,16 @@ pub enum Profile {
     Production,
 }
 
+impl Profile {
+    /// The profile's name as `EBG_PROFILE` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Production => "production",
+        }
+    }
+}
+
 /// The whole configuration. Field docs live in `config/default.toml`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Config {
@@ -92,6 +102,21 @@ pub struct DatabaseConfig {
     pub acquire_timeout_ms: u64,
     pub create_if_missing: bool,
     pub migrate_on_start: bool,
+}
+
+impl DatabaseConfig {
+    /// `host:port/name` of the configured database, for logs and messages: never the user or password.
+    pub fn target(&self) -> String {
+        match url::Url::parse(self.url.expose()) {
+            Ok(url) => format!(
+                "{}:{}{}",
+                url.host_str().unwrap_or("localhost"),
+                url.port().unwrap_or(5432),
+                if url.path().len() > 1 { url.path() } else { "/" }
+            ),
+            Err(_) => "(unparsable database.url)".to_owned(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -191,9 +216,15 @@ pub struct AdminConfig {
     pub tokens: Vec<NamedToken>,
     pub protect_reads: bool,
     pub read_tokens: Vec<NamedToken>,
+    pub pii_token_names: Vec<String>,
 }
 
 impl AdminConfig {
+    /// Whether the admin token named `name` may read raw participant ids (`pii_token_names`).
+    pub fn may_see_pii(&self, name: &str) -> bool {
+        self.pii_token_names.iter().any(|n| n == name)
+    }
+
     /// Every configured admin token with its name; `token` is named `ops`.
     pub fn named_tokens(&self) -> Vec<NamedToken> {
         let ops = (!self.token.is_empty()).then(|| NamedToken { name: "ops".to_owned(), token: self.token.clone() });
@@ -240,6 +271,7 @@ pub struct ClicksConfig {
 #[derive(Clone, Debug, Deserialize)]
 pub struct ReportConfig {
     pub max_error_rate: f64,
+    pub min_sample: u64,
 }
 
 /// The guarded-rollout evaluator (SPEC §9).
@@ -354,6 +386,10 @@ impl Config {
             "report.max_error_rate: must be a fraction between 0 and 1 (0.05 = 5%)",
         );
         check(
+            self.report.min_sample >= 1,
+            "report.min_sample: must be at least 1 (a stage without attempts never passes)",
+        );
+        check(
             (1..=86_400).contains(&self.rollout.interval_seconds),
             "rollout.interval_seconds: must be from 1 to 86400",
         );
@@ -402,6 +438,15 @@ impl Config {
             check(
                 !self.clicks.enabled || self.clicks.secret.expose().len() >= 32,
                 "clicks.secret: required in production when clicks are enabled, at least 32 characters (EBG_CLICKS__SECRET)",
+            );
+        }
+        let token_names: Vec<String> = self.admin.named_tokens().into_iter().map(|t| t.name).collect();
+        for name in &self.admin.pii_token_names {
+            check(
+                token_names.contains(name),
+                &format!(
+                    "admin.pii_token_names: `{name}` names no configured admin token (`ops` is admin.token; others are admin.tokens)"
+                ),
             );
         }
         for t in self.admin.named_tokens() {
@@ -505,6 +550,18 @@ mod tests {
         {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
+    }
+
+    #[test]
+    fn the_database_target_leaves_out_credentials() {
+        let c = Config::load_from(env(&[(
+            "EBG_DATABASE__URL",
+            "postgres://app:hunter2@db.internal:6432/ebg?sslmode=require",
+        )]))
+        .unwrap();
+        assert_eq!(c.database.target(), "db.internal:6432/ebg");
+        let c = Config::load_from(env(&[])).unwrap();
+        assert_eq!(c.database.target(), "127.0.0.1:5432/ebg_notify");
     }
 
     #[test]

@@ -76,6 +76,17 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// How many of the embedded migrations the database has applied, and how many there are.
+/// A database never migrated has applied none.
+pub async fn migrations_applied(pool: &PgPool) -> (usize, usize) {
+    let embedded: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    let applied: Vec<i64> = sqlx::query_scalar("select version from _sqlx_migrations where success")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    (embedded.iter().filter(|v| applied.contains(v)).count(), embedded.len())
+}
+
 /// True when the database answers and every embedded migration has been applied.
 pub async fn is_ready(pool: &PgPool) -> bool {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);

@@ -21,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod progress;
 pub mod report;
 pub mod retention;
 pub mod rollout;

@@ -3,7 +3,7 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match ebg_notify::cli::run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // One line per cause, so a config error reads as a list of what to fix.
             eprintln!("ebg-notify: {e:#}");

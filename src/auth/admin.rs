@@ -84,6 +84,7 @@ mod tests {
                 .collect(),
             protect_reads: true,
             read_tokens: Vec::new(),
+            pii_token_names: Vec::new(),
         }
     }
 

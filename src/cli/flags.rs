@@ -13,7 +13,7 @@ use crate::toggles::store::{self, AuditContext, Change, FeatureRecord};
 /// `flags` and its options.
 #[derive(Args)]
 pub struct FlagsArgs {
-    /// Name recorded as the actor (`cli:<name>`); defaults to the OS user ($USER).
+    /// Name recorded as the actor (`cli:<name>`); defaults to the OS user ($USER, else the login name of the uid).
     #[arg(long = "as", global = true, value_name = "NAME")]
     as_user: Option<String>,
     #[command(subcommand)]
@@ -66,7 +66,7 @@ enum FlagsCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// The feature's audit log, newest first.
+    /// The feature's audit log, newest first: who, when, what changed (before → after), why.
     Audit {
         name: String,
         #[arg(long, default_value_t = 20)]
@@ -119,20 +119,39 @@ async fn show(pool: &PgPool, name: &str) -> anyhow::Result<()> {
 
 async fn audit(pool: &PgPool, name: &str, limit: i64) -> anyhow::Result<()> {
     anyhow::ensure!((1..=500).contains(&limit), "--limit must be from 1 to 500");
-    for e in store::audit_log(pool, name, limit, None).await? {
-        println!(
-            "{id}\t{at}\t{op}\t{gate}\t{value}\t{actor}\t{reason}\tafter={after}",
-            id = e.id,
-            at = e.at.to_rfc3339(),
-            op = e.operation,
-            gate = e.gate.as_deref().unwrap_or("-"),
-            value = e.value.as_deref().unwrap_or("-"),
-            actor = e.actor,
-            reason = e.reason.as_deref().unwrap_or("-"),
-            after = e.after,
-        );
+    let entries = store::audit_log(pool, name, limit, None).await?;
+    if entries.is_empty() {
+        println!("no audit entries for {name}");
+        return Ok(());
     }
+    let mut rows = vec![["ID", "WHEN (UTC)", "ACTOR", "OPERATION", "CHANGE", "REASON"].map(String::from).to_vec()];
+    rows.extend(entries.iter().map(|e| {
+        vec![
+            e.id.to_string(),
+            e.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            e.actor.clone(),
+            e.operation.clone(),
+            e.change(),
+            reason(e.reason.as_deref()),
+        ]
+    }));
+    print!("{}", super::table(&rows));
     Ok(())
+}
+
+/// An audit reason for a terminal: the rollout evaluator records its evidence as JSON, shown as its
+/// numbers; a person's reason as written.
+fn reason(reason: Option<&str>) -> String {
+    match reason {
+        None => "-".to_owned(),
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(evidence @ serde_json::Value::Object(_)) => {
+                let line = crate::rollout::evidence_line(&evidence);
+                if line.is_empty() { text.to_owned() } else { line }
+            }
+            _ => text.to_owned(),
+        },
+    }
 }
 
 /// `key  state  paused=yes|no  boolean=.. actors=N percentage_of_actors=.. percentage_of_time=..`

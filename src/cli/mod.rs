@@ -3,6 +3,7 @@
 mod flags;
 mod rollout;
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -56,6 +57,7 @@ enum Command {
     Rollout(rollout::RolloutArgs),
     /// Run the seed's release plan end to end in minutes: the service in-process against a fresh
     /// database of its own, synthetic traffic, a simulated VA Notify; prints progress, then the report.
+    #[command(after_help = SIMULATE_EXIT_CODES)]
     Simulate {
         /// Share of sends VA Notify fails (half as 400s, half as permanent-failure callbacks).
         #[arg(long, default_value_t = SimulateOptions::default().failure_rate)]
@@ -79,6 +81,15 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// One notification's history as a timeline: state, every attempt, every callback, clicks. The
+    /// participant appears only as the keyed hash the logs use.
+    Show {
+        /// Notification id (the `id` send_email answers with).
+        id: uuid::Uuid,
+        /// Print JSON (as GET /admin/notifications/{id}) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Requeue notifications that ended `failed` or `dead` (after fixing the cause).
     Replay {
         /// Only this state.
@@ -96,8 +107,17 @@ enum Command {
     },
 }
 
-/// Parses the command line and runs the verb.
-pub async fn run() -> anyhow::Result<()> {
+/// Exit status of `simulate` when the plan ended PAUSED (the error rate broke the threshold): a run
+/// that did what it was asked, with a verdict a script can tell from COMPLETED (0).
+pub const EXIT_PAUSED: u8 = 3;
+
+const SIMULATE_EXIT_CODES: &str = "Exit status: 0 when the plan COMPLETED (every stage passed), 3 when it \
+                                   ended PAUSED (a stage broke the error-rate threshold), 1 on any other end or \
+                                   error.";
+
+/// Parses the command line and runs the verb; the exit status is success unless a verb says otherwise
+/// (`simulate` ending PAUSED is [`EXIT_PAUSED`]).
+pub async fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let mut config = Config::load()?;
     if matches!(cli.command, Some(Command::Simulate { .. })) {
@@ -106,7 +126,17 @@ pub async fn run() -> anyhow::Result<()> {
         config.telemetry.log_format = crate::config::LogFormat::Pretty;
     }
     telemetry::init(&config.telemetry);
-    match cli.command.unwrap_or(Command::Serve) {
+    let done = match cli.command.unwrap_or(Command::Serve) {
+        Command::Simulate { failure_rate, click_rate, stage_seconds, participants, rate, min_sends, keep } => {
+            let options =
+                SimulateOptions { failure_rate, click_rate, stage_seconds, participants, rate, min_sends, keep };
+            let result = simulate(&config, options).await?;
+            return match result.state {
+                crate::rollout::State::Completed => Ok(ExitCode::SUCCESS),
+                crate::rollout::State::Paused => Ok(ExitCode::from(EXIT_PAUSED)),
+                other => Err(anyhow::anyhow!("the simulation ended {}", other.as_str())),
+            };
+        }
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let pool = db::connect(&config.database).await?;
@@ -127,20 +157,11 @@ pub async fn run() -> anyhow::Result<()> {
             crate::report::print(&config, feature, from.as_deref(), to.as_deref(), &format).await
         }
         Command::Replay { status, since, ids, dry_run } => replay(config, &status, since, &ids, dry_run).await,
+        Command::Show { id, json } => show(config, id, json).await,
         Command::Flags(args) => flags::run(config, args).await,
         Command::Rollout(args) => rollout::run(config, args).await,
-        Command::Simulate { failure_rate, click_rate, stage_seconds, participants, rate, min_sends, keep } => {
-            let options =
-                SimulateOptions { failure_rate, click_rate, stage_seconds, participants, rate, min_sends, keep };
-            let result = simulate(&config, options).await?;
-            anyhow::ensure!(
-                matches!(result.state, crate::rollout::State::Completed | crate::rollout::State::Paused),
-                "the simulation ended {}",
-                result.state.as_str()
-            );
-            Ok(())
-        }
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 /// Opens the database for a verb that works on it directly (migrating first when the profile
@@ -154,9 +175,38 @@ async fn open_toggle_database(config: &Config) -> anyhow::Result<sqlx::PgPool> {
     Ok(pool)
 }
 
-/// Who a CLI change is audited as: `cli:` and the `--as` name, else the OS user.
+/// Who a CLI change is audited as: `cli:` and the `--as` name, else `$USER`, else the login name of the
+/// process's uid (containers and CI often leave `$USER` unset); `unknown` only when the uid has no name.
 fn cli_actor(as_user: Option<String>) -> String {
-    format!("cli:{}", as_user.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into()))
+    let named = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    let user = named(as_user)
+        .or_else(|| named(std::env::var("USER").ok()))
+        .or_else(|| named(whoami::fallible::username().ok()))
+        .unwrap_or_else(|| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// Rows as columns aligned with two spaces between them; the first row is the header. The last column
+/// is not padded, so long reasons do not leave trailing blanks.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|v| v.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let last = row.len().saturating_sub(1);
+        for (c, value) in row.iter().enumerate() {
+            if c == last {
+                out.push_str(value);
+            } else {
+                out.push_str(value);
+                out.push_str(&" ".repeat(widths[c] - value.chars().count() + 2));
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -190,6 +240,10 @@ async fn stop_on_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// Requeued per statement: small enough that one batch holds few row locks, large enough that a big
+/// replay is a few hundred statements.
+const REPLAY_BATCH: usize = 500;
+
 async fn replay(
     config: Config,
     status: &str,
@@ -197,9 +251,38 @@ async fn replay(
     ids: &[uuid::Uuid],
     dry_run: bool,
 ) -> anyhow::Result<()> {
+    use crate::outbox::replay::{ReplayFilter, replay_candidates, requeue};
     let pool = db::connect(&config.database).await?;
-    let filter = crate::outbox::replay::ReplayFilter { status: status.to_owned(), since, ids: ids.to_vec() };
-    let count = crate::outbox::replay::replay(&pool, &filter, dry_run).await?;
-    println!("{} {count} notification(s) in state {status}", if dry_run { "would requeue" } else { "requeued" });
+    let filter = ReplayFilter { status: status.to_owned(), since, ids: ids.to_vec() };
+    let candidates = replay_candidates(&pool, &filter).await?;
+    if dry_run {
+        println!("would requeue {} notification(s) in state {status}", candidates.len());
+        return Ok(());
+    }
+    let total = candidates.len() as u64;
+    let mut progress = crate::progress::Progress::new("replay", Some(total));
+    let (mut seen, mut requeued) = (0u64, 0u64);
+    for batch in candidates.chunks(REPLAY_BATCH) {
+        requeued += requeue(&pool, status, batch).await?;
+        seen += batch.len() as u64;
+        progress.update(seen, format!("{requeued} requeued"));
+    }
+    progress.finish(seen, format!("{requeued} requeued"));
+    println!("requeued {requeued} notification(s) in state {status}");
+    Ok(())
+}
+
+/// `show ID`: the history the admin route serves, without the raw participant id.
+async fn show(config: Config, id: uuid::Uuid, json: bool) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database).await?;
+    let hasher = crate::telemetry::PiiHasher::new(config.telemetry.pii_hash_key.expose());
+    let history = crate::outbox::history::history(&pool, id, &hasher, false)
+        .await?
+        .with_context(|| format!("no notification {id}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&history)?);
+    } else {
+        print!("{}", history.timeline());
+    }
     Ok(())
 }

@@ -18,7 +18,7 @@ use crate::toggles::store::AuditContext;
 /// `rollout` and its options.
 #[derive(Args)]
 pub struct RolloutArgs {
-    /// Name recorded as the actor (`cli:<name>`); defaults to the OS user ($USER).
+    /// Name recorded as the actor (`cli:<name>`); defaults to the OS user ($USER, else the login name of the uid).
     #[arg(long = "as", global = true, value_name = "NAME")]
     as_user: Option<String>,
     #[command(subcommand)]
@@ -184,7 +184,11 @@ async fn show(pool: &PgPool, id: Uuid, json: bool) -> anyhow::Result<()> {
 
 async fn list(pool: &PgPool, limit: i64) -> anyhow::Result<()> {
     anyhow::ensure!((1..=500).contains(&limit), "--limit must be from 1 to 500");
-    for plan in rollout::list(pool, limit).await? {
+    let plans = rollout::list(pool, limit).await?;
+    if plans.is_empty() {
+        println!("no rollout plans yet (create one with `ebg-notify rollout create`)");
+    }
+    for plan in plans {
         println!("{}", summary(&plan));
     }
     Ok(())

@@ -48,6 +48,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/report.md", get(report::markdown))
         .route("/console/notifications", get(notifications::page_get))
         .route("/console/notifications/replay", post(notifications::replay))
+        .route("/console/notifications/{id}", get(notifications::show))
         .layer(map_response(security_headers))
 }
 

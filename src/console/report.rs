@@ -37,6 +37,8 @@ impl ReportQuery {
             from: time("From", &self.from)?,
             to: time("To", &self.to)?,
             max_error_rate: state.config.report.max_error_rate,
+            min_sample: state.config.report.min_sample,
+            click_tracking: state.config.clicks.enabled,
         })
     }
 
@@ -71,7 +73,7 @@ fn verdict(v: Verdict) -> maud::Markup {
     match v {
         Verdict::Pass => html! { span class="pass" { "PASS" } },
         Verdict::Fail => html! { span class="fail" { "FAIL" } },
-        Verdict::NoData => html! { span class="muted" { "no data" } },
+        Verdict::NotEnoughData => html! { span class="muted" { "not enough data" } },
     }
 }
 

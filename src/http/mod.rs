@@ -7,6 +7,7 @@ mod extract;
 pub mod flipper_api;
 mod health;
 mod metrics_route;
+mod notifications;
 pub mod openapi;
 mod report;
 pub mod rollouts;
@@ -24,7 +25,7 @@ use tower_http::LatencyUnit;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Level;
 
 pub use extract::{AdminAuth, AdminReadAuth, Params, RequestMeta, ServiceAccountAuth};
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/c/{token}/", get(clicks::follow))
         .route("/c/{token}/{*path}", get(clicks::follow))
         .route("/admin/rollout/report", get(report::rollout_report))
+        .route("/admin/notifications/{id}", get(notifications::show))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics_route::render))
@@ -65,20 +67,32 @@ pub fn router(state: AppState) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
         .layer(CatchPanicLayer::new())
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(
-            TraceLayer::new_for_http()
-                .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Millis))
-                .make_span_with(|req: &Request| {
-                    let route =
-                        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
-                    let request_id =
-                        req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-                    // The URI is not recorded: query strings may carry parameters, and paths under /c/ carry tokens.
-                    tracing::info_span!("request", method = %req.method(), route, request_id)
-                }),
-        )
+        .layer(TraceLayer::new_for_http().on_response(on_response).make_span_with(|req: &Request| {
+            let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+            let request_id =
+                req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            // The URI is not recorded: query strings may carry parameters, and paths under /c/ carry tokens.
+            if is_probe(&route) {
+                tracing::debug_span!("request", method = %req.method(), route, request_id)
+            } else {
+                tracing::info_span!("request", method = %req.method(), route, request_id)
+            }
+        }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Health probes arrive every few seconds from the orchestrator: logged at debug so they do not bury
+/// the requests that matter.
+fn is_probe(route: &str) -> bool {
+    route.starts_with("/health/")
+}
+
+/// Logs a finished request at the level of its span: info, or debug for probes. (A probe's debug span is
+/// disabled under an `info` filter and then has no metadata, which also means debug.)
+fn on_response(response: &Response, latency: Duration, span: &tracing::Span) {
+    let level = span.metadata().map_or(Level::DEBUG, |m| *m.level());
+    DefaultOnResponse::new().level(level).latency_unit(LatencyUnit::Millis).on_response(response, latency, span);
 }
 
 /// Counts send_* requests by the outcome the handler or error attached.

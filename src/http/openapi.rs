@@ -67,6 +67,7 @@ pub struct ServiceAccountErrorBody {
         super::admin::resume,
         super::admin::audit,
         super::admin::release_suppressed,
+        super::notifications::show,
         super::rollouts::create,
         super::rollouts::list,
         super::rollouts::show,
@@ -85,7 +86,8 @@ pub struct ServiceAccountErrorBody {
         crate::report::Report, crate::report::Stage, crate::report::Counts, crate::report::Verdict,
         crate::rollout::NewPlan, crate::rollout::StagePlan, crate::rollout::Plan, crate::rollout::PlanDetail,
         crate::rollout::DecisionEntry, crate::rollout::Mode, crate::rollout::State, super::rollouts::PlanList,
-        super::rollouts::OverrideParams,
+        super::rollouts::OverrideParams, crate::outbox::history::NotificationHistory,
+        crate::outbox::history::Attempt, crate::outbox::history::CallbackEvent, crate::outbox::history::Clicks,
     )),
     modifiers(&SecuritySchemes)
 )]

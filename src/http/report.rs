@@ -28,7 +28,7 @@ pub struct ReportParams {
 }
 
 /// The rollout report: per toggle stage, users, requests, sent, delivered, failed, error rate, clicks and
-/// click-through rate, judged against `report.max_error_rate`.
+/// click-through rate, judged against `report.max_error_rate` with at least `report.min_sample` attempted sends.
 #[utoipa::path(get, path = "/admin/rollout/report", tag = "admin", params(ReportParams),
     responses(
         (status = 200, description = "The report (JSON, or text/markdown with format=markdown)", body = report::Report),
@@ -60,6 +60,8 @@ pub async fn rollout_report(
         from: time("from", &params.from)?,
         to: time("to", &params.to)?,
         max_error_rate: state.config.report.max_error_rate,
+        min_sample: state.config.report.min_sample,
+        click_tracking: state.config.clicks.enabled,
     };
     let markdown = match params.format.as_deref() {
         None | Some("json") => false,

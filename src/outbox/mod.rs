@@ -6,6 +6,7 @@
 pub mod backoff;
 mod batch;
 mod finish;
+pub mod history;
 pub mod replay;
 mod status;
 mod wakeup;

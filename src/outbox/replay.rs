@@ -1,11 +1,12 @@
-//! Requeueing notifications that ended `failed` or `dead` once their cause is fixed (the `replay`
-//! verb and the console), and the list operators choose them from.
+//! Replay (`ebg-notify replay`): notifications that ended `failed` or `dead` are queued again after the
+//! cause was fixed. The candidates are listed first and then requeued in batches, so a large replay
+//! reports its progress and no statement holds many row locks for long.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Which ended notifications to requeue.
+/// Which notifications to replay.
 #[derive(Clone, Debug)]
 pub struct ReplayFilter {
     /// `failed` or `dead`.
@@ -16,29 +17,42 @@ pub struct ReplayFilter {
     pub ids: Vec<Uuid>,
 }
 
+/// The ids a replay would requeue now, oldest first.
+pub async fn replay_candidates(pool: &PgPool, filter: &ReplayFilter) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select id from notifications
+         where status = $1 and ($2::timestamptz is null or created_at >= $2)
+               and (cardinality($3::uuid[]) = 0 or id = any($3))
+         order by created_at, id",
+    )
+    .bind(&filter.status)
+    .bind(filter.since)
+    .bind(&filter.ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// Requeues those of `ids` still in `status`; returns how many. A row that changed meanwhile (already
+/// replayed by someone else) is left alone, so replaying twice queues once.
+pub async fn requeue(pool: &PgPool, status: &str, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    // The cause was fixed, so the row gets a full retry budget again: the budget counts tries since
+    // `attempts_before_send`. `attempts` itself keeps growing, so attempt records never collide.
+    let done = sqlx::query(
+        "update notifications set status = 'queued', status_reason = 'replayed',
+             attempts_before_send = attempts, next_attempt_at = now(), updated_at = now()
+         where id = any($2) and status = $1",
+    )
+    .bind(status)
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// The states a replay may requeue.
 pub const REPLAYABLE: [&str; 2] = ["failed", "dead"];
 
-/// Requeues the matching rows (or, with `dry_run`, only counts them); returns how many.
-///
-/// The cause was fixed, so each row gets a full retry budget again: the budget counts tries since
-/// `attempts_before_send`. `attempts` itself keeps growing, so attempt records never collide.
-pub async fn replay(pool: &PgPool, filter: &ReplayFilter, dry_run: bool) -> Result<i64, sqlx::Error> {
-    let matching = "status = $1 and ($2::timestamptz is null or created_at >= $2)
-                    and (cardinality($3::uuid[]) = 0 or id = any($3))";
-    let sql = if dry_run {
-        format!("select count(*) from notifications where {matching}")
-    } else {
-        format!(
-            "with r as (update notifications set status = 'queued', status_reason = 'replayed',
-                 attempts_before_send = attempts,
-                 next_attempt_at = now(), updated_at = now() where {matching} returning 1) select count(*) from r"
-        )
-    };
-    sqlx::query_scalar(&sql).bind(&filter.status).bind(filter.since).bind(&filter.ids).fetch_one(pool).await
-}
-
-/// A notification's row without personal data (no participant id).
+/// A notification's row without personal data (no participant id): what the console lists.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Summary {
     pub id: Uuid,
@@ -61,16 +75,5 @@ pub async fn ended_since(pool: &PgPool, since: DateTime<Utc>, limit: i64) -> Res
     .bind(since)
     .bind(limit)
     .fetch_all(pool)
-    .await
-}
-
-/// One notification's row, without personal data.
-pub async fn summary(pool: &PgPool, id: Uuid) -> Result<Option<Summary>, sqlx::Error> {
-    sqlx::query_as(
-        "select id, status, status_reason, channel, template_id, attempts, created_at, updated_at
-         from notifications where id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
     .await
 }

@@ -13,7 +13,10 @@
 //!   duplicate and still-pending notifications are not attempts.
 //! - **failed** (an *error*): it ended `failed`, `dead`, `permanent_failure` or `temporary_failure`
 //!   (`ebg_deliveries_total` with one of those statuses).
-//! - **error rate** = failed / attempted; **click-through rate** = unique clicked / delivered.
+//! - **error rate** = failed / attempted; **click-through rate** = unique clicked / delivered (not shown
+//!   while click tracking is off: no link was tracked, so zero clicks would be no evidence of anything).
+//! - **verdict** ([`judge`], the same rule the guarded rollout applies): NOT ENOUGH DATA below
+//!   `report.min_sample` attempted sends, else PASS below `report.max_error_rate`, else FAIL.
 
 mod render;
 
@@ -34,8 +37,12 @@ pub struct ReportRequest {
     pub from: Option<DateTime<Utc>>,
     /// Only stages (and the part of them) before this time; default: now.
     pub to: Option<DateTime<Utc>>,
-    /// A stage passes when its error rate is below this fraction.
+    /// A stage passes when its error rate is below this fraction...
     pub max_error_rate: f64,
+    /// ...and at least this many sends were attempted; fewer is not enough data to judge.
+    pub min_sample: u64,
+    /// Whether links are tracked now; without tracking no click-through rate is reported.
+    pub click_tracking: bool,
 }
 
 /// Why a report could not be built.
@@ -59,6 +66,10 @@ pub struct Report {
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     pub max_error_rate: f64,
+    /// Attempted sends a stage needs before it is judged.
+    pub min_sample: u64,
+    /// Whether click tracking is on; when off, every `click_through_rate` is null.
+    pub click_tracking: bool,
     pub stages: Vec<Stage>,
 }
 
@@ -68,8 +79,8 @@ pub struct Report {
 pub enum Verdict {
     Pass,
     Fail,
-    /// Nothing was attempted: no evidence either way (never a pass).
-    NoData,
+    /// Fewer attempted sends than the minimum sample: no evidence either way (never a pass).
+    NotEnoughData,
 }
 
 /// One stage and its numbers.
@@ -89,7 +100,7 @@ pub struct Stage {
     pub counts: Counts,
     /// failed / attempted; `None` without attempts.
     pub error_rate: Option<f64>,
-    /// unique clicks / delivered; `None` without deliveries.
+    /// unique clicks / delivered; `None` without deliveries, and while click tracking is off.
     pub click_through_rate: Option<f64>,
     pub verdict: Verdict,
 }
@@ -194,13 +205,15 @@ impl Counts {
     }
 }
 
-/// The success criterion: a stage passes when its error rate is below `max_error_rate`; without
-/// attempts there is no evidence, which is never a pass.
-pub fn judge(error_rate: Option<f64>, max_error_rate: f64) -> Verdict {
-    match error_rate {
-        None => Verdict::NoData,
-        Some(r) if r < max_error_rate => Verdict::Pass,
-        Some(_) => Verdict::Fail,
+/// The success criterion, shared by the report and the guarded rollout: fewer than `min_sample`
+/// attempted sends is not enough data (never a pass, and too few to fail either); otherwise a stage
+/// passes when its error rate is below `max_error_rate`, and fails at or above it.
+pub fn judge(counts: &Counts, min_sample: u64, max_error_rate: f64) -> Verdict {
+    let enough = u64::try_from(counts.attempted).is_ok_and(|a| a >= min_sample.max(1));
+    match counts.error_rate() {
+        Some(r) if enough && r < max_error_rate => Verdict::Pass,
+        Some(_) if enough => Verdict::Fail,
+        _ => Verdict::NotEnoughData,
     }
 }
 
@@ -232,7 +245,7 @@ pub async fn build(pool: &PgPool, request: &ReportRequest) -> Result<Report, Rep
         let counts = stage_counts(pool, channel, start, end.unwrap_or(now)).await?;
         let (percentage, paused, actors) = percentage(&period.settings);
         let error_rate = counts.error_rate();
-        let verdict = judge(error_rate, request.max_error_rate);
+        let verdict = judge(&counts, request.min_sample, request.max_error_rate);
         stages.push(Stage {
             number: stages.len() + 1,
             start,
@@ -241,7 +254,7 @@ pub async fn build(pool: &PgPool, request: &ReportRequest) -> Result<Report, Rep
             paused,
             actors,
             error_rate,
-            click_through_rate: counts.click_through_rate(),
+            click_through_rate: counts.click_through_rate().filter(|_| request.click_tracking),
             counts,
             verdict,
         });
@@ -252,6 +265,8 @@ pub async fn build(pool: &PgPool, request: &ReportRequest) -> Result<Report, Rep
         from: request.from,
         to: request.to,
         max_error_rate: request.max_error_rate,
+        min_sample: request.min_sample,
+        click_tracking: request.click_tracking,
         stages,
     })
 }
@@ -274,6 +289,8 @@ pub async fn print(
         from: bound("from", from)?,
         to: bound("to", to)?,
         max_error_rate: config.report.max_error_rate,
+        min_sample: config.report.min_sample,
+        click_tracking: config.clicks.enabled,
     };
     let pool = crate::db::connect(&config.database).await?;
     let report = build(&pool, &request).await?;
@@ -357,6 +374,18 @@ mod tests {
         assert_eq!(parse_time("2026-01-02"), Some(at("2026-01-02T00:00:00Z")));
         assert_eq!(parse_time("2026-01-02T03:04:05+01:00"), Some(at("2026-01-02T02:04:05Z")));
         assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn small_samples_are_not_enough_data_whatever_their_rate() {
+        let counts = |attempted, failed| Counts { attempted, failed, ..Counts::default() };
+        assert_eq!(judge(&counts(0, 0), 100, 0.05), Verdict::NotEnoughData);
+        assert_eq!(judge(&counts(2, 0), 100, 0.05), Verdict::NotEnoughData, "the demo's 2 sends do not pass");
+        assert_eq!(judge(&counts(99, 99), 100, 0.05), Verdict::NotEnoughData, "nor do 99 failures fail");
+        assert_eq!(judge(&counts(100, 4), 100, 0.05), Verdict::Pass);
+        assert_eq!(judge(&counts(100, 5), 100, 0.05), Verdict::Fail, "the criterion is below 5%");
+        assert_eq!(judge(&counts(1, 0), 0, 0.05), Verdict::Pass, "a minimum of 0 still needs one attempt");
+        assert_eq!(judge(&counts(0, 0), 0, 0.05), Verdict::NotEnoughData);
     }
 
     #[test]

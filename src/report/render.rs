@@ -31,11 +31,15 @@ fn stage_name(stage: &Stage) -> String {
     if stage.paused { "paused (0%)".to_owned() } else { format!("{} of users", share(stage.percentage)) }
 }
 
-fn verdict(stage: &Stage, max: f64) -> String {
+fn verdict(stage: &Stage, report: &Report) -> String {
+    let max = pct(Some(report.max_error_rate));
     match stage.verdict {
-        Verdict::Pass => format!("**PASS** (error rate {} < {})", pct(stage.error_rate), pct(Some(max))),
-        Verdict::Fail => format!("**FAIL** (error rate {} ≥ {})", pct(stage.error_rate), pct(Some(max))),
-        Verdict::NoData => "**NO DATA** (nothing attempted; not a pass)".to_owned(),
+        Verdict::Pass => format!("**PASS** (error rate {} < {max})", pct(stage.error_rate)),
+        Verdict::Fail => format!("**FAIL** (error rate {} ≥ {max})", pct(stage.error_rate)),
+        Verdict::NotEnoughData => format!(
+            "**NOT ENOUGH DATA** ({} attempted, fewer than the {} a stage needs; not a pass)",
+            stage.counts.attempted, report.min_sample
+        ),
     }
 }
 
@@ -43,8 +47,13 @@ fn verdict_short(v: Verdict) -> &'static str {
     match v {
         Verdict::Pass => "PASS",
         Verdict::Fail => "FAIL",
-        Verdict::NoData => "NO DATA",
+        Verdict::NotEnoughData => "NOT ENOUGH DATA",
     }
+}
+
+/// The click-through rate, or why there is none.
+fn ctr(stage: &Stage, report: &Report) -> String {
+    if report.click_tracking { pct(stage.click_through_rate) } else { "n/a (click tracking off)".to_owned() }
 }
 
 /// Renders the report as Markdown: a summary table, then one "Results" block per stage.
@@ -60,10 +69,11 @@ pub fn markdown(report: &Report) -> String {
     };
     let _ = writeln!(
         out,
-        "Channel: {} · Period: {} · Success criterion: error rate < {}\n",
+        "Channel: {} · Period: {} · Success criterion: error rate < {} with at least {} attempted sends\n",
         report.channel,
         period,
-        pct(Some(report.max_error_rate))
+        pct(Some(report.max_error_rate)),
+        report.min_sample
     );
     if report.stages.is_empty() {
         let _ = writeln!(out, "No stages: the feature's audit log has no changes in this period.");
@@ -80,7 +90,7 @@ pub fn markdown(report: &Report) -> String {
             if s.paused { "paused".to_owned() } else { share(s.percentage) },
             s.counts.unique_participants,
             pct(s.error_rate),
-            pct(s.click_through_rate),
+            ctr(s, report),
             verdict_short(s.verdict)
         );
     }
@@ -103,11 +113,11 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(
             out,
             "- Click-through rate: {} (unique clicks: {}, delivered: {})",
-            pct(s.click_through_rate),
+            ctr(s, report),
             c.unique_clicks,
             c.delivered
         );
-        let _ = writeln!(out, "- Result: {}", verdict(s, report.max_error_rate));
+        let _ = writeln!(out, "- Result: {}", verdict(s, report));
     }
     out
 }

@@ -135,24 +135,27 @@ impl Evidence {
 
 /// Decides a running stage, with a fixed reason code. Pure: the unit tests state the rules.
 ///
-/// 1. Enough sample (attempted ≥ `min_sends`) and the report's verdict is FAIL (error rate ≥ the
-///    threshold): **pause**, even before the dwell is over: a failing canary is stopped early.
+/// The stage's verdict is the rollout report's ([`report::judge`] with the stage's `min_sends` as the
+/// minimum sample), so the report and the plan cannot disagree about a stage:
+///
+/// 1. FAIL (enough sample, error rate ≥ the threshold): **pause**, even before the dwell is over: a
+///    failing canary is stopped early.
 /// 2. Dwell not over: **hold**.
-/// 3. Too few attempted sends (no data included): **halt**; never pass. Passing also needs `min_sends`
+/// 3. NOT ENOUGH DATA (too few attempted sends): **halt**; never pass. Passing also needs `min_sends`
 ///    sends with a final outcome (delivered or failed): a send still awaiting its delivery status is no
 ///    evidence of success yet, and may yet turn out a failure.
 /// 4. With `min_ctr_ratio` and a previous click-through rate above 0: no deliveries to measure clicks on,
 ///    or a rate below ratio × previous: **halt**.
 /// 5. Otherwise the stage passed: **advance**, or **complete** after the last stage.
 pub fn decide(e: &Evidence) -> (Decision, &'static str) {
-    let enough = u64::try_from(e.counts.attempted).is_ok_and(|a| a >= e.min_sends);
-    if enough && report::judge(e.error_rate, e.max_error_rate) == Verdict::Fail {
+    let verdict = report::judge(&e.counts, e.min_sends, e.max_error_rate);
+    if verdict == Verdict::Fail {
         return (Decision::Pause, "error_rate_exceeded");
     }
     if e.dwell_seconds < 0 || (e.dwell_seconds as u64) < e.min_dwell_seconds {
         return (Decision::Hold, "dwell_not_met");
     }
-    if !enough {
+    if verdict == Verdict::NotEnoughData {
         return (Decision::Halt, "insufficient_sample");
     }
     let settled = e.counts.delivered + e.counts.failed;

@@ -239,8 +239,16 @@ async fn run(database_url: &str, options: &SimulateOptions) -> anyhow::Result<Si
 async fn conclude(pool: &sqlx::PgPool, detail: &PlanDetail) -> anyhow::Result<SimulationResult> {
     let plan = &detail.plan;
     let started = detail.decisions.first().map(|d| d.at);
-    let request =
-        ReportRequest { feature: plan.feature.clone(), from: started, to: None, max_error_rate: plan.max_error_rate };
+    // Judged with the plan's own minimum sample, so the report's verdicts are the ones the plan acted on.
+    let min_sample = plan.stages.iter().map(|s| s.min_sends).min().unwrap_or(1);
+    let request = ReportRequest {
+        feature: plan.feature.clone(),
+        from: started,
+        to: None,
+        max_error_rate: plan.max_error_rate,
+        min_sample,
+        click_tracking: true,
+    };
     let built = report::build(pool, &request).await?;
     println!("\n{}", report::markdown(&built));
     println!("## Decisions\n");
@@ -275,8 +283,8 @@ async fn conclude(pool: &sqlx::PgPool, detail: &PlanDetail) -> anyhow::Result<Si
     Ok(SimulationResult { state: plan.state, stage, percentage })
 }
 
-/// Polls the plan, printing each new decision and a heartbeat, until it reaches a verdict or the
-/// deadline passes.
+/// Polls the plan, printing each new decision, with a progress bar (or heartbeat lines without a
+/// terminal), until it reaches a verdict or the deadline passes.
 async fn watch(
     http: &reqwest::Client,
     service: &str,
@@ -289,7 +297,8 @@ async fn watch(
     // Generous: each stage needs its dwell plus enough traffic, and the run must still end by itself.
     let deadline = Duration::from_secs(STAGES.len() as u64 * options.stage_seconds * 4 + 120);
     let mut printed = 0;
-    let mut last_heartbeat = Instant::now();
+    // A bar on a terminal; without one, a heartbeat line every few seconds on stderr.
+    let mut progress = crate::progress::Progress::new("simulate", Some(STAGES.len() as u64));
     loop {
         let detail: PlanDetail = http
             .get(format!("{service}/admin/rollouts/{id}"))
@@ -305,30 +314,34 @@ async fn watch(
                 .ok()
                 .and_then(|i| detail.plan.stages.get(i))
                 .map_or_else(String::new, |s| format!(" ({}%)", format_percentage(s.percentage)));
-            println!(
+            progress.println(&format!(
                 "[{elapsed:>4}s] stage {}/{}{pct}: {} ({}) {}",
                 d.stage + 1,
                 detail.plan.stages.len(),
                 d.decision,
                 d.reason,
                 super::evidence_line(&d.evidence)
-            );
+            ));
         }
         printed = detail.decisions.len();
-        if last_heartbeat.elapsed() >= Duration::from_secs(5) {
-            last_heartbeat = Instant::now();
-            let line = detail.plan.last_evaluation.as_ref().map(super::evidence_line).unwrap_or_default();
-            println!(
-                "[{elapsed:>4}s] {} requests sent; plan {} in stage {}: {line}",
-                sent.load(Ordering::Relaxed),
-                detail.plan.state.as_str(),
-                detail.plan.current_stage + 1
-            );
-        }
-        if matches!(detail.plan.state, State::Completed | State::Paused | State::Interrupted | State::Aborted) {
+        let finished =
+            matches!(detail.plan.state, State::Completed | State::Paused | State::Interrupted | State::Aborted);
+        let stages_done =
+            u64::try_from(detail.plan.current_stage).unwrap_or(0) + u64::from(detail.plan.state == State::Completed);
+        let line = detail.plan.last_evaluation.as_ref().map(super::evidence_line).unwrap_or_default();
+        let status = format!(
+            "stages passed; {} requests sent; plan {} in stage {}: {line}",
+            sent.load(Ordering::Relaxed),
+            detail.plan.state.as_str(),
+            detail.plan.current_stage + 1
+        );
+        if finished {
+            progress.finish(stages_done, status);
             return Ok(detail);
         }
+        progress.update(stages_done, status);
         if started.elapsed() > deadline {
+            progress.finish(stages_done, "deadline passed");
             anyhow::bail!(
                 "the plan did not finish within {}s (state {}): raise --rate or lower --min-sends",
                 deadline.as_secs(),

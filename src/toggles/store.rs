@@ -239,6 +239,49 @@ pub struct AuditEntry {
     pub request_id: Option<String>,
 }
 
+impl AuditEntry {
+    /// The change in words, e.g. `percentage_of_actors 2 → 25; paused no → yes`; `no change` when the
+    /// snapshots agree (a repeated command, or an automation decision that moved no gate).
+    pub fn change(&self) -> String {
+        describe_change(&self.before, &self.after)
+    }
+}
+
+/// `before` → `after` of two audit snapshots, one clause per setting that differs.
+pub fn describe_change(before: &Value, after: &Value) -> String {
+    let mut parts = Vec::new();
+    for key in ["boolean", "paused"] {
+        let flag = |v: &Value| v.get(key).and_then(Value::as_bool).unwrap_or(false);
+        if flag(before) != flag(after) {
+            let word = |b: bool| if b { "yes" } else { "no" };
+            parts.push(format!("{key} {} → {}", word(flag(before)), word(flag(after))));
+        }
+    }
+    for key in ["percentage_of_actors", "percentage_of_time"] {
+        let number = |v: &Value| match v.get(key) {
+            Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
+            Some(Value::String(s)) => s.parse().unwrap_or(0.0),
+            _ => 0.0,
+        };
+        if number(before) != number(after) {
+            parts.push(format!("{key} {} → {}", format_percentage(number(before)), format_percentage(number(after))));
+        }
+    }
+    let actors = |v: &Value| -> BTreeSet<String> {
+        v.get("actors")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let (was, now) = (actors(before), actors(after));
+    let added: Vec<String> = now.difference(&was).map(|a| format!("+{a}")).collect();
+    let removed: Vec<String> = was.difference(&now).map(|a| format!("-{a}")).collect();
+    if !added.is_empty() || !removed.is_empty() {
+        parts.push(format!("actors {}", added.into_iter().chain(removed).collect::<Vec<_>>().join(" ")));
+    }
+    if parts.is_empty() { "no change".to_owned() } else { parts.join("; ") }
+}
+
 /// Why a write was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -738,6 +781,15 @@ mod tests {
             audit_id: 1,
         };
         assert!(matches!(validate("f", &bad), Err(StoreError::InvalidPercentage)));
+    }
+
+    #[test]
+    fn changes_read_as_before_and_after() {
+        let before = json!({"boolean": false, "actors": ["1"], "percentage_of_actors": 2, "percentage_of_time": 0, "paused": false});
+        let after = json!({"boolean": false, "actors": ["2"], "percentage_of_actors": "25", "percentage_of_time": 0, "paused": true});
+        assert_eq!(describe_change(&before, &after), "paused no → yes; percentage_of_actors 2 → 25; actors +2 -1");
+        assert_eq!(describe_change(&before, &before), "no change");
+        assert_eq!(describe_change(&json!({}), &json!({"boolean": true})), "boolean no → yes");
     }
 
     #[test]

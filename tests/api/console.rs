@@ -22,16 +22,27 @@ fn ensure_node_modules(dir: &Path) {
     assert!(status.success(), "npm ci in tests/console failed");
 }
 
-/// Inserts one notification that ended `dead` (the state replay acts on), as the worker leaves it.
+/// Inserts one notification that ended `dead` after two VA Notify 500s (the state replay acts on).
 async fn dead_letter(app: &TestApp) -> uuid::Uuid {
-    sqlx::query_scalar(
+    let id: uuid::Uuid = sqlx::query_scalar(
         "insert into notifications (id, channel, participant_id, template_id, status, status_reason, attempts)
          values (gen_random_uuid(), 'email', '600043201', $1::uuid, 'dead', 'attempts_exhausted', 8) returning id",
     )
     .bind(TEMPLATE_ID)
     .fetch_one(&app.db)
     .await
-    .unwrap()
+    .unwrap();
+    sqlx::query(
+        "insert into notification_attempts (notification_id, attempt, started_at, finished_at, outcome, http_status, error_class)
+         select $1, g, now() - interval '1 hour' + g * interval '1 minute', now() - interval '1 hour' + g * interval '1 minute' + interval '120 ms',
+                'retryable', 500, 'http_500'
+         from generate_series(1, 2) g",
+    )
+    .bind(id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    id
 }
 
 #[tokio::test]
@@ -56,6 +67,7 @@ async fn the_browser_walk_passes() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the console walk failed ({}):\n{stdout}\n{stderr}", output.status);
     assert!(stdout.contains("walk passed"), "{stdout}");
+    println!("{stdout}");
 
     // What the walk did is in the database as the API would have left it.
     assert_eq!(app.status_of(dead).await.0, "queued", "the replay from the page requeued the dead letter");

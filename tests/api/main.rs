@@ -2,6 +2,7 @@
 
 mod admin;
 mod callbacks;
+mod cli_output;
 mod clicks;
 mod console;
 mod contacts_client;
@@ -9,6 +10,7 @@ mod crash;
 mod delivery;
 mod flipper_api;
 mod helpers;
+mod history;
 mod metrics;
 mod notify_client;
 mod operations;

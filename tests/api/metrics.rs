@@ -73,7 +73,9 @@ const ERROR_STATUSES: [&str; 4] = ["failed", "dead", "permanent_failure", "tempo
 
 #[tokio::test]
 async fn metrics_and_the_report_agree_with_what_was_sent() {
-    let (app, notify, _bgs) = wired(CLICKS_ON).await;
+    // Five sends are judged (report.min_sample 5), so the verdict is checked too.
+    let settings: Vec<(&str, &str)> = CLICKS_ON.iter().copied().chain([("EBG_REPORT__MIN_SAMPLE", "5")]).collect();
+    let (app, notify, _bgs) = wired(&settings).await;
     sqlx::query(
         "insert into feature_audit (at, feature_key, operation, before, after, actor)
          values (now() - interval '1 minute', 'event_bus_gateway_emails_enabled', 'enable', '{}',

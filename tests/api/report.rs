@@ -87,9 +87,15 @@ async fn get_report(app: &TestApp, query: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// Click tracking on and a minimum sample of 20: stage 1 (3 attempted) is too small to judge, stage 2
+/// (25 attempted) is judged.
+fn tracked_app() -> TestAppBuilder {
+    app().env("EBG_CLICKS__ENABLED", "true").env("EBG_REPORT__MIN_SAMPLE", "20")
+}
+
 #[tokio::test]
 async fn two_stage_rollout_matches_the_golden_markdown() {
-    let app = app().spawn().await;
+    let app = tracked_app().spawn().await;
     two_stage_rollout(&app).await;
     let r = get_report(&app, "from=2026-01-05&to=2026-01-07T00:00:00Z&format=markdown").await;
     assert_eq!(r.status(), 200);
@@ -104,7 +110,7 @@ async fn two_stage_rollout_matches_the_golden_markdown() {
 
 #[tokio::test]
 async fn json_report_has_the_numbers_per_stage() {
-    let app = app().spawn().await;
+    let app = tracked_app().spawn().await;
     two_stage_rollout(&app).await;
     let r = get_report(&app, "feature=event_bus_gateway_emails_enabled&from=2026-01-05&to=2026-01-07").await;
     assert_eq!(r.status(), 200);
@@ -129,7 +135,10 @@ async fn json_report_has_the_numbers_per_stage() {
     ] {
         assert_eq!(first[field], value, "stage 1 {field}");
     }
-    assert_eq!(first["verdict"], "fail");
+    // One failure in three attempts is 33%, but three attempts are no evidence: not a FAIL, not a PASS.
+    assert_eq!(first["verdict"], "not_enough_data");
+    assert_eq!(report["min_sample"], 20);
+    assert_eq!(report["click_tracking"], true);
     assert_eq!(first["click_through_rate"], 0.5);
     let second = &stages[1];
     assert_eq!(second["percentage"], 100.0);
@@ -148,6 +157,28 @@ async fn json_report_has_the_numbers_per_stage() {
     assert_eq!(second["error_rate"], 0.04);
     assert_eq!(second["click_through_rate"], 0.25);
     assert_eq!(second["verdict"], "pass");
+}
+
+/// The defaults: 100 attempted sends before a stage is judged, click tracking off.
+#[tokio::test]
+async fn small_stages_are_not_enough_data_and_untracked_clicks_are_not_a_rate() {
+    let app = app().spawn().await;
+    two_stage_rollout(&app).await;
+    let report: Value = get_report(&app, "from=2026-01-05&to=2026-01-07").await.json().await.unwrap();
+    assert_eq!(report["min_sample"], 100);
+    assert_eq!(report["click_tracking"], false);
+    for stage in report["stages"].as_array().unwrap() {
+        assert_eq!(stage["verdict"], "not_enough_data", "{stage:#}");
+        assert_eq!(stage["click_through_rate"], Value::Null, "{stage:#}");
+    }
+    let markdown = get_report(&app, "from=2026-01-05&to=2026-01-07&format=markdown").await.text().await.unwrap();
+    assert!(!markdown.contains("PASS"), "a 25-send stage never passes under a 100 minimum: {markdown}");
+    assert!(markdown.contains("| 4.00% | n/a (click tracking off) | NOT ENOUGH DATA |"), "{markdown}");
+    assert!(markdown.contains("- Click-through rate: n/a (click tracking off) (unique clicks: 6, delivered: 24)"));
+    assert!(markdown.contains("**NOT ENOUGH DATA** (25 attempted, fewer than the 100 a stage needs; not a pass)"));
+    // A minimum of 0 would let a stage without evidence pass: refused at startup.
+    let bad = ebg_notify::config::Config::load_from(vec![("EBG_REPORT__MIN_SAMPLE".to_owned(), "0".to_owned())]);
+    assert!(bad.unwrap_err().to_string().contains("report.min_sample"));
 }
 
 #[tokio::test]

@@ -157,11 +157,24 @@ async fn an_auto_plan_advances_through_every_stage_to_100_percent() {
     assert_eq!((evidence["attempted"].clone(), evidence["failed"].clone()), (json!(20), json!(0)));
 
     // The report, built from the same audit log, shows the same five stages with the same numbers.
-    let request = ReportRequest { feature: FEATURE.into(), from: Some(t0), to: Some(finish), max_error_rate: 0.05 };
+    // Judged with the plan's minimum sample (10), the report passes what the plan passed.
+    let mut request = ReportRequest {
+        feature: FEATURE.into(),
+        from: Some(t0),
+        to: Some(finish),
+        max_error_rate: 0.05,
+        min_sample: 10,
+        click_tracking: false,
+    };
     let built = report::build(&app.db, &request).await.unwrap();
     let shares: Vec<f64> = built.stages.iter().map(|s| s.percentage).collect();
     assert_eq!(shares, [2.0, 25.0, 50.0, 75.0, 100.0]);
     assert!(built.stages.iter().all(|s| s.counts.attempted == 20 && s.verdict == report::Verdict::Pass));
+    assert!(built.stages.iter().all(|s| s.click_through_rate.is_none()), "no click-through rate without tracking");
+    // With the report's default minimum (100), the same 20 sends per stage are not enough to pass.
+    request.min_sample = 100;
+    let strict = report::build(&app.db, &request).await.unwrap();
+    assert!(strict.stages.iter().all(|s| s.verdict == report::Verdict::NotEnoughData));
 
     let after = app.metric(r#"ebg_rollout_decisions_total{decision="advance",mode="auto"}"#).await;
     assert!(after - before >= 4.0, "{before} -> {after}");
@@ -391,8 +404,9 @@ async fn operators_override_and_a_manual_gate_change_interrupts_the_plan() {
     assert!(openapi["paths"]["/admin/rollouts/{id}/advance"]["post"].is_object());
 }
 
-/// Runs `ebg-notify simulate` with tiny settings; returns (success, stdout).
-fn simulate(failure_rate: &str) -> (bool, String) {
+/// Runs `ebg-notify simulate` with tiny settings; returns (exit code, stdout). Checks that progress
+/// went to stderr as plain lines (no terminal here, so no bar and no escape codes).
+fn simulate(failure_rate: &str) -> (Option<i32>, String) {
     let configured = format!("ebg_sim_configured_{}", Uuid::new_v4().simple());
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ebg-notify"))
         .args(["simulate", "--failure-rate", failure_rate, "--stage-seconds", "1", "--rate", "50"])
@@ -415,13 +429,15 @@ fn simulate(failure_rate: &str) -> (bool, String) {
             assert_eq!(text.trim(), "0", "the simulation dropped its database and never created the configured one");
         }
     }
-    (output.status.success(), stdout)
+    assert!(stderr.lines().any(|l| l.starts_with("simulate [")), "heartbeat lines without a terminal: {stderr}");
+    assert!(!stderr.contains('\u{1b}') && !stderr.contains('\r'), "no escape codes: {stderr:?}");
+    (output.status.code(), stdout)
 }
 
 #[tokio::test]
 async fn simulate_runs_the_seed_plan_to_completion() {
-    let (ok, stdout) = tokio::task::spawn_blocking(|| simulate("0")).await.unwrap();
-    assert!(ok, "{stdout}");
+    let (code, stdout) = tokio::task::spawn_blocking(|| simulate("0")).await.unwrap();
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("Result: COMPLETED"), "{stdout}");
     assert!(stdout.contains("## Rollout results"), "{stdout}");
     assert!(stdout.contains("### Stage 5: 100% of users"), "{stdout}");
@@ -431,8 +447,8 @@ async fn simulate_runs_the_seed_plan_to_completion() {
 
 #[tokio::test]
 async fn simulate_with_failures_ends_paused_at_the_canary() {
-    let (ok, stdout) = tokio::task::spawn_blocking(|| simulate("0.2")).await.unwrap();
-    assert!(ok, "{stdout}");
+    let (code, stdout) = tokio::task::spawn_blocking(|| simulate("0.2")).await.unwrap();
+    assert_eq!(code, Some(3), "PAUSED has its own exit status: {stdout}");
     assert!(stdout.contains("Result: PAUSED at stage 1 (2%)"), "{stdout}");
     assert!(stdout.contains("**pause** (error_rate_exceeded)"), "{stdout}");
     assert!(stdout.contains("FAIL"), "{stdout}");

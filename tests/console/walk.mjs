@@ -252,7 +252,19 @@ try {
     check((await page.locator('#ended').innerText()).includes(deadId), 'the dead letter is listed');
     await page.getByLabel('Notification id').fill(deadId);
     await submit(page, page.getByRole('button', { name: 'Look up' }));
-    check((await page.locator('#lookup').innerText()).includes('dead'), 'the look-up shows its state');
+    check(new URL(page.url()).pathname === `/console/notifications/${deadId}`, 'the look-up opens the notification');
+    check((await page.locator('#notification-state').innerText()).includes('dead'), 'its page shows its state');
+    const history = await api(`/admin/notifications/${deadId}`);
+    const attempts = await page.locator('#attempts tbody tr').count();
+    check(history.attempts.length > 0 && attempts === history.attempts.length,
+      `its page shows its attempts (${attempts}, as GET /admin/notifications/{id})`);
+    for (const a of history.attempts) {
+      const row = await page.locator('#attempts tbody tr').nth(a.attempt - 1).innerText();
+      check(row.includes(a.outcome) && row.includes(String(a.http_status ?? '—')), `attempt ${a.attempt}: ${a.outcome} ${a.http_status}`);
+    }
+    check(!(await page.content()).includes(history.participant_id ?? '600043201'), 'the page shows no participant id');
+    await audit(page, 'notification');
+    await page.getByRole('link', { name: 'Back to notifications' }).click();
     await page.locator('#replay-status').selectOption('dead');
     await submit(page, page.getByRole('button', { name: 'Preview replay (dry run)' }));
     check((await page.locator('#replay-preview').innerText()).includes('1 notification(s)'), 'the dry run counts 1');
