@@ -30,8 +30,9 @@ use crate::config::{ConsoleConfig, Profile};
 type HmacSha256 = Hmac<Sha256>;
 
 /// The key that signs session cookies and CSRF tokens: `console.session_secret`, or random per process.
+/// Held as a keyed HMAC, cloned for each signature, so signing never fails at request time.
 #[derive(Clone)]
-pub struct SessionKey(Arc<Vec<u8>>);
+pub struct SessionKey(Arc<HmacSha256>);
 
 impl std::fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,16 +43,17 @@ impl std::fmt::Debug for SessionKey {
 impl SessionKey {
     /// The configured secret; when empty (allowed in the local profile only), 32 random bytes.
     pub fn from_config(cfg: &ConsoleConfig) -> Self {
-        if cfg.session_secret.is_empty() {
-            Self(Arc::new(rand::random::<[u8; 32]>().to_vec()))
+        let key = if cfg.session_secret.is_empty() {
+            rand::random::<[u8; 32]>().to_vec()
         } else {
-            Self(Arc::new(cfg.session_secret.expose().as_bytes().to_vec()))
-        }
+            cfg.session_secret.expose().as_bytes().to_vec()
+        };
+        // Startup: HMAC accepts keys of any length, so this cannot fail.
+        Self(Arc::new(HmacSha256::new_from_slice(&key).expect("HMAC takes any key length")))
     }
 
     fn mac(&self, parts: &[&[u8]]) -> Vec<u8> {
-        // HMAC accepts keys of any length; this cannot fail.
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = (*self.0).clone();
         for part in parts {
             mac.update(part);
         }
