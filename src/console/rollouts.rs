@@ -264,7 +264,10 @@ async fn plan_page(
                         td { (d.reason) }
                         td { (if d.applied { "yes" } else { "no" }) }
                         td { (d.actor) }
-                        td { code { (rollout::evidence_line(&d.evidence)) } }
+                        td {
+                            code { (rollout::evidence_line(&d.evidence)) }
+                            @if let Some(reason) = d.evidence.get("operator_reason").and_then(Value::as_str) { "“" (reason) "”" }
+                        }
                     }
                 }
             }

@@ -26,7 +26,7 @@ fn ensure_node_modules(dir: &Path) {
 async fn dead_letter(app: &TestApp) -> uuid::Uuid {
     let id: uuid::Uuid = sqlx::query_scalar(
         "insert into notifications (id, channel, participant_id, template_id, status, status_reason, attempts)
-         values (gen_random_uuid(), 'email', '600043201', $1::uuid, 'dead', 'attempts_exhausted', 8) returning id",
+         values (gen_random_uuid(), 'email', '600043201', $1::uuid, 'dead', 'attempts_exhausted', 2) returning id",
     )
     .bind(TEMPLATE_ID)
     .fetch_one(&app.db)

@@ -31,6 +31,7 @@ const UAT_ACTOR = '600061742';
 const XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">';
 const shots = path.resolve(here, '../../target/console-screenshots');
 fs.mkdirSync(shots, { recursive: true });
+for (const old of fs.readdirSync(shots).filter((f) => f.endsWith('.png'))) fs.rmSync(path.join(shots, old));
 const axeSource = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 
 let step = 0;
