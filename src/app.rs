@@ -28,6 +28,10 @@ pub struct AppState {
     pub db: PgPool,
     pub verifier: Arc<ServiceAccountVerifier>,
     pub admin: Arc<AdminTokens>,
+    /// Read-only tokens (`admin.read_tokens`): admin reads and a console session without writes.
+    pub readers: Arc<AdminTokens>,
+    /// Signs console session cookies and CSRF tokens.
+    pub console_key: crate::console::SessionKey,
     pub toggles: Toggles,
     pub deliverer: Deliverer,
     pub pii: PiiHasher,
@@ -108,6 +112,8 @@ impl Application {
         let state = AppState {
             verifier: Arc::new(ServiceAccountVerifier::from_config(&config.auth)?),
             admin: Arc::new(AdminTokens::from_config(&config.admin)),
+            readers: Arc::new(AdminTokens::readers_from_config(&config.admin)),
+            console_key: crate::console::SessionKey::from_config(&config.console),
             accept: AcceptQueue::start(
                 pool.clone(),
                 Duration::from_secs(config.accept.duplicate_window_seconds),

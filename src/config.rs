@@ -79,6 +79,7 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub contacts: ContactsConfig,
     pub admin: AdminConfig,
+    pub console: ConsoleConfig,
     pub callbacks: CallbacksConfig,
     pub clicks: ClicksConfig,
     pub report: ReportConfig,
@@ -218,6 +219,7 @@ pub struct AdminConfig {
     pub token: Secret,
     pub tokens: Vec<NamedToken>,
     pub protect_reads: bool,
+    pub read_tokens: Vec<NamedToken>,
     pub pii_token_names: Vec<String>,
 }
 
@@ -232,6 +234,19 @@ impl AdminConfig {
         let ops = (!self.token.is_empty()).then(|| NamedToken { name: "ops".to_owned(), token: self.token.clone() });
         ops.into_iter().chain(self.tokens.iter().filter(|t| !t.token.is_empty()).cloned()).collect()
     }
+
+    /// Every configured read-only token with its name; blanks dropped.
+    pub fn named_read_tokens(&self) -> Vec<NamedToken> {
+        self.read_tokens.iter().filter(|t| !t.token.is_empty()).cloned().collect()
+    }
+}
+
+/// The operators' web console.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    pub session_secret: Secret,
+    pub session_minutes: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -487,6 +502,27 @@ impl Config {
             check(
                 t.token.expose().len() >= 16 || self.profile == Profile::Local,
                 "admin.tokens: each token must be at least 16 characters",
+            );
+        }
+        let admin_tokens = self.admin.named_tokens();
+        for t in self.admin.named_read_tokens() {
+            check(
+                t.token.expose().len() >= 16 || self.profile == Profile::Local,
+                "admin.read_tokens: each token must be at least 16 characters",
+            );
+            check(
+                !admin_tokens.iter().any(|a| a.token == t.token),
+                "admin.read_tokens: a read-only token must differ from every admin token",
+            );
+        }
+        check(
+            (5..=10_080).contains(&self.console.session_minutes),
+            "console.session_minutes: must be from 5 to 10080 (a week)",
+        );
+        if self.profile == Profile::Production && self.console.enabled {
+            check(
+                self.console.session_secret.expose().len() >= 32,
+                "console.session_secret: required in production while the console is enabled, at least 32 characters (EBG_CONSOLE__SESSION_SECRET)",
             );
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }

@@ -4,6 +4,7 @@
 //! Delivery path: [`outbox::worker`] -> [`contacts`] -> [`notify`] (VA Notify).
 //! Tracking: [`callbacks`] (delivery status, resends), [`clicks`]; [`report`] (rollout report), [`retention`].
 //! Release: [`rollout`] (guarded rollout plans, their evaluator, and the `simulate` demo).
+//! Operators: [`console`] (server-rendered web pages over the same write paths as the admin API).
 //! Startup: [`config`] -> [`app::Application`]; the binary's verbs live in [`cli`].
 
 pub mod app;
@@ -12,6 +13,7 @@ pub mod callbacks;
 pub mod cli;
 pub mod clicks;
 pub mod config;
+pub mod console;
 pub mod contacts;
 pub mod db;
 pub mod error;

@@ -5,7 +5,7 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::config::AdminConfig;
+use crate::config::{AdminConfig, NamedToken};
 
 /// The configured admin tokens, each with the name the audit log records.
 ///
@@ -24,8 +24,21 @@ impl fmt::Debug for AdminTokens {
 impl AdminTokens {
     /// Every token from `[admin]` (`token` is named `ops`); empty tokens are skipped.
     pub fn from_config(cfg: &AdminConfig) -> Self {
-        let tokens = cfg.named_tokens().into_iter().map(|t| (t.name, digest(t.token.expose()))).collect();
-        Self { tokens }
+        Self::from_named(cfg.named_tokens())
+    }
+
+    /// The read-only tokens from `admin.read_tokens`.
+    pub fn readers_from_config(cfg: &AdminConfig) -> Self {
+        Self::from_named(cfg.named_read_tokens())
+    }
+
+    fn from_named(named: Vec<NamedToken>) -> Self {
+        Self { tokens: named.into_iter().map(|t| (t.name, digest(t.token.expose()))).collect() }
+    }
+
+    /// Whether a token of this name is still configured (a console session outlives no token).
+    pub fn has_name(&self, name: &str) -> bool {
+        self.tokens.iter().any(|(n, _)| n == name)
     }
 
     /// The name of the admin token equal to `bearer`, if any.
@@ -70,6 +83,7 @@ mod tests {
                 .map(|(name, token)| NamedToken { name: (*name).to_owned(), token: Secret::new(*token) })
                 .collect(),
             protect_reads: true,
+            read_tokens: Vec::new(),
             pii_token_names: Vec::new(),
         }
     }

@@ -128,14 +128,11 @@ async fn switch(
     change: Change,
     ctx: &AuditContext,
 ) -> Result<Json<FeatureBody>, ApiError> {
-    let record = store::apply(&state.db, name, &change, ctx).await.map_err(|e| match e {
+    let record = state.toggles.apply(name, &change, ctx).await.map_err(|e| match e {
         StoreError::NotFound | StoreError::InvalidName => ApiError::NotFound { what: "feature" },
         StoreError::InvalidPercentage | StoreError::InvalidActor => ApiError::Internal(e.into()),
         StoreError::Database(e) => e.into(),
     })?;
-    if let Err(e) = state.toggles.refresh().await {
-        tracing::warn!(error = %e, "toggle snapshot refresh after a write failed");
-    }
     Ok(Json(feature_json(&record, true, true)))
 }
 

@@ -52,18 +52,21 @@ impl FromRequestParts<AppState> for AdminAuth {
     }
 }
 
-/// A caller allowed to read admin data: anyone when `admin.protect_reads` is off, else an admin token.
-/// Carries the token's name when one was presented and valid.
+/// A caller allowed to read admin data: anyone when `admin.protect_reads` is off, else an admin or a
+/// read-only token. Carries the token's name when one was presented and valid.
 pub struct AdminReadAuth(pub Option<String>);
 
 impl FromRequestParts<AppState> for AdminReadAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        match AdminAuth::from_request_parts(parts, state).await {
-            Ok(admin) => Ok(Self(Some(admin.name))),
-            Err(_) if !state.config.admin.protect_reads => Ok(Self(None)),
-            Err(e) => Err(e),
+        let bearer = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
+        let name =
+            bearer.and_then(|token| state.admin.authenticate(token).or_else(|| state.readers.authenticate(token)));
+        match name {
+            Some(name) => Ok(Self(Some(name))),
+            None if !state.config.admin.protect_reads => Ok(Self(None)),
+            None => Err(ApiError::Unauthorized),
         }
     }
 }

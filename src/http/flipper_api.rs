@@ -619,8 +619,7 @@ fn percentage(params: &Params) -> Result<f64, FlipperError> {
     if (0.0..=100.0).contains(&value) { Ok(value) } else { Err(FlipperError::PercentageInvalid) }
 }
 
-/// Applies one change as the admin token's holder, then refreshes this replica's snapshot at once
-/// (the others hear about it through NOTIFY).
+/// Applies one change as the admin token's holder through the shared write path ([`crate::toggles::Toggles::apply`]).
 async fn write(
     state: &AppState,
     admin: AdminAuth,
@@ -630,11 +629,7 @@ async fn write(
     change: Change,
 ) -> Result<Json<FeatureBody>, FlipperError> {
     let ctx = AuditContext { actor: admin.name, reason: meta.reason_or(params)?, request_id: meta.request_id };
-    let record = store::apply(&state.db, name, &change, &ctx).await?;
-    if let Err(e) = state.toggles.refresh().await {
-        // Committed all the same; the watcher retries within the refresh interval.
-        tracing::warn!(error = %e, "toggle snapshot refresh after a write failed");
-    }
+    let record = state.toggles.apply(name, &change, &ctx).await?;
     Ok(Json(feature_json(&record, true, true)))
 }
 

@@ -44,8 +44,10 @@ pub fn router(state: AppState) -> Router {
     let ebg = Router::new()
         .route(SEND_EMAIL_PATH, post(send_email::send_email))
         .route_layer(middleware::from_fn(count_requests));
+    let console = if state.config.console.enabled { crate::console::routes() } else { Router::new() };
     Router::new()
         .merge(ebg)
+        .merge(console)
         .route("/va_notify/callbacks", post(callbacks::receive))
         // `/c/{token}` and `/c/{token}/` carry an empty path; the wildcard needs at least one character.
         .route("/c/{token}", get(clicks::follow_bare))

@@ -48,3 +48,32 @@ pub async fn requeue(pool: &PgPool, status: &str, ids: &[Uuid]) -> Result<u64, s
     .await?;
     Ok(done.rows_affected())
 }
+
+/// The states a replay may requeue.
+pub const REPLAYABLE: [&str; 2] = ["failed", "dead"];
+
+/// A notification's row without personal data (no participant id): what the console lists.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Summary {
+    pub id: Uuid,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub channel: String,
+    pub template_id: Uuid,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The `failed` and `dead` notifications created since `since`, newest first, at most `limit`.
+pub async fn ended_since(pool: &PgPool, since: DateTime<Utc>, limit: i64) -> Result<Vec<Summary>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, status, status_reason, channel, template_id, attempts, created_at, updated_at
+         from notifications where status in ('failed', 'dead') and created_at >= $1
+         order by created_at desc limit $2",
+    )
+    .bind(since)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -145,6 +145,23 @@ impl Toggles {
     }
 
     /// Time since the snapshot was last loaded successfully.
+    /// Applies one change through [`store::apply`] (gates and audit row in one transaction), then
+    /// refreshes this replica's snapshot at once; the others hear about it through NOTIFY. The one write
+    /// path of the Flipper API, the admin routes and the console.
+    pub async fn apply(
+        &self,
+        feature: &str,
+        change: &store::Change,
+        ctx: &store::AuditContext,
+    ) -> Result<store::FeatureRecord, store::StoreError> {
+        let record = store::apply(&self.pool, feature, change, ctx).await?;
+        if let Err(e) = self.refresh().await {
+            // Committed all the same; the watcher retries within the refresh interval.
+            tracing::warn!(error = %e, "toggle snapshot refresh after a write failed");
+        }
+        Ok(record)
+    }
+
     pub fn snapshot_age(&self) -> Duration {
         self.refreshed_at.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
     }

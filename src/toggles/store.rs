@@ -136,6 +136,39 @@ pub enum Change {
     Pause,
     /// Kill switch off: the stored gates apply again.
     Resume,
+    /// Put back the gates and kill switch an earlier audit row recorded (groups and expressions,
+    /// which snapshots do not hold, are left alone).
+    Restore {
+        /// The state to restore.
+        snapshot: GateSnapshot,
+        /// The `feature_audit` row it was taken from (recorded as the value).
+        audit_id: i64,
+    },
+}
+
+/// A feature's evaluable state as an audit row's `before`/`after` records it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GateSnapshot {
+    pub boolean: bool,
+    pub actors: BTreeSet<String>,
+    pub percentage_of_actors: f64,
+    pub percentage_of_time: f64,
+    pub paused: bool,
+}
+
+impl GateSnapshot {
+    /// Reads an audit snapshot (see [`FeatureRecord::audit_snapshot`]); `None` when it is not one.
+    pub fn from_audit(value: &Value) -> Option<Self> {
+        let actors: Option<BTreeSet<String>> =
+            value.get("actors")?.as_array()?.iter().map(|a| a.as_str().map(str::to_owned)).collect();
+        Some(Self {
+            boolean: value.get("boolean")?.as_bool()?,
+            actors: actors?,
+            percentage_of_actors: value.get("percentage_of_actors")?.as_f64()?,
+            percentage_of_time: value.get("percentage_of_time")?.as_f64()?,
+            paused: value.get("paused").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
 }
 
 impl Change {
@@ -156,6 +189,7 @@ impl Change {
             }
             Self::Pause => "pause",
             Self::Resume => "resume",
+            Self::Restore { .. } => "restore",
         }
     }
 
@@ -176,6 +210,7 @@ impl Change {
             Self::EnableBoolean => Some("true".to_owned()),
             Self::AddActor(id) | Self::RemoveActor(id) => Some(id.clone()),
             Self::SetPercentageOfActors(p) | Self::SetPercentageOfTime(p) => Some(format_percentage(*p)),
+            Self::Restore { audit_id, .. } => Some(audit_id.to_string()),
             _ => None,
         }
     }
@@ -368,6 +403,16 @@ fn validate(feature: &str, change: &Change) -> Result<(), StoreError> {
             Err(StoreError::InvalidPercentage)
         }
         Change::AddActor(id) | Change::RemoveActor(id) if id.trim().is_empty() => Err(StoreError::InvalidActor),
+        Change::Restore { snapshot, .. } => {
+            let pct_ok = |p: f64| p.is_finite() && (0.0..=100.0).contains(&p);
+            if !(pct_ok(snapshot.percentage_of_actors) && pct_ok(snapshot.percentage_of_time)) {
+                Err(StoreError::InvalidPercentage)
+            } else if snapshot.actors.iter().any(|a| a.trim().is_empty()) {
+                Err(StoreError::InvalidActor)
+            } else {
+                Ok(())
+            }
+        }
         _ => Ok(()),
     }
 }
@@ -418,22 +463,53 @@ async fn write(conn: &mut PgConnection, feature: &str, change: &Change, ctx: &Au
                 .execute(&mut *conn)
                 .await?;
         }
-        Change::Pause | Change::Resume => {
-            sqlx::query(
-                "insert into feature_controls (feature_key, paused, reason, changed_by, changed_at)
-                 values ($1, $2, $3, $4, now())
-                 on conflict (feature_key) do update
-                 set paused = excluded.paused, reason = excluded.reason, changed_by = excluded.changed_by,
-                     changed_at = excluded.changed_at",
-            )
-            .bind(feature)
-            .bind(matches!(change, Change::Pause))
-            .bind(ctx.reason.as_deref())
-            .bind(&ctx.actor)
-            .execute(&mut *conn)
-            .await?;
+        Change::Restore { snapshot, .. } => {
+            for key in
+                [gate_key::BOOLEAN, gate_key::ACTORS, gate_key::PERCENTAGE_OF_ACTORS, gate_key::PERCENTAGE_OF_TIME]
+            {
+                delete_gates(conn, feature, Some(key)).await?;
+            }
+            if snapshot.boolean {
+                insert_gate(conn, feature, gate_key::BOOLEAN, "true").await?;
+            }
+            for actor in &snapshot.actors {
+                insert_gate(conn, feature, gate_key::ACTORS, actor).await?;
+            }
+            for (key, pct) in [
+                (gate_key::PERCENTAGE_OF_ACTORS, snapshot.percentage_of_actors),
+                (gate_key::PERCENTAGE_OF_TIME, snapshot.percentage_of_time),
+            ] {
+                if pct > 0.0 {
+                    insert_gate(conn, feature, key, &format_percentage(pct)).await?;
+                }
+            }
+            set_paused(conn, feature, snapshot.paused, ctx).await?;
         }
+        Change::Pause | Change::Resume => set_paused(conn, feature, matches!(change, Change::Pause), ctx).await?,
     }
+    Ok(())
+}
+
+/// Sets the kill switch, recording who and why on the control row.
+async fn set_paused(
+    conn: &mut PgConnection,
+    feature: &str,
+    paused: bool,
+    ctx: &AuditContext,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into feature_controls (feature_key, paused, reason, changed_by, changed_at)
+         values ($1, $2, $3, $4, now())
+         on conflict (feature_key) do update
+         set paused = excluded.paused, reason = excluded.reason, changed_by = excluded.changed_by,
+             changed_at = excluded.changed_at",
+    )
+    .bind(feature)
+    .bind(paused)
+    .bind(ctx.reason.as_deref())
+    .bind(&ctx.actor)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -568,6 +644,55 @@ async fn read_all(pool: &PgPool) -> Result<AllRows, sqlx::Error> {
     Ok((features, gates, controls))
 }
 
+/// Every feature's description (set in the console), by key.
+pub async fn descriptions(pool: &PgPool) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("select feature_key, description from feature_descriptions").fetch_all(pool).await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Sets a registered feature's description (blank removes it) and records a `describe` audit row
+/// (gates unchanged), in one transaction.
+pub async fn describe(pool: &PgPool, feature: &str, description: &str, ctx: &AuditContext) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    lock_feature(&mut tx, feature).await?;
+    if !fetch(&mut tx, feature).await?.0 {
+        return Err(StoreError::NotFound);
+    }
+    let description = description.trim();
+    if description.is_empty() {
+        sqlx::query("delete from feature_descriptions where feature_key = $1").bind(feature).execute(&mut *tx).await?;
+    } else {
+        sqlx::query(
+            "insert into feature_descriptions (feature_key, description, updated_by, updated_at)
+             values ($1, $2, $3, now())
+             on conflict (feature_key) do update
+             set description = excluded.description, updated_by = excluded.updated_by, updated_at = now()",
+        )
+        .bind(feature)
+        .bind(description)
+        .bind(&ctx.actor)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let options = AuditOptions { operation: Some("describe"), at: None };
+    record_in(&mut tx, feature, Some(description), ctx, &options).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One audit row of `feature`, by id.
+pub async fn audit_entry(pool: &PgPool, feature: &str, id: i64) -> Result<Option<AuditEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, at, feature_key, operation, gate, value, before, after, actor, reason, request_id
+         from feature_audit where feature_key = $1 and id = $2",
+    )
+    .bind(feature)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Audit rows of `feature`, newest first; `before_id` continues a previous page.
 pub async fn audit_log(
     pool: &PgPool,
@@ -636,6 +761,26 @@ mod tests {
             record.audit_snapshot(),
             json!({"boolean": false, "actors": ["1"], "percentage_of_actors": 2.5, "percentage_of_time": 0.0, "paused": true})
         );
+    }
+
+    #[test]
+    fn a_restore_reads_the_audit_snapshot_back() {
+        let mut record = FeatureRecord::empty("f");
+        record.actors.insert("600061742".into());
+        record.percentage_of_actors = Some("25".into());
+        record.paused = true;
+        let snapshot = GateSnapshot::from_audit(&record.audit_snapshot()).unwrap();
+        assert_eq!(snapshot.actors.len(), 1);
+        assert_eq!(snapshot.percentage_of_actors, 25.0);
+        assert!(snapshot.paused && !snapshot.boolean);
+        assert!(GateSnapshot::from_audit(&json!({})).is_none(), "rows written by hand with `{{}}` restore nothing");
+        let change = Change::Restore { snapshot, audit_id: 7 };
+        assert_eq!((change.operation(), change.gate(), change.value().as_deref()), ("restore", None, Some("7")));
+        let bad = Change::Restore {
+            snapshot: GateSnapshot { percentage_of_actors: 101.0, ..GateSnapshot::default() },
+            audit_id: 1,
+        };
+        assert!(matches!(validate("f", &bad), Err(StoreError::InvalidPercentage)));
     }
 
     #[test]

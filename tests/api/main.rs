@@ -4,6 +4,7 @@ mod admin;
 mod callbacks;
 mod cli_output;
 mod clicks;
+mod console;
 mod contacts_client;
 mod crash;
 mod datadog;
