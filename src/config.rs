@@ -78,6 +78,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub notify: NotifyConfig,
     pub contacts: ContactsConfig,
+    pub mpi: MpiConfig,
     pub admin: AdminConfig,
     pub console: ConsoleConfig,
     pub callbacks: CallbacksConfig,
@@ -207,6 +208,69 @@ pub struct ContactsConfig {
     pub sandbox_first_name: String,
 }
 
+/// Where ICNs come from (CHANNELS.md §2).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MpiMode {
+    /// MPI FHIR `Patient` reads over mutual TLS.
+    Fhir,
+    /// A deterministic ICN derived from the participant id, without any I/O.
+    Sandbox,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct MpiConfig {
+    pub mode: MpiMode,
+    pub url: String,
+    pub sender_id: String,
+    pub client_cert_path: String,
+    pub client_key_path: String,
+    pub ca_path: String,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub cache_ttl_seconds: u64,
+    pub negative_cache_ttl_seconds: u64,
+    pub cache_capacity: u64,
+}
+
+impl MpiConfig {
+    /// The problems with the `fhir` settings (empty when `mode` is `sandbox` or all is well). File contents are
+    /// checked for readability only; [`crate::contacts::Mpi::from_config`] parses them.
+    pub fn problems(&self) -> Vec<String> {
+        if self.mode != MpiMode::Fhir {
+            return Vec::new();
+        }
+        let mut problems = Vec::new();
+        match url::Url::parse(self.url.trim()) {
+            Ok(url) if url.scheme() == "https" && url.host().is_some() => {}
+            _ => problems.push("mpi.url: must be an https URL in fhir mode (MPI requires mutual TLS)".to_owned()),
+        }
+        if self.sender_id.trim().is_empty() {
+            problems.push("mpi.sender_id: required in fhir mode".to_owned());
+        }
+        for (key, path, required) in [
+            ("client_cert_path", &self.client_cert_path, true),
+            ("client_key_path", &self.client_key_path, true),
+            ("ca_path", &self.ca_path, false),
+        ] {
+            if path.trim().is_empty() {
+                if required {
+                    problems.push(format!("mpi.{key}: required in fhir mode (a PEM file)"));
+                }
+            } else if let Err(e) = std::fs::File::open(path.trim()) {
+                problems.push(format!("mpi.{key}: cannot read `{}` ({e})", path.trim()));
+            }
+        }
+        if self.timeout_ms == 0 || self.connect_timeout_ms == 0 {
+            problems.push("mpi.timeout_ms and mpi.connect_timeout_ms: must be positive".to_owned());
+        }
+        if self.cache_capacity == 0 {
+            problems.push("mpi.cache_capacity: must be at least 1".to_owned());
+        }
+        problems
+    }
+}
+
 /// An admin bearer token and the name the audit log records for it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct NamedToken {
@@ -318,8 +382,15 @@ pub enum ConfigError {
 /// Name of the layer built from `EBG_` variables; its metadata turns a key back into the variable's name.
 const ENV_LAYER: &str = "environment";
 /// Keys holding file paths: a relative path is resolved against the directory of the file that set it.
-const PATH_KEYS: [&str; 4] =
-    ["auth.public_key_path", "auth.extra_public_key_paths", "auth.dev_private_key_path", "database.private_dir"];
+const PATH_KEYS: [&str; 7] = [
+    "auth.public_key_path",
+    "auth.extra_public_key_paths",
+    "auth.dev_private_key_path",
+    "database.private_dir",
+    "mpi.client_cert_path",
+    "mpi.client_key_path",
+    "mpi.ca_path",
+];
 
 impl Config {
     /// Loads the configuration from the process environment.
@@ -525,6 +596,7 @@ impl Config {
                 "console.session_secret: required in production while the console is enabled, at least 32 characters (EBG_CONSOLE__SESSION_SECRET)",
             );
         }
+        problems.extend(self.mpi.problems());
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
@@ -784,6 +856,9 @@ fn resolve_relative_paths(config: &mut Config, figment: &Figment) {
             "auth.public_key_path" => resolve(dir, &mut config.auth.public_key_path),
             "auth.dev_private_key_path" => resolve(dir, &mut config.auth.dev_private_key_path),
             "database.private_dir" => resolve(dir, &mut config.database.private_dir),
+            "mpi.client_cert_path" => resolve(dir, &mut config.mpi.client_cert_path),
+            "mpi.client_key_path" => resolve(dir, &mut config.mpi.client_key_path),
+            "mpi.ca_path" => resolve(dir, &mut config.mpi.ca_path),
             _ => config.auth.extra_public_key_paths.iter_mut().for_each(|p| resolve(dir.clone(), p)),
         }
     }

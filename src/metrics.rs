@@ -110,11 +110,15 @@ fn describe() {
         TOGGLE_PERCENTAGE,
         "Effective percentage of a feature: 0 paused/off, 100 boolean on, else percentage_of_actors."
     );
-    describe_counter!("ebg_contact_lookups_total", "Contact lookups by outcome and source (cache, bgs, sandbox).");
+    describe_counter!(
+        "ebg_contact_lookups_total",
+        "Contact (first name) and MPI (ICN) lookups by outcome and source (cache, bgs, sandbox, mpi, mpi_cache, mpi_sandbox)."
+    );
     describe_histogram!(
         "ebg_bgs_request_duration_seconds",
         metrics::Unit::Seconds,
         "BGS PersonWebService call latency."
     );
+    describe_histogram!("ebg_mpi_request_duration_seconds", metrics::Unit::Seconds, "MPI FHIR Patient read latency.");
     crate::notify::describe_metrics();
 }

@@ -13,6 +13,7 @@ use tracing::{Span, instrument};
 use super::parse::{BgsAnswer, Fault, ParseError, parse_response};
 use super::{Contact, ContactError, ContactsInitError};
 use crate::config::ContactsConfig;
+use crate::upstream::BodyError;
 
 /// Path of the service below `bgs_url`.
 const SERVICE_PATH: &str = "PersonWebServiceBean/PersonWebService";
@@ -219,19 +220,11 @@ fn transport_error(error: reqwest::Error) -> ContactError {
     ContactError::Transient(label)
 }
 
-async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, ContactError> {
-    let too_large = ContactError::Transient("bgs_response_too_large");
-    if response.content_length().is_some_and(|len| len > MAX_RESPONSE_BYTES as u64) {
-        return Err(too_large);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(too_large);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, ContactError> {
+    crate::upstream::read_capped(response, MAX_RESPONSE_BYTES).await.map_err(|e| match e {
+        BodyError::TooLarge => ContactError::Transient("bgs_response_too_large"),
+        BodyError::Transport(error) => transport_error(error),
+    })
 }
 
 fn endpoint_url(base: &str) -> Result<Url, String> {

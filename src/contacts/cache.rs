@@ -1,8 +1,12 @@
-//! In-memory cache of lookup answers (SPEC §5): found contacts for `cache_ttl_seconds`, "not found" and
-//! "no first name" for `negative_cache_ttl_seconds`. Failures are never cached, so the next attempt asks
-//! again. PII lives here and nowhere else: the cache is process memory only.
+//! In-memory cache of directory answers (SPEC §5, CHANNELS.md §2): positive answers for `cache_ttl_seconds`,
+//! negative ones ("not found", "no first name", "deceased") for `negative_cache_ttl_seconds`. Failures are
+//! never cached, so the next attempt asks again. PII lives here and nowhere else: the cache is process memory.
+//!
+//! Generic over the directory's result type, so BGS (first names) and MPI (ICNs) share one implementation:
+//! each result type says, through [`Cacheable`], whether and how long it may be remembered.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -10,45 +14,46 @@ use moka::future::Cache;
 
 use super::{Contact, ContactError};
 
-/// An answer worth remembering.
-#[derive(Clone)]
-enum Answer {
-    Found(Contact),
-    NotFound,
-    NoFirstName,
+/// How long a lookup result may be remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// A found person: `cache_ttl_seconds`.
+    Positive,
+    /// A definite "no" from the directory: `negative_cache_ttl_seconds`.
+    Negative,
+    /// A failure (transient or misconfiguration): never cached.
+    Uncached,
 }
 
-impl Answer {
-    /// Splits a lookup result into an answer to cache, or a failure to pass on uncached.
-    fn from_result(result: Result<Contact, ContactError>) -> Result<Self, ContactError> {
-        match result {
-            Ok(contact) => Ok(Self::Found(contact)),
-            Err(ContactError::NotFound) => Ok(Self::NotFound),
-            Err(ContactError::NoFirstName) => Ok(Self::NoFirstName),
-            Err(failure @ (ContactError::Transient(_) | ContactError::Misconfigured(_))) => Err(failure),
-        }
-    }
+/// A lookup result that knows whether it is an answer worth remembering.
+pub(crate) trait Cacheable: Clone + Send + Sync + 'static {
+    fn freshness(&self) -> Freshness;
+}
 
-    fn into_result(self) -> Result<Contact, ContactError> {
+impl Cacheable for Result<Contact, ContactError> {
+    fn freshness(&self) -> Freshness {
         match self {
-            Self::Found(contact) => Ok(contact),
-            Self::NotFound => Err(ContactError::NotFound),
-            Self::NoFirstName => Err(ContactError::NoFirstName),
+            Ok(_) => Freshness::Positive,
+            Err(ContactError::NotFound | ContactError::NoFirstName) => Freshness::Negative,
+            Err(ContactError::Transient(_) | ContactError::Misconfigured(_)) => Freshness::Uncached,
         }
     }
 }
 
 /// Per-entry lifetimes: positive and negative answers age differently.
-struct AnswerExpiry {
+struct AnswerExpiry<R> {
     found: Duration,
     negative: Duration,
+    answers: PhantomData<fn(&R)>,
 }
 
-impl Expiry<String, Answer> for AnswerExpiry {
-    fn expire_after_create(&self, _key: &String, answer: &Answer, _created_at: Instant) -> Option<Duration> {
-        Some(match answer {
-            Answer::Found(_) => self.found,
-            Answer::NotFound | Answer::NoFirstName => self.negative,
+impl<R: Cacheable> Expiry<String, R> for AnswerExpiry<R> {
+    fn expire_after_create(&self, _key: &String, answer: &R, _created_at: Instant) -> Option<Duration> {
+        Some(match answer.freshness() {
+            Freshness::Positive => self.found,
+            Freshness::Negative => self.negative,
+            // Never reaches the cache (see `get_or_fetch`); expiring at once is the safe reading.
+            Freshness::Uncached => Duration::ZERO,
         })
     }
 }
@@ -63,33 +68,38 @@ pub(crate) enum Origin {
 }
 
 /// Answers by participant id, with concurrent lookups of one id coalesced into a single directory call.
-pub(crate) struct ContactCache {
-    answers: Cache<String, Answer>,
+pub(crate) struct LookupCache<R: Cacheable> {
+    answers: Cache<String, R>,
 }
 
-impl ContactCache {
+/// The first-name cache in front of BGS.
+pub(crate) type ContactCache = LookupCache<Result<Contact, ContactError>>;
+
+impl<R: Cacheable> LookupCache<R> {
     pub(crate) fn new(capacity: u64, ttl: Duration, negative_ttl: Duration) -> Self {
         let answers = Cache::builder()
             .max_capacity(capacity)
-            .expire_after(AnswerExpiry { found: ttl, negative: negative_ttl })
+            .expire_after(AnswerExpiry { found: ttl, negative: negative_ttl, answers: PhantomData })
             .build();
         Self { answers }
     }
 
     /// The cached answer for `participant_id`, or the result of `fetch`, which runs at most once at a time per
     /// id. Waiters share the fetcher's result, failures included, but failures are not stored.
-    pub(crate) async fn get_or_fetch(
-        &self,
-        participant_id: &str,
-        fetch: impl Future<Output = Result<Contact, ContactError>>,
-    ) -> (Result<Contact, ContactError>, Origin) {
-        let init = async { Answer::from_result(fetch.await) };
+    pub(crate) async fn get_or_fetch(&self, participant_id: &str, fetch: impl Future<Output = R>) -> (R, Origin) {
+        let init = async {
+            let result = fetch.await;
+            match result.freshness() {
+                Freshness::Positive | Freshness::Negative => Ok(result),
+                Freshness::Uncached => Err(result),
+            }
+        };
         match self.answers.entry_by_ref(participant_id).or_try_insert_with(init).await {
             Ok(entry) => {
                 let origin = if entry.is_fresh() { Origin::Directory } else { Origin::Cache };
-                (entry.into_value().into_result(), origin)
+                (entry.into_value(), origin)
             }
-            Err(failure) => (Err(ContactError::clone(&failure)), Origin::Directory),
+            Err(failure) => (R::clone(&failure), Origin::Directory),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Contact resolution: participant ID -> first name (SPEC §5, BGS.md).
+//! Contact resolution: participant ID -> first name (SPEC §5, BGS.md), and participant ID -> ICN ([`Mpi`],
+//! CHANNELS.md §2).
 //!
 //! Workers call [`Contacts::lookup`]. Behind it sits a [`ContactDirectory`] (BGS, or the sandbox for local
 //! runs) and, for BGS, an in-memory [`cache::ContactCache`] that also coalesces concurrent lookups of one id.
@@ -9,6 +10,7 @@
 
 mod bgs;
 mod cache;
+mod mpi;
 mod parse;
 mod sandbox;
 
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use self::bgs::BgsClient;
 use self::cache::{ContactCache, Origin};
+pub use self::mpi::{Identity, Mpi, MpiError, MpiInitError};
 use self::sandbox::SandboxDirectory;
 use crate::config::{ContactsConfig, ContactsMode};
 

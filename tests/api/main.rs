@@ -15,6 +15,7 @@ mod helpers;
 mod history;
 mod hostile_input;
 mod metrics;
+mod mpi_client;
 mod notify_client;
 mod openapi_clients;
 mod operations;
