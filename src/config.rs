@@ -174,6 +174,9 @@ pub struct NotifyConfig {
     pub base_url: String,
     pub api_key: Secret,
     pub rate_per_minute: u32,
+    pub push_api_key: Secret,
+    pub push_rate_per_minute: u32,
+    pub sms_sender_id: String,
     pub hostname: String,
     pub callback_url: String,
     pub callback_token: Secret,
@@ -498,6 +501,12 @@ impl Config {
             "worker.retry_base_seconds: must not exceed worker.retry_max_seconds",
         );
         check(self.notify.rate_per_minute >= 1, "notify.rate_per_minute: must be at least 1");
+        check(self.notify.push_rate_per_minute >= 1, "notify.push_rate_per_minute: must be at least 1");
+        check(
+            self.notify.sms_sender_id.trim().is_empty()
+                || uuid::Uuid::try_parse(self.notify.sms_sender_id.trim()).is_ok(),
+            "notify.sms_sender_id: must be a UUID (or empty for the service's default sender)",
+        );
         check(self.callbacks.max_sends >= 1, "callbacks.max_sends: must be at least 1");
         check(
             (0.0..=1.0).contains(&self.report.max_error_rate),

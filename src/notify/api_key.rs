@@ -31,11 +31,16 @@ impl fmt::Debug for ApiKey {
 }
 
 impl ApiKey {
-    /// Parses a key. Error messages describe the shape problem only; they never echo the key.
+    /// Parses `notify.api_key`. Error messages describe the shape problem only; they never echo the key.
     pub(crate) fn parse(raw: &str) -> Result<Self, NotifyInitError> {
+        Self::parse_setting(raw, "notify.api_key")
+    }
+
+    /// Parses a key read from the configuration key `setting` (named in errors, e.g. `notify.push_api_key`).
+    pub(crate) fn parse_setting(raw: &str, setting: &str) -> Result<Self, NotifyInitError> {
         let key = raw.trim();
         let fail = |why: &str| {
-            Err(NotifyInitError(format!("notify.api_key: {why} (expected {{key_name}}-{{service_id}}-{{secret}})")))
+            Err(NotifyInitError(format!("{setting}: {why} (expected {{key_name}}-{{service_id}}-{{secret}})")))
         };
         if key.is_empty() {
             return fail("is empty");

@@ -39,9 +39,20 @@ const KNOWN_ERROR_CLASSES: &[&str] = &[
     "InvalidEmailError",
 ];
 
-/// The `id` of a 2xx answer.
+/// The `id` of an email or SMS 2xx answer.
 pub(crate) fn parse_created(body: &[u8]) -> Option<Uuid> {
     serde_json::from_slice::<CreatedBody>(body).ok().map(|created| created.id)
+}
+
+/// Push's 201 body, `{"result":"success"}`: it has no id.
+#[derive(Deserialize)]
+struct PushResult {
+    result: String,
+}
+
+/// Whether a push 2xx body says `{"result":"success"}`.
+pub(crate) fn parse_push_success(body: &[u8]) -> bool {
+    serde_json::from_slice::<PushResult>(body).is_ok_and(|r| r.result == "success")
 }
 
 /// The first error class named in a body, as a bounded label: a known class, `other` for an unknown
@@ -133,6 +144,23 @@ mod tests {
         assert_eq!(parse_created(body).unwrap().to_string(), "0b9c8a4e-3a8e-4d3a-9a52-3c8f1f7b6a21");
         assert!(parse_created(b"<html>ok</html>").is_none());
         assert!(parse_created(br#"{"id":"not-a-uuid"}"#).is_none());
+    }
+
+    #[test]
+    fn push_success_has_no_id() {
+        assert!(parse_push_success(br#"{"result":"success"}"#));
+        assert!(!parse_push_success(br#"{"result":"error","message":"x"}"#));
+        assert!(!parse_push_success(b""));
+    }
+
+    #[test]
+    fn push_failures_classify_like_the_others() {
+        let not_allowed = va_error(403, "BadRequestError");
+        let err = classify_failure(403, &not_allowed);
+        assert_eq!((err.class, err.error), (ErrorClass::Final, "BadRequestError"));
+        let impaired = br#"{"result":"error","message":"VA Notify service impaired, please try again"}"#;
+        let err = classify_failure(503, impaired);
+        assert_eq!((err.class, err.error), (ErrorClass::Retryable, "http_503"));
     }
 
     #[test]

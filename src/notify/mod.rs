@@ -1,5 +1,8 @@
-//! VA Notify client (SPEC §6): API-key parsing, a fresh JWT per request, the exact email payload,
-//! error classification for the outbox worker, a shared rate limiter and a circuit breaker.
+//! VA Notify client (SPEC §6, CHANNELS.md §3): API-key parsing, a fresh JWT per request, the exact email, SMS
+//! and push payloads, error classification for the outbox worker, rate limiters and circuit breakers.
+//!
+//! Email and SMS share VA's per-service limit and API key, so they share one [`Lane`] (key, limiter, breaker);
+//! push has its own key (`notify.push_api_key`) and therefore its own lane.
 //!
 //! Layout: `api_key` parses the key, `jwt` signs, `client` makes one HTTP call, `classify` reads the
 //! answer, `breaker` guards against a failing upstream, `sandbox` stands in for VA locally.
@@ -25,7 +28,8 @@ use self::client::LiveTransport;
 use self::sandbox::Sandbox;
 use crate::config::{NotifyConfig, NotifyMode, Secret};
 
-/// Counter of calls by outcome: `sent`, `retryable`, `final`, `daily_limit`, `circuit_open`.
+/// Counter of calls by `channel` (email, sms, push) and outcome: `sent`, `retryable`, `final`, `daily_limit`,
+/// `circuit_open`.
 pub const REQUESTS_TOTAL: &str = "ebg_va_notify_requests_total";
 /// Histogram of the HTTP call's duration (not the wait for a rate-limit permit).
 pub const REQUEST_DURATION_SECONDS: &str = "ebg_va_notify_request_duration_seconds";
@@ -39,6 +43,48 @@ pub struct EmailRequest<'a> {
     pub host: &'a str,
     /// Our notification id; stays the same on every retry so VA Notify calls can be reconciled.
     pub reference: Uuid,
+}
+
+/// One SMS to send: to the mobile number VA Profile has for the participant.
+pub struct SmsRequest<'a> {
+    pub template_id: Uuid,
+    pub participant_id: &'a str,
+    /// The `host` personalisation, the only one SMS templates get.
+    pub host: &'a str,
+    /// Our notification id; stays the same on every retry so VA Notify calls can be reconciled.
+    pub reference: Uuid,
+}
+
+/// One push notification to send to the VA Flagship mobile app. `icn` is PII: never logged.
+pub struct PushRequest<'a> {
+    /// A VEText template id: a string, not a UUID.
+    pub template_id: &'a str,
+    /// The plain ICN (no `^NI^200M^USVHA^P`).
+    pub icn: &'a str,
+}
+
+/// VA Notify accepted a push (`{"result":"success"}`). Push answers carry no id and get no callbacks, so an
+/// accepted push is final (`sent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PushAccepted;
+
+/// The VA Notify channels, a bounded metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    Email,
+    Sms,
+    Push,
+}
+
+impl Channel {
+    /// `email`, `sms`, `push`: the label, and the last segment of the API path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Sms => "sms",
+            Self::Push => "push",
+        }
+    }
 }
 
 /// VA Notify accepted the notification.
@@ -89,6 +135,11 @@ impl NotifyError {
     fn circuit_open() -> Self {
         Self { class: ErrorClass::CircuitOpen, http_status: None, error: "circuit_open" }
     }
+
+    /// A push while no `notify.push_api_key` is configured: nothing was sent, and retrying cannot help.
+    fn push_not_configured() -> Self {
+        Self { class: ErrorClass::Final, http_status: None, error: "push_not_configured" }
+    }
 }
 
 /// The client could not be built from its configuration. Never contains the API key's secret.
@@ -131,16 +182,16 @@ pub enum BreakerState {
 
 /// Registers descriptions for this module's metrics with the installed recorder.
 pub fn describe_metrics() {
-    metrics::describe_counter!(REQUESTS_TOTAL, "VA Notify email calls by outcome");
+    metrics::describe_counter!(REQUESTS_TOTAL, "VA Notify calls by channel and outcome");
     metrics::describe_histogram!(
         REQUEST_DURATION_SECONDS,
         metrics::Unit::Seconds,
-        "Duration of VA Notify email calls, excluding rate-limit waits"
+        "Duration of VA Notify calls by channel, excluding rate-limit waits"
     );
 }
 
-/// The VA Notify client the workers use. Cheap to clone: all clones share one connection pool, one rate
-/// limiter and one breaker, which is what makes the limit hold per replica.
+/// The VA Notify client the workers use. Cheap to clone: all clones share one connection pool and the lanes'
+/// rate limiters and breakers, which is what makes the limits hold per replica.
 #[derive(Clone)]
 pub struct NotifyClient {
     inner: Arc<Mode>,
@@ -154,17 +205,32 @@ enum Mode {
 }
 
 struct Live {
+    /// Email and SMS: `notify.api_key`, `rate_per_minute`.
+    main: Lane,
+    /// Push: `notify.push_api_key`, `push_rate_per_minute`; `None` without a push key.
+    push: Option<Lane>,
+}
+
+/// One API key's transport with its own limiter and breaker.
+struct Lane {
     transport: LiveTransport,
     limiter: DefaultDirectRateLimiter,
     breaker: CircuitBreaker,
 }
 
 impl NotifyClient {
-    /// Builds the client. Live mode parses the API key and validates the URLs; sandbox mode needs neither.
+    /// Builds the client. Live mode parses the API keys and validates the URLs; sandbox mode needs neither.
     pub fn from_config(cfg: &NotifyConfig, sandbox_callback: Option<SandboxCallback>) -> Result<Self, NotifyInitError> {
         if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 {
             return Err(NotifyInitError("notify.timeout_ms and notify.connect_timeout_ms: must be at least 1".into()));
         }
+        let sms_sender_id = match cfg.sms_sender_id.trim() {
+            "" => None,
+            id => Some(
+                Uuid::try_parse(id)
+                    .map_err(|_| NotifyInitError("notify.sms_sender_id: must be a UUID (or empty for none)".into()))?,
+            ),
+        };
         let http = crate::upstream::http_client(cfg.timeout_ms, cfg.connect_timeout_ms)
             .map_err(|e| NotifyInitError(format!("cannot build the HTTP client ({e})")))?;
 
@@ -175,7 +241,6 @@ impl NotifyClient {
                 Duration::from_millis(cfg.sandbox_delivery_delay_ms),
             )),
             NotifyMode::Live => {
-                let api_key = ApiKey::parse(cfg.api_key.expose())?;
                 let callback_url = match cfg.callback_url.trim() {
                     "" => None,
                     url => Some(validate_callback_url(url)?),
@@ -183,14 +248,17 @@ impl NotifyClient {
                 if cfg.breaker_failure_threshold == 0 {
                     return Err(NotifyInitError("notify.breaker_failure_threshold: must be at least 1".into()));
                 }
-                Mode::Live(Live {
-                    transport: LiveTransport::new(http, &cfg.base_url, &api_key, callback_url)?,
-                    limiter: RateLimiter::direct(smooth_quota(cfg.rate_per_minute)?),
-                    breaker: CircuitBreaker::new(
-                        cfg.breaker_failure_threshold,
-                        Duration::from_secs(cfg.breaker_open_seconds),
-                    ),
-                })
+                let api_key = ApiKey::parse(cfg.api_key.expose())?;
+                let transport = LiveTransport::new(http.clone(), &cfg.base_url, &api_key, callback_url, sms_sender_id)?;
+                let main = Lane::new(transport, cfg, cfg.rate_per_minute, "notify.rate_per_minute")?;
+                let push = if cfg.push_api_key.is_empty() {
+                    None
+                } else {
+                    let key = ApiKey::parse_setting(cfg.push_api_key.expose(), "notify.push_api_key")?;
+                    let transport = LiveTransport::new(http, &cfg.base_url, &key, None, None)?;
+                    Some(Lane::new(transport, cfg, cfg.push_rate_per_minute, "notify.push_rate_per_minute")?)
+                };
+                Mode::Live(Live { main, push })
             }
         };
         Ok(Self { inner: Arc::new(mode) })
@@ -201,36 +269,96 @@ impl NotifyClient {
     #[instrument(name = "va_notify.send_email", skip_all, fields(reference = %email.reference))]
     pub async fn send_email(&self, email: &EmailRequest<'_>) -> Result<SentNotification, NotifyError> {
         let result = match &*self.inner {
-            Mode::Sandbox(sandbox) => Ok(sandbox.send(email)),
-            Mode::Live(live) => live.send(email).await,
+            Mode::Sandbox(sandbox) => Ok(sandbox.send(email.reference, Channel::Email)),
+            Mode::Live(live) => live.main.guarded(Channel::Email, live.main.transport.post_email(email)).await,
         };
-        let outcome = match &result {
-            Ok(_) => "sent",
-            Err(err) => {
-                tracing::debug!(
-                    class = err.class.outcome(),
-                    error = err.error,
-                    http_status = err.http_status,
-                    "VA Notify call failed"
-                );
-                err.class.outcome()
-            }
-        };
-        metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome).increment(1);
+        count(Channel::Email, &result);
         result
     }
 
-    /// The breaker's state now; always `Closed` in sandbox mode.
+    /// Sends one SMS through the email lane (same key and per-service limit), like [`Self::send_email`].
+    #[instrument(name = "va_notify.send_sms", skip_all, fields(reference = %sms.reference))]
+    pub async fn send_sms(&self, sms: &SmsRequest<'_>) -> Result<SentNotification, NotifyError> {
+        let result = match &*self.inner {
+            Mode::Sandbox(sandbox) => Ok(sandbox.send(sms.reference, Channel::Sms)),
+            Mode::Live(live) => live.main.guarded(Channel::Sms, live.main.transport.post_sms(sms)).await,
+        };
+        count(Channel::Sms, &result);
+        result
+    }
+
+    /// Sends one push through the push lane (its own key, limiter and breaker). Without a push key in live
+    /// mode the answer is a final `push_not_configured`, and no call is made.
+    #[instrument(name = "va_notify.send_push", skip_all)]
+    pub async fn send_push(&self, push: &PushRequest<'_>) -> Result<PushAccepted, NotifyError> {
+        let result = match &*self.inner {
+            Mode::Sandbox(_) => Ok(PushAccepted),
+            Mode::Live(Live { push: Some(lane), .. }) => {
+                lane.guarded(Channel::Push, lane.transport.post_push(push)).await
+            }
+            Mode::Live(Live { push: None, .. }) => Err(NotifyError::push_not_configured()),
+        };
+        count(Channel::Push, &result);
+        result
+    }
+
+    /// The email/SMS breaker's state now; always `Closed` in sandbox mode.
     pub fn breaker_state(&self) -> BreakerState {
         match &*self.inner {
-            Mode::Live(live) => live.breaker.state(Instant::now()),
+            Mode::Live(live) => live.main.breaker.state(Instant::now()),
             Mode::Sandbox(_) => BreakerState::Closed,
+        }
+    }
+
+    /// The push breaker's state now; `Closed` in sandbox mode and without a push key.
+    pub fn push_breaker_state(&self) -> BreakerState {
+        match &*self.inner {
+            Mode::Live(Live { push: Some(lane), .. }) => lane.breaker.state(Instant::now()),
+            _ => BreakerState::Closed,
         }
     }
 }
 
-impl Live {
-    async fn send(&self, email: &EmailRequest<'_>) -> Result<SentNotification, NotifyError> {
+/// Counts one call under its channel and outcome.
+fn count<T>(channel: Channel, result: &Result<T, NotifyError>) {
+    let outcome = match result {
+        Ok(_) => "sent",
+        Err(err) => {
+            tracing::debug!(
+                channel = channel.as_str(),
+                class = err.class.outcome(),
+                error = err.error,
+                http_status = err.http_status,
+                "VA Notify call failed"
+            );
+            err.class.outcome()
+        }
+    };
+    metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome, "channel" => channel.as_str()).increment(1);
+}
+
+impl Lane {
+    fn new(
+        transport: LiveTransport,
+        cfg: &NotifyConfig,
+        rate_per_minute: u32,
+        rate_setting: &str,
+    ) -> Result<Self, NotifyInitError> {
+        let quota = smooth_quota(rate_per_minute)
+            .map_err(|_| NotifyInitError(format!("{rate_setting}: must be at least 1")))?;
+        Ok(Self {
+            transport,
+            limiter: RateLimiter::direct(quota),
+            breaker: CircuitBreaker::new(cfg.breaker_failure_threshold, Duration::from_secs(cfg.breaker_open_seconds)),
+        })
+    }
+
+    /// Runs `call` (not yet started) under this lane's breaker and limiter, and settles the breaker with its result.
+    async fn guarded<T>(
+        &self,
+        channel: Channel,
+        call: impl Future<Output = Result<T, NotifyError>>,
+    ) -> Result<T, NotifyError> {
         // Checked before queueing on the limiter so an open breaker answers at once, and again (taking
         // the permit) after, because the breaker may have opened while we waited.
         if self.breaker.check(Instant::now()).is_err() {
@@ -240,8 +368,9 @@ impl Live {
         let permit = self.breaker.try_acquire(Instant::now()).map_err(|_| NotifyError::circuit_open())?;
 
         let started = Instant::now();
-        let result = self.transport.post(email).await;
-        metrics::histogram!(REQUEST_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+        let result = call.await;
+        metrics::histogram!(REQUEST_DURATION_SECONDS, "channel" => channel.as_str())
+            .record(started.elapsed().as_secs_f64());
 
         let health = match &result {
             Err(err) if err.class == ErrorClass::Retryable => CallHealth::Failed,

@@ -7,7 +7,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{EmailRequest, SandboxCallback, SentNotification};
+use super::{Channel, SandboxCallback, SentNotification};
 
 /// The callback VA Notify would post, field for field (SPEC §7), minus anything about the recipient.
 #[derive(Serialize)]
@@ -41,16 +41,15 @@ impl Sandbox {
         Self { http, callback, delivery_delay }
     }
 
-    /// "Sends" the email. The callback is posted from a detached task so the caller sees VA-like latency
-    /// (none) and a failed callback cannot fail the send.
-    pub(crate) fn send(&self, email: &EmailRequest<'_>) -> SentNotification {
+    /// "Sends" an email or SMS. The callback is posted from a detached task so the caller sees VA-like
+    /// latency (none) and a failed callback cannot fail the send. (Push gets no callbacks, from VA or here.)
+    pub(crate) fn send(&self, reference: Uuid, channel: Channel) -> SentNotification {
         let id = Uuid::new_v4();
         if let Some(callback) = &self.callback {
             let created_at = Utc::now();
             let http = self.http.clone();
             let url = callback.url.clone();
             let token = callback.bearer_token.clone();
-            let reference = email.reference;
             let delay = self.delivery_delay;
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
@@ -65,7 +64,7 @@ impl Sandbox {
                     completed_at: va_timestamp(completed_at),
                     // Halfway between, as a provider hand-off would be.
                     sent_at: va_timestamp(created_at + (completed_at - created_at) / 2),
-                    notification_type: "email",
+                    notification_type: channel.as_str(),
                     provider: "sandbox",
                 };
                 match http.post(&url).bearer_auth(token).json(&payload).send().await {

@@ -1,7 +1,8 @@
-//! A fake VA Notify `POST /v2/notifications/email` (SPEC §6) on a loopback port.
+//! A fake VA Notify `POST /v2/notifications/{email,sms,push}` (SPEC §6, CHANNELS.md §3) on a loopback port.
 //!
-//! It checks what VA checks (the per-request JWT, the JSON schema with `additionalProperties: false`),
-//! answers in VA's shapes, can be scripted to fail, and records every request for assertions.
+//! It checks what VA checks (the per-request JWT, each JSON schema with `additionalProperties: false`),
+//! answers in VA's shapes, can be scripted to fail, and records every request for assertions. Email and SMS
+//! authenticate with the service's key; push with a separate push key, as VA issues one.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -49,14 +50,28 @@ pub enum Reply {
     Forbidden,
     /// 404 `NoResultFound`.
     NotFound,
+    /// 403 `BadRequestError` "Service is not allowed to send push notifications" (push without permission).
+    PushNotAllowed,
+    /// 503 with VA's JSON body `{"result":"error","message":"VA Notify service impaired, please try again"}`.
+    Impaired,
     /// Holds the request this long, then answers 201: like VA creating the notification after the
     /// client has given up, which is why the record counts it as accepted.
     Timeout(Duration),
 }
 
+/// The VA Notify endpoint a request went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Email,
+    Sms,
+    Push,
+}
+
 /// One request the fake saw.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
+    /// Which endpoint was called.
+    pub endpoint: Endpoint,
     /// The parsed JSON body; `None` if it was not JSON or not sent as `application/json`.
     pub body: Option<Value>,
     /// Whether the bearer JWT passed VA's checks.
@@ -77,6 +92,8 @@ impl RecordedRequest {
 struct Shared {
     service_id: Uuid,
     secret: String,
+    push_service_id: Uuid,
+    push_secret: String,
     base_url: String,
     script: Mutex<VecDeque<Reply>>,
     latency: Mutex<Duration>,
@@ -131,6 +148,8 @@ impl FakeVaNotify {
         let shared = Arc::new(Shared {
             service_id,
             secret: secret.into(),
+            push_service_id: Uuid::new_v4(),
+            push_secret: Uuid::new_v4().to_string(),
             base_url: format!("http://{addr}"),
             script: Mutex::new(VecDeque::new()),
             latency: Mutex::new(Duration::ZERO),
@@ -143,6 +162,8 @@ impl FakeVaNotify {
         });
         let app = Router::new()
             .route("/v2/notifications/email", post(send_email))
+            .route("/v2/notifications/sms", post(send_sms))
+            .route("/v2/notifications/push", post(send_push))
             .route("/_fake/stats", get(stats))
             .with_state(Arc::clone(&shared));
         let server = tokio::spawn(async move {
@@ -176,6 +197,17 @@ impl FakeVaNotify {
     /// A key in VA's format that this fake accepts: `test-key-{service_id}-{secret}`.
     pub fn api_key(&self) -> String {
         format!("test-key-{}-{}", self.shared.service_id, self.shared.secret)
+    }
+
+    /// The push key this fake accepts on `/v2/notifications/push` (and only there):
+    /// `test-push-key-{push_service_id}-{push_secret}`.
+    pub fn push_api_key(&self) -> String {
+        format!("test-push-key-{}-{}", self.shared.push_service_id, self.shared.push_secret)
+    }
+
+    /// Requests to one endpoint.
+    pub fn requests_to(&self, endpoint: Endpoint) -> Vec<RecordedRequest> {
+        self.requests().into_iter().filter(|r| r.endpoint == endpoint).collect()
     }
 
     /// Queues replies for the next valid requests, after any already queued.
@@ -291,9 +323,7 @@ pub fn validate_email_body(body: &Value) -> Result<(), String> {
     let Some(obj) = body.as_object() else {
         return Err("Request body must be a JSON object".into());
     };
-    if let Some(extra) = obj.keys().find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
-        return Err(format!("Additional properties are not allowed ({extra} was unexpected)"));
-    }
+    unexpected_key(obj, TOP_LEVEL_KEYS)?;
     match obj.get("template_id").and_then(Value::as_str) {
         None => return Err("template_id is a required property".into()),
         Some(id) if Uuid::try_parse(id).is_err() => return Err("template_id is not a valid UUID".into()),
@@ -307,22 +337,7 @@ pub fn validate_email_body(body: &Value) -> Result<(), String> {
         _ => {}
     }
     if let Some(recipient) = obj.get("recipient_identifier") {
-        let Some(recipient) = recipient.as_object() else {
-            return Err("recipient_identifier is not of type object".into());
-        };
-        if let Some(extra) = recipient.keys().find(|k| !matches!(k.as_str(), "id_type" | "id_value")) {
-            return Err(format!("recipient_identifier Additional properties are not allowed ({extra} was unexpected)"));
-        }
-        match recipient.get("id_type").and_then(Value::as_str) {
-            None => return Err("recipient_identifier id_type is a required property".into()),
-            Some(t) if !ID_TYPES.contains(&t) => {
-                return Err(format!("recipient_identifier id_type {t} is not one of {ID_TYPES:?}"));
-            }
-            Some(_) => {}
-        }
-        if !recipient.get("id_value").is_some_and(Value::is_string) {
-            return Err("recipient_identifier id_value is a required property of type string".into());
-        }
+        validate_recipient(recipient, ID_TYPES)?;
     }
     if obj.get("personalisation").is_some_and(|p| !p.is_object()) {
         return Err("personalisation is not of type object".into());
@@ -333,16 +348,116 @@ pub fn validate_email_body(body: &Value) -> Result<(), String> {
     if obj.get("billing_code").is_some_and(|b| !b.is_string() && !b.is_null()) {
         return Err("billing_code is not of type string".into());
     }
-    if let Some(callback) = obj.get("callback_url") {
-        let ok = callback
-            .as_str()
-            .and_then(|u| url::Url::parse(u).ok().map(|parsed| (u.len(), parsed)))
-            .is_some_and(|(len, parsed)| parsed.scheme() == "https" && parsed.host().is_some() && len <= 255);
-        if !ok {
-            return Err("callback_url is not a valid https url".into());
+    validate_callback_url(obj.get("callback_url"))
+}
+
+/// A `recipient_identifier` whose `id_type` is one of `allowed`.
+fn validate_recipient(recipient: &Value, allowed: &[&str]) -> Result<(), String> {
+    let Some(recipient) = recipient.as_object() else {
+        return Err("recipient_identifier is not of type object".into());
+    };
+    if let Some(extra) = recipient.keys().find(|k| !matches!(k.as_str(), "id_type" | "id_value")) {
+        return Err(format!("recipient_identifier Additional properties are not allowed ({extra} was unexpected)"));
+    }
+    match recipient.get("id_type").and_then(Value::as_str) {
+        None => return Err("recipient_identifier id_type is a required property".into()),
+        Some(t) if !allowed.contains(&t) => {
+            return Err(format!("recipient_identifier id_type {t} is not one of {allowed:?}"));
         }
+        Some(_) => {}
+    }
+    if !recipient.get("id_value").is_some_and(Value::is_string) {
+        return Err("recipient_identifier id_value is a required property of type string".into());
     }
     Ok(())
+}
+
+fn unexpected_key(obj: &serde_json::Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(extra) => Err(format!("Additional properties are not allowed ({extra} was unexpected)")),
+        None => Ok(()),
+    }
+}
+
+const SMS_KEYS: &[&str] = &[
+    "template_id",
+    "phone_number",
+    "recipient_identifier",
+    "personalisation",
+    "reference",
+    "billing_code",
+    "callback_url",
+    "sms_sender_id",
+];
+
+/// VA's SMS request schema; the error is a ValidationError message.
+pub fn validate_sms_body(body: &Value) -> Result<(), String> {
+    let Some(obj) = body.as_object() else {
+        return Err("Request body must be a JSON object".into());
+    };
+    unexpected_key(obj, SMS_KEYS)?;
+    match obj.get("template_id").and_then(Value::as_str) {
+        None => return Err("template_id is a required property".into()),
+        Some(id) if Uuid::try_parse(id).is_err() => return Err("template_id is not a valid UUID".into()),
+        Some(_) => {}
+    }
+    match (obj.get("phone_number"), obj.get("recipient_identifier")) {
+        (None, None) => return Err("Please provide either phone_number or recipient_identifier".into()),
+        (Some(phone), _)
+            if !phone.as_str().is_some_and(|p| p.starts_with('+') || p.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            return Err("phone_number Not a valid phone number".into());
+        }
+        _ => {}
+    }
+    if let Some(recipient) = obj.get("recipient_identifier") {
+        validate_recipient(recipient, ID_TYPES)?;
+    }
+    if obj.get("personalisation").is_some_and(|p| !p.is_object()) {
+        return Err("personalisation is not of type object".into());
+    }
+    if obj.get("reference").is_some_and(|r| !r.is_string() && !r.is_null()) {
+        return Err("reference is not of type string".into());
+    }
+    if obj.get("sms_sender_id").is_some_and(|s| s.as_str().is_none_or(|s| Uuid::try_parse(s).is_err())) {
+        return Err("sms_sender_id is not a valid UUID".into());
+    }
+    validate_callback_url(obj.get("callback_url"))
+}
+
+/// The mobile apps VA Notify pushes to.
+const MOBILE_APPS: &[&str] = &["VA_FLAGSHIP_APP", "VETEXT"];
+
+/// VA's push request schema: `mobile_app`, `template_id` (a VEText id, a string), `recipient_identifier`
+/// (ICN only), `personalisation`; nothing else, so `reference` and `callback_url` are refused.
+pub fn validate_push_body(body: &Value) -> Result<(), String> {
+    let Some(obj) = body.as_object() else {
+        return Err("Request body must be a JSON object".into());
+    };
+    unexpected_key(obj, &["mobile_app", "template_id", "recipient_identifier", "personalisation"])?;
+    if obj.get("mobile_app").is_some_and(|a| a.as_str().is_none_or(|a| !MOBILE_APPS.contains(&a))) {
+        return Err(format!("mobile_app is not one of {MOBILE_APPS:?}"));
+    }
+    if obj.get("template_id").is_none_or(|t| t.as_str().is_none_or(str::is_empty)) {
+        return Err("template_id is a required property of type string".into());
+    }
+    match obj.get("recipient_identifier") {
+        None => return Err("recipient_identifier is a required property".into()),
+        Some(recipient) => validate_recipient(recipient, &["ICN"])?,
+    }
+    if obj.get("personalisation").is_some_and(|p| !p.is_object() && !p.is_null()) {
+        return Err("personalisation is not of type object".into());
+    }
+    Ok(())
+}
+
+fn validate_callback_url(callback: Option<&Value>) -> Result<(), String> {
+    let Some(callback) = callback else { return Ok(()) };
+    let ok = callback
+        .as_str()
+        .and_then(|u| url::Url::parse(u).ok().map(|parsed| (u.len(), parsed)))
+        .is_some_and(|(len, parsed)| parsed.scheme() == "https" && parsed.host().is_some() && len <= 255);
+    if ok { Ok(()) } else { Err("callback_url is not a valid https url".into()) }
 }
 
 fn now_unix() -> i64 {
@@ -356,7 +471,29 @@ enum Decision {
 }
 
 async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    notification(shared, Endpoint::Email, headers, body).await
+}
+
+async fn send_sms(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    notification(shared, Endpoint::Sms, headers, body).await
+}
+
+async fn send_push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    notification(shared, Endpoint::Push, headers, body).await
+}
+
+/// One notification request: auth with the endpoint's key, the endpoint's schema, then the scripted reply.
+async fn notification(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMap, body: Bytes) -> Response {
     shared.requests_total.fetch_add(1, Ordering::Relaxed);
+    let (service_id, secret) = match endpoint {
+        Endpoint::Email | Endpoint::Sms => (shared.service_id, shared.secret.as_str()),
+        Endpoint::Push => (shared.push_service_id, shared.push_secret.as_str()),
+    };
+    let validate = match endpoint {
+        Endpoint::Email => validate_email_body,
+        Endpoint::Sms => validate_sms_body,
+        Endpoint::Push => validate_push_body,
+    };
     // Like VA (Flask's `get_json`), a body without a JSON content type is not read as JSON.
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -368,8 +505,9 @@ async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
         None => Err((StatusCode::UNAUTHORIZED, "Unauthorized, authentication token must be provided")),
         Some(value) => match value.strip_prefix("Bearer ") {
             None => Err((StatusCode::UNAUTHORIZED, "Unauthorized, authentication bearer scheme must be used")),
-            Some(token) => verify_token(token.trim(), shared.service_id, &shared.secret, now_unix())
-                .map_err(|msg| (StatusCode::FORBIDDEN, msg)),
+            Some(token) => {
+                verify_token(token.trim(), service_id, secret, now_unix()).map_err(|msg| (StatusCode::FORBIDDEN, msg))
+            }
         },
     };
 
@@ -378,9 +516,10 @@ async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
         (Ok(()), None) => {
             Decision::Reject(va_error(StatusCode::BAD_REQUEST, "BadRequestError", "Invalid JSON supplied in POST data"))
         }
-        (Ok(()), Some(value)) => match validate_email_body(value) {
+        (Ok(()), Some(value)) => match validate(value) {
             Err(msg) => Decision::Reject(va_error(StatusCode::BAD_REQUEST, "ValidationError", &msg)),
-            Ok(()) if shared.over_rate_limit() => {
+            // Push has no per-minute limit on VA's side; email and SMS share the service's.
+            Ok(()) if endpoint != Endpoint::Push && shared.over_rate_limit() => {
                 shared.rate_limited_total.fetch_add(1, Ordering::Relaxed);
                 Decision::Reply(Reply::RateLimit)
             }
@@ -397,6 +536,7 @@ async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
     }
     if shared.recording.load(Ordering::Relaxed) {
         lock(&shared.records).push(RecordedRequest {
+            endpoint,
             body: parsed.clone(),
             auth_ok: auth.is_ok(),
             status: response.as_u16(),
@@ -413,7 +553,7 @@ async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
     }
     match decision {
         Decision::Reject(response) => response,
-        Decision::Reply(reply) => shared.render(reply, parsed.as_ref()).await,
+        Decision::Reply(reply) => shared.render(reply, endpoint, parsed.as_ref()).await,
     }
 }
 
@@ -426,8 +566,9 @@ fn reply_status(reply: &Reply) -> StatusCode {
         Reply::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         Reply::RateLimit | Reply::DailyLimit => StatusCode::TOO_MANY_REQUESTS,
         Reply::BadRequest => StatusCode::BAD_REQUEST,
-        Reply::Forbidden => StatusCode::FORBIDDEN,
+        Reply::Forbidden | Reply::PushNotAllowed => StatusCode::FORBIDDEN,
         Reply::NotFound => StatusCode::NOT_FOUND,
+        Reply::Impaired => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -446,12 +587,12 @@ impl Shared {
         false
     }
 
-    async fn render(&self, reply: Reply, body: Option<&Value>) -> Response {
+    async fn render(&self, reply: Reply, endpoint: Endpoint, body: Option<&Value>) -> Response {
         match reply {
-            Reply::Created => self.created(body),
+            Reply::Created => self.created(endpoint, body),
             Reply::Timeout(hold) => {
                 tokio::time::sleep(hold).await;
-                self.created(body)
+                self.created(endpoint, body)
             }
             Reply::Status500 => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -472,11 +613,27 @@ impl Shared {
             Reply::BadRequest => va_error(StatusCode::BAD_REQUEST, "BadRequestError", "Template not found"),
             Reply::Forbidden => va_error(StatusCode::FORBIDDEN, "AuthError", "Invalid token: API key revoked"),
             Reply::NotFound => va_error(StatusCode::NOT_FOUND, "NoResultFound", "No result found"),
+            Reply::PushNotAllowed => {
+                va_error(StatusCode::FORBIDDEN, "BadRequestError", "Service is not allowed to send push notifications")
+            }
+            Reply::Impaired => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"result": "error", "message": "VA Notify service impaired, please try again"})),
+            )
+                .into_response(),
         }
     }
 
     /// VA's 201 body. The content is fixed text: echoing personalisation would copy PII into test logs.
-    fn created(&self, body: Option<&Value>) -> Response {
+    /// Push answers `{"result":"success"}` with no id.
+    fn created(&self, endpoint: Endpoint, body: Option<&Value>) -> Response {
+        let content = match endpoint {
+            Endpoint::Push => return (StatusCode::CREATED, axum::Json(json!({"result": "success"}))).into_response(),
+            Endpoint::Email => {
+                json!({"body": "Your decision letter is ready.", "subject": "Decision letter available"})
+            }
+            Endpoint::Sms => json!({"body": "VA: your decision letter is ready.", "from_number": "+18008271000"}),
+        };
         let id = Uuid::new_v4();
         let field = |name: &str| body.and_then(|b| b.get(name)).cloned().unwrap_or(Value::Null);
         let template_id = field("template_id");
@@ -487,7 +644,7 @@ impl Shared {
             "reference": field("reference"),
             "uri": format!("{}/v2/notifications/{id}", self.base_url),
             "template": {"id": template_id, "version": 1, "uri": template_uri},
-            "content": {"body": "Your decision letter is ready.", "subject": "Decision letter available"},
+            "content": content,
             "scheduled_for": null,
         });
         (StatusCode::CREATED, axum::Json(response)).into_response()

@@ -16,6 +16,7 @@ mod history;
 mod hostile_input;
 mod metrics;
 mod mpi_client;
+mod notify_channels;
 mod notify_client;
 mod openapi_clients;
 mod operations;

@@ -18,13 +18,16 @@ const PARTICIPANT: &str = "600043201";
 const FIRST_NAME: &str = "Jane";
 const HOST: &str = "www.va.gov";
 
-fn live_config(fake: &FakeVaNotify) -> NotifyConfig {
+pub(crate) fn live_config(fake: &FakeVaNotify) -> NotifyConfig {
     NotifyConfig {
         mode: NotifyMode::Live,
         base_url: fake.base_url(),
         api_key: Secret::new(fake.api_key()),
         // High enough that the limiter never shapes tests that are not about it.
         rate_per_minute: 1_000_000,
+        push_api_key: Secret::new(fake.push_api_key()),
+        push_rate_per_minute: 1_000_000,
+        sms_sender_id: String::new(),
         hostname: "api.va.gov".to_owned(),
         callback_url: String::new(),
         callback_token: Secret::default(),
@@ -36,7 +39,7 @@ fn live_config(fake: &FakeVaNotify) -> NotifyConfig {
     }
 }
 
-fn client(cfg: &NotifyConfig) -> NotifyClient {
+pub(crate) fn client(cfg: &NotifyConfig) -> NotifyClient {
     NotifyClient::from_config(cfg, None).expect("client builds")
 }
 
@@ -212,9 +215,9 @@ async fn rate_limiter_is_shared_by_clones_and_spaces_calls() {
     assert_eq!(fake.accepted().len(), 4);
 }
 
-type Received = (Option<String>, Value);
+pub(crate) type Received = (Option<String>, Value);
 
-async fn callback_receiver() -> (String, mpsc::UnboundedReceiver<Received>) {
+pub(crate) async fn callback_receiver() -> (String, mpsc::UnboundedReceiver<Received>) {
     let (tx, rx) = mpsc::unbounded_channel::<Received>();
     let app = axum::Router::new()
         .route(

@@ -70,7 +70,7 @@ async fn run_va_notify(options: &[String]) -> Result<(), String> {
     // A long run would otherwise keep every body in memory; counters stay available at /_fake/stats.
     fake.set_recording(false);
 
-    println!("VA_NOTIFY_URL={} API_KEY={}", fake.base_url(), fake.api_key());
+    println!("VA_NOTIFY_URL={} API_KEY={} PUSH_API_KEY={}", fake.base_url(), fake.api_key(), fake.push_api_key());
     std::io::stdout().flush().map_err(|e| format!("cannot write to stdout: {e}"))?;
 
     tokio::signal::ctrl_c().await.map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
