@@ -19,6 +19,28 @@ pub const EBG_PATHS: [&str; 4] = [
     "/v0/event_bus_gateway/send_notifications",
 ];
 
+/// The EBG route path a `--scope` value names: an action (`send_sms`), its path
+/// (`/v0/event_bus_gateway/send_sms`) or its scope URL (`{scope_base_url}/v0/event_bus_gateway/send_sms`).
+/// The error lists the accepted values.
+pub fn scope_path(value: &str, scope_base_url: &str) -> Result<&'static str, String> {
+    let value = value.trim();
+    let base = scope_base_url.trim_end_matches('/');
+    EBG_PATHS
+        .iter()
+        .find(|path| {
+            let action = path.rsplit('/').next().unwrap_or_default();
+            value == action || value == **path || value.strip_prefix(base) == Some(path)
+        })
+        .copied()
+        .ok_or_else(|| {
+            let actions: Vec<&str> = EBG_PATHS.iter().filter_map(|p| p.rsplit('/').next()).collect();
+            format!(
+                "unknown scope `{value}`: expected one of {} (or its path /v0/event_bus_gateway/<action>, or {base}/v0/event_bus_gateway/<action>)",
+                actions.join(", ")
+            )
+        })
+}
+
 /// Issuer of development tokens when `auth.issuer` is empty.
 const DEFAULT_DEV_ISSUER: &str = "http://localhost:3000";
 
@@ -29,6 +51,17 @@ const DEFAULT_DEV_ISSUER: &str = "http://localhost:3000";
 ///
 /// An empty `participant_id` mints a token without one, to exercise the 422 answer.
 pub fn mint_dev_token(cfg: &AuthConfig, participant_id: &str, ttl: Duration) -> Result<String, AuthInitError> {
+    mint_dev_token_for(cfg, participant_id, ttl, &EBG_PATHS)
+}
+
+/// Like [`mint_dev_token`], scoped to the given route paths only (each one of [`EBG_PATHS`], see
+/// [`scope_path`]), as the Sign-in Service scopes a service account to the URLs it may call.
+pub fn mint_dev_token_for(
+    cfg: &AuthConfig,
+    participant_id: &str,
+    ttl: Duration,
+    paths: &[&str],
+) -> Result<String, AuthInitError> {
     if cfg.dev_private_key_path.trim().is_empty() {
         return Err(AuthInitError(
             "auth.dev_private_key_path: not set (development tokens are not available in this profile)".to_owned(),
@@ -42,7 +75,7 @@ pub fn mint_dev_token(cfg: &AuthConfig, participant_id: &str, ttl: Duration) -> 
     let ttl_seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     let issuer = if cfg.issuer.is_empty() { DEFAULT_DEV_ISSUER } else { cfg.issuer.as_str() };
     let base = cfg.scope_base_url.trim_end_matches('/');
-    let scopes: Vec<String> = EBG_PATHS.iter().map(|path| format!("{base}{path}")).collect();
+    let scopes: Vec<String> = paths.iter().map(|path| format!("{base}{path}")).collect();
     let user_attributes =
         if participant_id.is_empty() { json!({}) } else { json!({ "participant_id": participant_id }) };
     let claims = json!({
@@ -137,6 +170,32 @@ mod tests {
         let token = mint_dev_token(&cfg, "600043201", Duration::from_secs(60)).unwrap();
         let verifier = ServiceAccountVerifier::from_config(&cfg).unwrap();
         assert!(verifier.verify(&token, "/v0/event_bus_gateway/send_email").is_ok());
+    }
+
+    #[test]
+    fn scoped_tokens_verify_on_their_paths_only() {
+        let cfg = config();
+        let paths = [EBG_PATHS[1], EBG_PATHS[3]];
+        let token = mint_dev_token_for(&cfg, "600043201", Duration::from_secs(60), &paths).unwrap();
+        let verifier = ServiceAccountVerifier::from_config(&cfg).unwrap();
+        for path in EBG_PATHS {
+            assert_eq!(verifier.verify(&token, path).is_ok(), paths.contains(&path), "{path}");
+        }
+    }
+
+    #[test]
+    fn scope_values_name_a_route_by_action_path_or_url() {
+        let base = "http://localhost:3000/";
+        for value in
+            ["send_sms", "/v0/event_bus_gateway/send_sms", "http://localhost:3000/v0/event_bus_gateway/send_sms"]
+        {
+            assert_eq!(scope_path(value, base), Ok("/v0/event_bus_gateway/send_sms"), "{value}");
+        }
+        assert_eq!(scope_path("send_notifications", base), Ok("/v0/event_bus_gateway/send_notifications"));
+        for bad in ["send_fax", "https://api.va.gov/v0/event_bus_gateway/send_sms", "", "/flipper/api/features"] {
+            let err = scope_path(bad, base).unwrap_err();
+            assert!(err.contains("send_email, send_sms, send_push, send_notifications"), "{err}");
+        }
     }
 
     #[test]

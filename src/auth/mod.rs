@@ -14,7 +14,9 @@ mod service_account;
 use std::fmt;
 
 pub use admin::AdminTokens;
-pub use mint::{DEV_SERVICE_ACCOUNT_ID, EBG_PATHS, mint_dev_token, mint_token_with_claims};
+pub use mint::{
+    DEV_SERVICE_ACCOUNT_ID, EBG_PATHS, mint_dev_token, mint_dev_token_for, mint_token_with_claims, scope_path,
+};
 pub use service_account::ServiceAccountVerifier;
 
 /// Longest participant id accepted (BGS issues numeric ids; 20 digits leaves room to grow).

@@ -37,6 +37,10 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// A route the token may call: send_email, send_sms, send_push or send_notifications (or its path or
+        /// scope URL). Repeat for several; default send_email.
+        #[arg(long = "scope", value_name = "ROUTE", default_value = "send_email")]
+        scopes: Vec<String>,
     },
     /// Inspect and change feature toggles directly in the database (same audit trail as the admin API).
     Flags(flags::FlagsArgs),
@@ -186,7 +190,7 @@ async fn run_command(command: Command, config: Config, listener: Option<TcpListe
             println!("migrations applied");
             Ok(())
         }
-        Command::Token { participant_id, ttl } => {
+        Command::Token { participant_id, ttl, scopes } => {
             anyhow::ensure!(
                 config.profile == crate::config::Profile::Local,
                 "`token` mints development tokens and is refused outside the local profile"
@@ -196,7 +200,15 @@ async fn run_command(command: Command, config: Config, listener: Option<TcpListe
                 "--participant-id must be 1 to {} digits (a BGS participant id); the service answers 422 to anything else",
                 auth::MAX_PARTICIPANT_ID_LEN
             );
-            let token = auth::mint_dev_token(&config.auth, &participant_id, Duration::from_secs(ttl))?;
+            let mut paths = Vec::with_capacity(scopes.len());
+            for scope in &scopes {
+                let path = auth::scope_path(scope, &config.auth.scope_base_url)
+                    .map_err(|e| anyhow::anyhow!("--scope: {e}"))?;
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+            let token = auth::mint_dev_token_for(&config.auth, &participant_id, Duration::from_secs(ttl), &paths)?;
             println!("{token}");
             Ok(())
         }

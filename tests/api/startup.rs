@@ -313,6 +313,50 @@ async fn every_configuration_problem_is_listed_with_its_source() {
     assert!(!text.contains("figment") && !text.contains("alloc::"), "{text}");
 }
 
+/// The `scopes` claim of a JWT printed by `ebg-notify token`.
+fn printed_scopes(output: &std::process::Output) -> Vec<String> {
+    use base64::Engine;
+    assert!(output.status.success(), "{}", stderr(output));
+    let token = String::from_utf8(output.stdout.clone()).unwrap();
+    let claims = token.trim().split('.').nth(1).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+    serde_json::from_value(claims["scopes"].clone()).unwrap()
+}
+
+#[tokio::test]
+async fn token_mints_the_scopes_asked_for_and_refuses_unknown_ones() {
+    let dir = TempDir::new("scopes");
+    let token = |extra: &[&str]| {
+        let mut args = vec!["token", "--participant-id", PARTICIPANT_ID];
+        args.extend_from_slice(extra);
+        binary(dir.path()).args(args).output().unwrap()
+    };
+    let url = |action: &str| format!("http://localhost:3000/v0/event_bus_gateway/{action}");
+
+    assert_eq!(printed_scopes(&token(&[])), [url("send_email")], "send_email by default");
+    assert_eq!(
+        printed_scopes(&token(&[
+            "--scope",
+            "send_sms",
+            "--scope",
+            "/v0/event_bus_gateway/send_push",
+            "--scope",
+            &url("send_notifications"),
+            "--scope",
+            "send_sms",
+        ])),
+        [url("send_sms"), url("send_push"), url("send_notifications")],
+        "action, path or URL; repeats once"
+    );
+
+    let refused = token(&["--scope", "send_fax"]);
+    assert!(!refused.status.success());
+    let text = stderr(&refused);
+    assert!(text.contains("--scope: unknown scope `send_fax`"), "{text}");
+    assert!(text.contains("send_email, send_sms, send_push, send_notifications"), "{text}");
+}
+
 #[tokio::test]
 async fn a_misspelled_variable_is_warned_about() {
     let dir = TempDir::new("misspelled");
