@@ -90,7 +90,8 @@ pub struct ContactsInitError(pub String);
 ///
 /// An enum rather than a trait object: the set of directories is closed and chosen by `contacts.mode`, each
 /// lookup is one `async fn` call without boxing, and tests reach BGS through a local fake BGS over HTTP
-/// rather than through a substitute implementation. A future MPI directory is one more variant.
+/// rather than through a substitute implementation. ICNs come from [`Mpi`], a directory of its own: it answers
+/// a different question (who the person is in MPI) with different failures.
 #[expect(clippy::large_enum_variant, reason = "built once per process and kept behind an Arc")]
 enum ContactDirectory {
     Bgs(BgsClient),
