@@ -12,6 +12,8 @@ use serde::Deserialize;
 const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const LOCAL_TOML: &str = include_str!("../config/local.toml");
 const PRODUCTION_TOML: &str = include_str!("../config/production.toml");
+/// Time left between the end of the accept bound and the request timeout (handler work around the accept).
+const ACCEPT_TIMEOUT_MARGIN_MS: u64 = 1000;
 
 /// A string that never prints: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
@@ -111,6 +113,10 @@ pub struct AcceptConfig {
     pub duplicate_window_seconds: u64,
     pub batch_max: usize,
     pub writers: usize,
+    /// How long a request may wait to be taken into a transaction before it is answered 503.
+    pub deadline_ms: u64,
+    /// Bound on one accept transaction once its requests are taken (server- and client-side).
+    pub transaction_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -324,6 +330,15 @@ impl Config {
         check(
             (self.accept.writers as u32) < self.database.max_connections,
             "accept.writers: must be below database.max_connections (workers and reads need connections too)",
+        );
+        check(self.accept.deadline_ms >= 1, "accept.deadline_ms: must be at least 1");
+        check(self.accept.transaction_timeout_ms >= 1, "accept.transaction_timeout_ms: must be at least 1");
+        // A request taken into a transaction is never given up by its handler, so the deadline and the
+        // transaction bound together must end before the request timeout answers 503 over a commit.
+        check(
+            self.accept.deadline_ms + self.accept.transaction_timeout_ms + ACCEPT_TIMEOUT_MARGIN_MS
+                <= self.http.request_timeout_seconds * 1000,
+            "accept.deadline_ms + accept.transaction_timeout_ms: must end at least 1 s before http.request_timeout_seconds",
         );
         check(self.worker.concurrency >= 1, "worker.concurrency: must be at least 1");
         check(self.worker.max_attempts >= 1, "worker.max_attempts: must be at least 1");

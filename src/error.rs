@@ -49,6 +49,10 @@ pub enum ApiError {
     /// The database is unreachable: 503 so the caller retries.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The request was not recorded (accept deadline, failed transaction): 503 so the caller retries.
+    /// `outcome` is its bounded label: `timeout`, `unavailable` or `commit_unknown`.
+    #[error("not recorded: {detail}")]
+    NotRecorded { outcome: &'static str, detail: String },
     /// A bug or an unexpected failure: opaque 500.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -69,6 +73,13 @@ impl From<AcceptError> for ApiError {
             },
             AcceptError::Database(e) => e.into(),
             AcceptError::Closed => Self::Unavailable(sqlx::Error::PoolClosed),
+            AcceptError::Deadline => {
+                Self::NotRecorded { outcome: "timeout", detail: AcceptError::Deadline.to_string() }
+            }
+            AcceptError::NotRecorded(detail) => Self::NotRecorded { outcome: "unavailable", detail },
+            AcceptError::CommitUnknown => {
+                Self::NotRecorded { outcome: "commit_unknown", detail: AcceptError::CommitUnknown.to_string() }
+            }
         }
     }
 }
@@ -86,7 +97,7 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) | Self::Retry => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Retry | Self::NotRecorded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,6 +120,7 @@ impl ApiError {
             Self::PayloadTooLarge => "rejected_too_large",
             Self::MalformedBody(_) => "rejected_malformed",
             Self::Unavailable(_) => "unavailable",
+            Self::NotRecorded { outcome, .. } => outcome,
             Self::Retry => "retry",
             Self::Internal(_) => "error",
         }
@@ -150,7 +162,7 @@ impl ApiError {
                 "title": "Malformed request body", "detail": detail, "code": "400", "status": code,
                 "source": { "pointer": "/" },
             }]}),
-            Self::Unavailable(_) | Self::Retry => json!({ "errors": [{
+            Self::Unavailable(_) | Self::Retry | Self::NotRecorded { .. } => json!({ "errors": [{
                 "title": "Service Unavailable", "detail": "The service is temporarily unavailable; retry later",
                 "code": "503", "status": code,
             }]}),
@@ -167,6 +179,7 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
             Self::Unavailable(e) => tracing::warn!(error = %e, "database unavailable; answered 503"),
+            Self::NotRecorded { detail, .. } => tracing::warn!(error = %detail, "request not recorded; answered 503"),
             // The message never contains the token or PII (AuthError labels are fixed strings).
             _ => tracing::info!(status = status.as_u16(), error = %self, "request rejected"),
         }

@@ -40,11 +40,8 @@ pub const SEND_EMAIL_PATH: &str = "/v0/event_bus_gateway/send_email";
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.http.body_limit_bytes;
     let timeout = Duration::from_secs(state.config.http.request_timeout_seconds);
-    let ebg = Router::new()
-        .route(SEND_EMAIL_PATH, post(send_email::send_email))
-        .route_layer(middleware::from_fn(count_requests));
     Router::new()
-        .merge(ebg)
+        .route(SEND_EMAIL_PATH, post(send_email::send_email))
         .route("/va_notify/callbacks", post(callbacks::receive))
         // `/c/{token}` and `/c/{token}/` carry an empty path; the wildcard needs at least one character.
         .route("/c/{token}", get(clicks::follow))
@@ -58,9 +55,11 @@ pub fn router(state: AppState) -> Router {
         .nest(flipper_api::MOUNT, flipper_api::routes())
         .merge(admin::routes())
         .merge(rollouts::routes())
-        .layer(middleware::from_fn(observe_latency))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        // Outside the timeout, so a request it cuts off is still counted and timed as the client saw it.
+        .layer(middleware::from_fn(count_requests))
+        .layer(middleware::from_fn(observe_latency))
         .layer(CatchPanicLayer::new())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
@@ -79,14 +78,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts send_* requests by the outcome the handler or error attached.
+/// Counts send_* requests by the outcome the handler or error attached; a request the timeout layer
+/// cut off carries none and counts as `timeout`.
 async fn count_requests(req: Request, next: Next) -> Response {
-    let endpoint = match req.uri().path() {
-        SEND_EMAIL_PATH => "send_email",
-        _ => "other",
+    let endpoint = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
+        Some(SEND_EMAIL_PATH) => "send_email",
+        _ => return next.run(req).await,
     };
     let response = next.run(req).await;
-    let outcome = response.extensions().get::<Outcome>().map(|o| o.0).unwrap_or("rejected_other");
+    let outcome = match response.extensions().get::<Outcome>() {
+        Some(outcome) => outcome.0,
+        None if response.status() == StatusCode::SERVICE_UNAVAILABLE => "timeout",
+        None => "rejected_other",
+    };
     metrics::counter!(m::REQUESTS, "endpoint" => endpoint, "outcome" => outcome).increment(1);
     response
 }

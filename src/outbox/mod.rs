@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-pub use batch::AcceptQueue;
+pub use batch::{AcceptLimits, AcceptQueue};
 pub use finish::FinishQueue;
 pub use status::Status;
 pub use wakeup::Wakeup;
@@ -55,25 +55,15 @@ pub enum AcceptError {
     /// The accept queue is shut down (the process is stopping).
     #[error("the service is shutting down")]
     Closed,
-}
-
-/// Records a request durably: returns only after the row is committed.
-#[tracing::instrument(skip_all, fields(channel = new.channel))]
-pub async fn accept(pool: &PgPool, new: &NewNotification, duplicate_window: Duration) -> Result<Accepted, AcceptError> {
-    let window = pg_interval(duplicate_window);
-    let (id, status, replayed, key_conflict): (Uuid, String, bool, bool) = sqlx::query_as(
-        "select id, status, replayed, key_conflict from accept_notification($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(Uuid::new_v4())
-    .bind(new.channel)
-    .bind(&new.participant_id)
-    .bind(new.template_id)
-    .bind(new.idempotency_key.as_deref())
-    .bind(new.enabled)
-    .bind(window)
-    .fetch_one(pool)
-    .await?;
-    to_accepted(id, &status, replayed, key_conflict)
+    /// Not taken into a transaction within `accept.deadline_ms`; it never will be.
+    #[error("not recorded within accept.deadline_ms")]
+    Deadline,
+    /// The transaction failed or never started; nothing was recorded.
+    #[error("not recorded: {0}")]
+    NotRecorded(String),
+    /// COMMIT was sent but its acknowledgement was lost: the row may exist (the one residual case).
+    #[error("commit not acknowledged")]
+    CommitUnknown,
 }
 
 /// Interprets one row returned by `accept_notification`.

@@ -11,6 +11,7 @@ mod helpers;
 mod metrics;
 mod notify_client;
 mod operations;
+mod outage;
 mod report;
 mod rollout;
 mod send_email;
