@@ -154,6 +154,7 @@ pub struct NotifyConfig {
     pub callback_token: Secret,
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    pub lookup_timeout_ms: u64,
     pub breaker_failure_threshold: u32,
     pub breaker_open_seconds: u64,
     pub sandbox_delivery_delay_ms: u64,

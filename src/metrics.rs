@@ -47,6 +47,9 @@ pub const ACCEPT_COMMIT_UNKNOWN: &str = "ebg_accept_commit_unknown_total";
 /// Unacknowledged accepts resolved, by `resolution`: absent (never committed), withdrawn (deleted),
 /// kept (already in use: the one case a 503'd request stays recorded).
 pub const ACCEPT_IN_DOUBT: &str = "ebg_accept_in_doubt_total";
+/// Lookups by reference before a re-send whose earlier call had no known outcome, by `result`:
+/// adopted (VA held it; not sent again), absent (sent now), failed (retried later), wait (too early).
+pub const RECONCILIATIONS: &str = "ebg_reconciliations_total";
 /// Times the toggle snapshot could not be refreshed.
 pub const TOGGLE_REFRESH_FAILURES: &str = "ebg_toggle_refresh_failures_total";
 /// Seconds since the toggle snapshot was last refreshed successfully (staleness).
@@ -108,6 +111,7 @@ fn describe() {
         "Accept requests answered 503 whose COMMIT was sent but not acknowledged."
     );
     describe_counter!(ACCEPT_IN_DOUBT, "Unacknowledged accepts resolved, by resolution (absent, withdrawn, kept).");
+    describe_counter!(RECONCILIATIONS, "Reconciliations of calls with unknown outcome, by result.");
     describe_counter!(TOGGLE_REFRESH_FAILURES, "Failed refreshes of the in-memory toggle snapshot.");
     describe_gauge!(TOGGLE_SNAPSHOT_AGE, metrics::Unit::Seconds, "Time since the toggle snapshot was last refreshed.");
     describe_counter!("ebg_contact_lookups_total", "Contact lookups by outcome and source (cache, bgs, sandbox).");

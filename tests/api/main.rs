@@ -12,6 +12,7 @@ mod metrics;
 mod notify_client;
 mod operations;
 mod outage;
+mod reconcile;
 mod report;
 mod rollout;
 mod send_email;
