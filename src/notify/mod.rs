@@ -20,6 +20,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use self::api_key::ApiKey;
+pub use self::breaker::Admits;
 use self::breaker::{CallHealth, CircuitBreaker};
 use self::client::LiveTransport;
 use self::sandbox::Sandbox;
@@ -29,6 +30,8 @@ use crate::config::{NotifyConfig, NotifyMode, Secret};
 pub const REQUESTS_TOTAL: &str = "ebg_va_notify_requests_total";
 /// Histogram of the HTTP call's duration (not the wait for a rate-limit permit).
 pub const REQUEST_DURATION_SECONDS: &str = "ebg_va_notify_request_duration_seconds";
+/// Gauge of the circuit breaker: 0 closed, 1 half-open (a trial call may run or runs), 2 open.
+pub const CIRCUIT_STATE: &str = "ebg_va_notify_circuit_state";
 /// Lookups by reference (`GET /v2/notifications?reference=`) by outcome: `found`, `none`, or an error class.
 pub const LOOKUPS_TOTAL: &str = "ebg_va_notify_lookups_total";
 
@@ -133,9 +136,21 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// The value of `ebg_va_notify_circuit_state`.
+    pub fn gauge_value(self) -> f64 {
+        match self {
+            Self::Closed => 0.0,
+            Self::HalfOpen => 1.0,
+            Self::Open => 2.0,
+        }
+    }
+}
+
 /// Registers descriptions for this module's metrics with the installed recorder.
 pub fn describe_metrics() {
     metrics::describe_counter!(REQUESTS_TOTAL, "VA Notify email calls by outcome");
+    metrics::describe_gauge!(CIRCUIT_STATE, "VA Notify circuit breaker: 0 closed, 1 half-open, 2 open");
     metrics::describe_counter!(LOOKUPS_TOTAL, "VA Notify lookups by reference, by outcome (found, none, error class)");
     metrics::describe_histogram!(
         REQUEST_DURATION_SECONDS,
@@ -247,11 +262,21 @@ impl NotifyClient {
         result
     }
 
-    /// The breaker's state now; always `Closed` in sandbox mode.
+    /// The breaker's state now; always `Closed` in sandbox mode. Also sets the state gauge.
     pub fn breaker_state(&self) -> BreakerState {
-        match &*self.inner {
+        let state = match &*self.inner {
             Mode::Live(live) => live.breaker.state(Instant::now()),
             Mode::Sandbox(_) => BreakerState::Closed,
+        };
+        metrics::gauge!(CIRCUIT_STATE).set(state.gauge_value());
+        state
+    }
+
+    /// How many calls could start now (the claim loop claims no more than that).
+    pub fn admits(&self) -> Admits {
+        match &*self.inner {
+            Mode::Live(live) => live.breaker.admits(Instant::now()),
+            Mode::Sandbox(_) => Admits::Any,
         }
     }
 }

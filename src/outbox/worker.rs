@@ -19,7 +19,7 @@ use crate::clicks::ClickLinks;
 use crate::config::{NotifyConfig, WorkerConfig};
 use crate::contacts::{ContactError, Contacts};
 use crate::metrics as m;
-use crate::notify::{BreakerState, EmailRequest, ErrorClass, NotifyClient, NotifyError, web_host};
+use crate::notify::{Admits, BreakerState, EmailRequest, ErrorClass, NotifyClient, NotifyError, web_host};
 use crate::telemetry::PiiHasher;
 
 /// Everything a delivery needs; cheap to clone into each delivery task.
@@ -114,12 +114,28 @@ impl Deliverer {
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            // While the breaker is open, claiming would only push rows back: wait instead.
-            let rows = if self.notify.breaker_state() == BreakerState::Open {
+            // While the breaker is open, or its trial call is outstanding, claiming would only push
+            // rows back (two writes each): wait instead. Half-open, exactly one row is the trial.
+            let admits = self.notify.admits();
+            self.notify.breaker_state(); // keeps the gauge current between scrapes
+            let limit = match admits {
+                Admits::Any => permits.len(),
+                Admits::OneTrial => 1,
+                Admits::None => 0,
+            };
+            let rows = if limit == 0 {
                 Ok(Vec::new())
             } else {
-                super::claim(&self.pool, permits.len() as i64, self.lease(), self.owner.current()).await
+                super::claim(&self.pool, limit as i64, self.lease(), self.owner.current()).await
             };
+            if let (Admits::OneTrial, Ok(trial)) = (admits, &rows) {
+                if let Some(row) = trial.first() {
+                    // Delivered here, not spawned: nothing else is claimed until the trial has settled.
+                    self.deliver(row.clone()).await;
+                    backlog = true;
+                    continue;
+                }
+            }
             backlog = matches!(&rows, Ok(rows) if rows.len() == permits.len());
             match rows {
                 Ok(rows) if !rows.is_empty() => {
@@ -148,6 +164,11 @@ impl Deliverer {
         tasks.wait().await;
         // Released only after the deliveries finished, so nobody takes their rows meanwhile.
         let _ = owner_lock.await;
+    }
+
+    /// The VA Notify breaker's state (and the `ebg_va_notify_circuit_state` gauge, set as it is read).
+    pub fn breaker_state(&self) -> BreakerState {
+        self.notify.breaker_state()
     }
 
     fn lease(&self) -> Duration {

@@ -1,6 +1,7 @@
 //! Integration tests: the real application over HTTP, a real PostgreSQL, local upstream fakes.
 
 mod admin;
+mod breaker;
 mod callbacks;
 mod clicks;
 mod contacts_client;
