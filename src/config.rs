@@ -105,6 +105,7 @@ pub struct AuthConfig {
     pub service_account_ids: Vec<String>,
     pub leeway_seconds: u64,
     pub token_cache_capacity: u64,
+    pub token_cache_max_bytes: u64,
     pub dev_private_key_path: String,
 }
 
@@ -181,6 +182,7 @@ pub struct ContactsConfig {
     pub cache_ttl_seconds: u64,
     pub negative_cache_ttl_seconds: u64,
     pub cache_capacity: u64,
+    pub cache_max_bytes: u64,
     pub sandbox_first_name: String,
 }
 
@@ -341,6 +343,11 @@ impl Config {
                 <= self.http.request_timeout_seconds * 1000,
             "accept.deadline_ms + accept.transaction_timeout_ms: must end at least 1 s before http.request_timeout_seconds",
         );
+        check(
+            self.auth.token_cache_capacity == 0 || self.auth.token_cache_max_bytes >= 1024,
+            "auth.token_cache_max_bytes: must be at least 1024 when the token cache is on",
+        );
+        check(self.contacts.cache_max_bytes >= 1024, "contacts.cache_max_bytes: must be at least 1024");
         check(self.worker.concurrency >= 1, "worker.concurrency: must be at least 1");
         check(self.worker.max_attempts >= 1, "worker.max_attempts: must be at least 1");
         check(self.worker.lease_seconds >= 5, "worker.lease_seconds: must be at least 5");

@@ -16,6 +16,7 @@ pub mod contacts;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;

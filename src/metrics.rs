@@ -50,6 +50,10 @@ pub const ACCEPT_IN_DOUBT: &str = "ebg_accept_in_doubt_total";
 /// Lookups by reference before a re-send whose earlier call had no known outcome, by `result`:
 /// adopted (VA held it; not sent again), absent (sent now), failed (retried later), wait (too early).
 pub const RECONCILIATIONS: &str = "ebg_reconciliations_total";
+/// Entries in an in-memory cache, by `cache` (contacts, tokens).
+pub const CACHE_ENTRIES: &str = "ebg_cache_entries";
+/// Accounted bytes of an in-memory cache (an upper bound of its estimated footprint), by `cache`.
+pub const CACHE_BYTES: &str = "ebg_cache_bytes";
 /// Times the toggle snapshot could not be refreshed.
 pub const TOGGLE_REFRESH_FAILURES: &str = "ebg_toggle_refresh_failures_total";
 /// Seconds since the toggle snapshot was last refreshed successfully (staleness).
@@ -112,6 +116,8 @@ fn describe() {
     );
     describe_counter!(ACCEPT_IN_DOUBT, "Unacknowledged accepts resolved, by resolution (absent, withdrawn, kept).");
     describe_counter!(RECONCILIATIONS, "Reconciliations of calls with unknown outcome, by result.");
+    describe_gauge!(CACHE_ENTRIES, "Entries in an in-memory cache, by cache.");
+    describe_gauge!(CACHE_BYTES, metrics::Unit::Bytes, "Accounted bytes of an in-memory cache, by cache.");
     describe_counter!(TOGGLE_REFRESH_FAILURES, "Failed refreshes of the in-memory toggle snapshot.");
     describe_gauge!(TOGGLE_SNAPSHOT_AGE, metrics::Unit::Seconds, "Time since the toggle snapshot was last refreshed.");
     describe_counter!("ebg_contact_lookups_total", "Contact lookups by outcome and source (cache, bgs, sandbox).");

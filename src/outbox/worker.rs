@@ -171,6 +171,11 @@ impl Deliverer {
         self.notify.breaker_state()
     }
 
+    /// Sets the contact cache's size gauges.
+    pub async fn record_cache_size(&self) {
+        self.contacts.record_cache_size().await;
+    }
+
     fn lease(&self) -> Duration {
         Duration::from_secs(self.config.lease_seconds)
     }
