@@ -20,6 +20,8 @@ pub const OWNER_LOCK_CLASS: i32 = 0x4542_4701;
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Pause before reconnecting after the lock's connection failed.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+/// Bound on connecting and locking, and on each check: a database that hangs must not stall the loop.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The id this process records on the rows it leases; 0 while it holds no lock.
 #[derive(Clone, Default)]
@@ -41,6 +43,7 @@ impl Owner {
             conn = lock_new(&options, self) => conn,
             () = cancel.cancelled() => None,
         };
+        // Not holding a lock only means plain lease expiry for our rows; the loop starts either way.
         let owner = self.clone();
         tokio::spawn(async move {
             let mut conn = first;
@@ -55,7 +58,7 @@ impl Owner {
                             }
                             () = tokio::time::sleep(CHECK_EVERY) => {}
                         }
-                        if held.ping().await.is_ok() {
+                        if matches!(tokio::time::timeout(STEP_TIMEOUT, held.ping()).await, Ok(Ok(()))) {
                             conn = Some(held);
                         } else {
                             owner.0.store(0, Ordering::Release);
@@ -77,6 +80,13 @@ impl Owner {
 
 /// Connects and locks a fresh random id; `None` if the database cannot be reached now.
 async fn lock_new(options: &PgConnectOptions, owner: &Owner) -> Option<PgConnection> {
+    tokio::time::timeout(STEP_TIMEOUT, try_lock_new(options, owner)).await.unwrap_or_else(|_| {
+        tracing::warn!("timed out taking the worker's owner lock");
+        None
+    })
+}
+
+async fn try_lock_new(options: &PgConnectOptions, owner: &Owner) -> Option<PgConnection> {
     let mut conn = match options.connect().await {
         Ok(conn) => conn,
         Err(e) => {
