@@ -37,6 +37,10 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// Print this many tokens, one per line, for consecutive participant ids from `participant_id`
+        /// (bench/ fills the token cache with them).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
     },
     /// Inspect and change feature toggles directly in the database (same audit trail as the admin API).
     Flags(flags::FlagsArgs),
@@ -211,7 +215,7 @@ async fn run_command(command: Command, config: Config, listener: Option<TcpListe
             println!("migrations applied");
             Ok(())
         }
-        Command::Token { participant_id, ttl } => {
+        Command::Token { participant_id, ttl, count } => {
             anyhow::ensure!(
                 config.profile == crate::config::Profile::Local,
                 "`token` mints development tokens and is refused outside the local profile"
@@ -221,8 +225,15 @@ async fn run_command(command: Command, config: Config, listener: Option<TcpListe
                 "--participant-id must be 1 to {} digits (a BGS participant id); the service answers 422 to anything else",
                 auth::MAX_PARTICIPANT_ID_LEN
             );
-            let token = auth::mint_dev_token(&config.auth, &participant_id, Duration::from_secs(ttl))?;
-            println!("{token}");
+            if count == 1 {
+                println!("{}", auth::mint_dev_token(&config.auth, &participant_id, Duration::from_secs(ttl))?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let first: u64 = participant_id.parse().context("--count needs a numeric --participant-id")?;
+            for i in 0..count {
+                let id = (first + i).to_string();
+                println!("{}", auth::mint_dev_token(&config.auth, &id, Duration::from_secs(ttl))?);
+            }
             Ok(())
         }
         Command::Report { feature, from, to, format } => {

@@ -9,6 +9,7 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use super::{Contact, ContactError};
+use crate::memory::CacheBounds;
 
 /// An answer worth remembering.
 #[derive(Clone)]
@@ -19,6 +20,14 @@ enum Answer {
 }
 
 impl Answer {
+    /// Heap bytes beyond the enum itself.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Found(contact) => contact.first_name.capacity(),
+            Self::NotFound | Self::NoFirstName => 0,
+        }
+    }
+
     /// Splits a lookup result into an answer to cache, or a failure to pass on uncached.
     fn from_result(result: Result<Contact, ContactError>) -> Result<Self, ContactError> {
         match result {
@@ -68,12 +77,22 @@ pub(crate) struct ContactCache {
 }
 
 impl ContactCache {
-    pub(crate) fn new(capacity: u64, ttl: Duration, negative_ttl: Duration) -> Self {
+    pub(crate) fn new(bounds: CacheBounds, ttl: Duration, negative_ttl: Duration) -> Self {
         let answers = Cache::builder()
-            .max_capacity(capacity)
+            .max_capacity(bounds.max_capacity())
+            .weigher(move |key: &String, answer: &Answer| {
+                let inline = std::mem::size_of::<String>() + std::mem::size_of::<Answer>();
+                bounds.weight(inline + key.capacity() + answer.heap_bytes())
+            })
             .expire_after(AnswerExpiry { found: ttl, negative: negative_ttl })
             .build();
         Self { answers }
+    }
+
+    /// (entries, accounted bytes), after applying pending evictions.
+    pub(crate) async fn size(&self) -> (u64, u64) {
+        self.answers.run_pending_tasks().await;
+        (self.answers.entry_count(), self.answers.weighted_size())
     }
 
     /// The cached answer for `participant_id`, or the result of `fetch`, which runs at most once at a time per
@@ -101,6 +120,22 @@ mod tests {
     use super::*;
 
     const LONG: Duration = Duration::from_secs(3600);
+    const SMALL: CacheBounds = CacheBounds { max_entries: 10, max_bytes: 1 << 20 };
+
+    #[tokio::test]
+    async fn bounded_by_entries_and_by_bytes() {
+        let by_entries = ContactCache::new(CacheBounds { max_entries: 50, max_bytes: 1 << 30 }, LONG, LONG);
+        let by_bytes = ContactCache::new(CacheBounds { max_entries: 1_000_000, max_bytes: 20_000 }, LONG, LONG);
+        for i in 0..500 {
+            let id = i.to_string();
+            by_entries.get_or_fetch(&id, async { Ok(wesley()) }).await.0.unwrap();
+            by_bytes.get_or_fetch(&id, async { Ok(wesley()) }).await.0.unwrap();
+        }
+        let (entries, _) = by_entries.size().await;
+        assert!(entries <= 50, "{entries} entries");
+        let (entries, bytes) = by_bytes.size().await;
+        assert!(bytes <= 20_000 && entries < 100, "{entries} entries, {bytes} bytes");
+    }
 
     fn wesley() -> Contact {
         Contact { first_name: "Wesley".into() }
@@ -108,7 +143,7 @@ mod tests {
 
     #[tokio::test]
     async fn found_is_cached() {
-        let cache = ContactCache::new(10, LONG, LONG);
+        let cache = ContactCache::new(SMALL, LONG, LONG);
         assert_eq!(cache.get_or_fetch("1", async { Ok(wesley()) }).await, (Ok(wesley()), Origin::Directory));
         let unused = async { panic!("must not be fetched again") };
         assert_eq!(cache.get_or_fetch("1", unused).await, (Ok(wesley()), Origin::Cache));
@@ -116,7 +151,7 @@ mod tests {
 
     #[tokio::test]
     async fn negative_answers_expire_on_their_own_ttl() {
-        let cache = ContactCache::new(10, LONG, Duration::from_millis(50));
+        let cache = ContactCache::new(SMALL, LONG, Duration::from_millis(50));
         let not_found = Err(ContactError::NotFound);
         assert_eq!(cache.get_or_fetch("1", async { Err(ContactError::NotFound) }).await.0, not_found);
         assert_eq!(cache.get_or_fetch("1", async { Ok(wesley()) }).await, (not_found, Origin::Cache));
@@ -126,7 +161,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_not_cached() {
-        let cache = ContactCache::new(10, LONG, LONG);
+        let cache = ContactCache::new(SMALL, LONG, LONG);
         for failure in [ContactError::Transient("bgs_timeout"), ContactError::Misconfigured("bgs_logon_not_found")] {
             let fetched = cache.get_or_fetch("1", async { Err(failure.clone()) }).await;
             assert_eq!(fetched, (Err(failure), Origin::Directory));
@@ -136,7 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_lookups_of_one_id_fetch_once() {
-        let cache = ContactCache::new(10, LONG, LONG);
+        let cache = ContactCache::new(SMALL, LONG, LONG);
         let calls = AtomicUsize::new(0);
         let lookup = || async {
             let fetch = async {

@@ -5,7 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::api_key::ApiKey;
-use super::classify::{classify_failure, classify_transport, parse_created};
+use super::classify::{classify_failure, classify_transport, parse_created, parse_list};
 use super::jwt::TokenSigner;
 use super::{EmailRequest, ErrorClass, NotifyError, NotifyInitError, SentNotification};
 
@@ -37,6 +37,8 @@ struct Personalisation<'a> {
 pub(crate) struct LiveTransport {
     http: reqwest::Client,
     endpoint: url::Url,
+    /// `GET /v2/notifications` (lookup by reference).
+    list: url::Url,
     signer: TokenSigner,
     callback_url: Option<String>,
 }
@@ -58,19 +60,46 @@ impl LiveTransport {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        let endpoint = base
-            .join("v2/notifications/email")
-            .map_err(|e| NotifyInitError(format!("notify.base_url: cannot append the API path ({e})")))?;
-        Ok(Self { http, endpoint, signer: TokenSigner::new(api_key), callback_url })
+        let join = |path: &str| {
+            base.join(path).map_err(|e| NotifyInitError(format!("notify.base_url: cannot append the API path ({e})")))
+        };
+        let (endpoint, list) = (join("v2/notifications/email")?, join("v2/notifications")?);
+        Ok(Self { http, endpoint, list, signer: TokenSigner::new(api_key), callback_url })
+    }
+
+    fn token(&self) -> Result<String, NotifyError> {
+        self.signer.sign_now().map_err(|err| {
+            // HS256 over two fields cannot fail short of a bug; don't let a retry loop spin on it.
+            tracing::error!(error = %err, "could not sign the VA Notify JWT");
+            NotifyError { class: ErrorClass::Final, http_status: None, error: "jwt_signing" }
+        })
+    }
+
+    /// VA's ids of the notifications it holds with this `reference` (`GET /v2/notifications?reference=`),
+    /// bounded by `timeout`. An unreadable 2xx is a retryable failure: nobody may send on a lookup
+    /// that could not be read.
+    pub(crate) async fn find(&self, reference: Uuid, timeout: std::time::Duration) -> Result<Vec<Uuid>, NotifyError> {
+        let mut url = self.list.clone();
+        url.query_pairs_mut().append_pair("reference", &reference.to_string());
+        let response = self.http.get(url).bearer_auth(self.token()?).timeout(timeout).send().await.map_err(|err| {
+            tracing::debug!(error = %err, "VA Notify lookup failed before a response");
+            classify_transport(&err)
+        })?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await;
+        if (200..300).contains(&status) {
+            return bytes.ok().as_deref().and_then(parse_list).ok_or(NotifyError {
+                class: ErrorClass::Retryable,
+                http_status: Some(status),
+                error: "invalid_response",
+            });
+        }
+        Err(classify_failure(status, bytes.as_deref().unwrap_or_default()))
     }
 
     /// Makes the call once. No retries here: the outbox worker owns retry timing.
     pub(crate) async fn post(&self, email: &EmailRequest<'_>) -> Result<SentNotification, NotifyError> {
-        let token = self.signer.sign_now().map_err(|err| {
-            // HS256 over two fields cannot fail short of a bug; don't let a retry loop spin on it.
-            tracing::error!(error = %err, "could not sign the VA Notify JWT");
-            NotifyError { class: ErrorClass::Final, http_status: None, error: "jwt_signing" }
-        })?;
+        let token = self.token()?;
         let body = EmailBody {
             template_id: email.template_id,
             recipient_identifier: RecipientIdentifier { id_type: "PID", id_value: email.participant_id },

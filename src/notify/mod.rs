@@ -20,6 +20,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use self::api_key::ApiKey;
+pub use self::breaker::Admits;
 use self::breaker::{CallHealth, CircuitBreaker};
 use self::client::LiveTransport;
 use self::sandbox::Sandbox;
@@ -29,6 +30,12 @@ use crate::config::{NotifyConfig, NotifyMode, Secret};
 pub const REQUESTS_TOTAL: &str = "ebg_va_notify_requests_total";
 /// Histogram of the HTTP call's duration (not the wait for a rate-limit permit).
 pub const REQUEST_DURATION_SECONDS: &str = "ebg_va_notify_request_duration_seconds";
+/// Gauge of the circuit breaker: 0 closed, 1 half-open (a trial call may run or runs), 2 open.
+pub const CIRCUIT_STATE: &str = "ebg_va_notify_circuit_state";
+/// Lookups by reference (`GET /v2/notifications?reference=`) by outcome: `found`, `none`, or an error class.
+pub const LOOKUPS_TOTAL: &str = "ebg_va_notify_lookups_total";
+
+pub use classify::outcome_in_doubt;
 
 /// One email to send. `first_name` is PII: never logged.
 pub struct EmailRequest<'a> {
@@ -129,9 +136,22 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// The value of `ebg_va_notify_circuit_state`.
+    pub fn gauge_value(self) -> f64 {
+        match self {
+            Self::Closed => 0.0,
+            Self::HalfOpen => 1.0,
+            Self::Open => 2.0,
+        }
+    }
+}
+
 /// Registers descriptions for this module's metrics with the installed recorder.
 pub fn describe_metrics() {
     metrics::describe_counter!(REQUESTS_TOTAL, "VA Notify email calls by outcome");
+    metrics::describe_gauge!(CIRCUIT_STATE, "VA Notify circuit breaker: 0 closed, 1 half-open, 2 open");
+    metrics::describe_counter!(LOOKUPS_TOTAL, "VA Notify lookups by reference, by outcome (found, none, error class)");
     metrics::describe_histogram!(
         REQUEST_DURATION_SECONDS,
         metrics::Unit::Seconds,
@@ -157,13 +177,16 @@ struct Live {
     transport: LiveTransport,
     limiter: DefaultDirectRateLimiter,
     breaker: CircuitBreaker,
+    lookup_timeout: Duration,
 }
 
 impl NotifyClient {
     /// Builds the client. Live mode parses the API key and validates the URLs; sandbox mode needs neither.
     pub fn from_config(cfg: &NotifyConfig, sandbox_callback: Option<SandboxCallback>) -> Result<Self, NotifyInitError> {
-        if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 {
-            return Err(NotifyInitError("notify.timeout_ms and notify.connect_timeout_ms: must be at least 1".into()));
+        if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 || cfg.lookup_timeout_ms == 0 {
+            return Err(NotifyInitError(
+                "notify.timeout_ms, notify.connect_timeout_ms and notify.lookup_timeout_ms: must be at least 1".into(),
+            ));
         }
         let http = crate::upstream::http_client(cfg.timeout_ms, cfg.connect_timeout_ms)
             .map_err(|e| NotifyInitError(format!("cannot build the HTTP client ({e})")))?;
@@ -190,6 +213,7 @@ impl NotifyClient {
                         cfg.breaker_failure_threshold,
                         Duration::from_secs(cfg.breaker_open_seconds),
                     ),
+                    lookup_timeout: Duration::from_millis(cfg.lookup_timeout_ms),
                 })
             }
         };
@@ -220,16 +244,55 @@ impl NotifyClient {
         result
     }
 
-    /// The breaker's state now; always `Closed` in sandbox mode.
+    /// VA Notify's ids for the notifications it holds with our `reference` (normally zero or one).
+    /// Goes through the breaker and the rate limiter like a send. Sandbox mode keeps nothing and
+    /// answers none.
+    #[instrument(name = "va_notify.find_by_reference", skip_all, fields(reference = %reference))]
+    pub async fn find_by_reference(&self, reference: Uuid) -> Result<Vec<Uuid>, NotifyError> {
+        let result = match &*self.inner {
+            Mode::Sandbox(_) => Ok(Vec::new()),
+            Mode::Live(live) => live.find(reference).await,
+        };
+        let outcome = match &result {
+            Ok(ids) if ids.is_empty() => "none",
+            Ok(_) => "found",
+            Err(err) => err.class.outcome(),
+        };
+        metrics::counter!(LOOKUPS_TOTAL, "outcome" => outcome).increment(1);
+        result
+    }
+
+    /// The breaker's state now; always `Closed` in sandbox mode. Also sets the state gauge.
     pub fn breaker_state(&self) -> BreakerState {
-        match &*self.inner {
+        let state = match &*self.inner {
             Mode::Live(live) => live.breaker.state(Instant::now()),
             Mode::Sandbox(_) => BreakerState::Closed,
+        };
+        metrics::gauge!(CIRCUIT_STATE).set(state.gauge_value());
+        state
+    }
+
+    /// How many calls could start now (the claim loop claims no more than that).
+    pub fn admits(&self) -> Admits {
+        match &*self.inner {
+            Mode::Live(live) => live.breaker.admits(Instant::now()),
+            Mode::Sandbox(_) => Admits::Any,
         }
     }
 }
 
 impl Live {
+    async fn find(&self, reference: Uuid) -> Result<Vec<Uuid>, NotifyError> {
+        if self.breaker.check(Instant::now()).is_err() {
+            return Err(NotifyError::circuit_open());
+        }
+        self.limiter.until_ready().await;
+        let permit = self.breaker.try_acquire(Instant::now()).map_err(|_| NotifyError::circuit_open())?;
+        let result = self.transport.find(reference, self.lookup_timeout).await;
+        permit.settle(call_health(&result), Instant::now());
+        result
+    }
+
     async fn send(&self, email: &EmailRequest<'_>) -> Result<SentNotification, NotifyError> {
         // Checked before queueing on the limiter so an open breaker answers at once, and again (taking
         // the permit) after, because the breaker may have opened while we waited.
@@ -243,12 +306,15 @@ impl Live {
         let result = self.transport.post(email).await;
         metrics::histogram!(REQUEST_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
 
-        let health = match &result {
-            Err(err) if err.class == ErrorClass::Retryable => CallHealth::Failed,
-            _ => CallHealth::Healthy,
-        };
-        permit.settle(health, Instant::now());
+        permit.settle(call_health(&result), Instant::now());
         result
+    }
+}
+
+fn call_health<T>(result: &Result<T, NotifyError>) -> CallHealth {
+    match result {
+        Err(err) if err.class == ErrorClass::Retryable => CallHealth::Failed,
+        _ => CallHealth::Healthy,
     }
 }
 

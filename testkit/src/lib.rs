@@ -1,8 +1,11 @@
 //! Local fakes of ebg-notify's upstreams, each an HTTP server on a random loopback port that speaks
-//! the real wire contract (SPEC.md §6 for VA Notify, BGS.md for BGS).
+//! the real wire contract (SPEC.md §6 for VA Notify, BGS.md for BGS), and a TCP proxy that can cut a
+//! link (the database, in outage tests).
 
 pub mod bgs;
+pub mod tcp_proxy;
 pub mod va_notify;
 
 pub use bgs::FakeBgs;
+pub use tcp_proxy::TcpProxy;
 pub use va_notify::FakeVaNotify;

@@ -1,6 +1,7 @@
 //! Integration tests: the real application over HTTP, a real PostgreSQL, local upstream fakes.
 
 mod admin;
+mod breaker;
 mod callbacks;
 mod cli_output;
 mod clicks;
@@ -18,6 +19,8 @@ mod metrics;
 mod notify_client;
 mod openapi_clients;
 mod operations;
+mod outage;
+mod reconcile;
 mod report;
 mod rollout;
 mod send_email;

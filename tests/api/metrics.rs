@@ -239,3 +239,16 @@ fn assert_bounded_labels(series: &Series) {
         }
     }
 }
+
+#[tokio::test]
+async fn cache_sizes_are_exposed_as_gauges() {
+    let (app, _notify, _bgs) = wired_app(&[]).await;
+    queue_for(&app, PARTICIPANT_ID).await;
+    app.deliver_all().await;
+    for cache in ["contacts", "tokens"] {
+        let entries = app.metric(&format!("ebg_cache_entries{{cache=\"{cache}\"}}")).await;
+        let bytes = app.metric(&format!("ebg_cache_bytes{{cache=\"{cache}\"}}")).await;
+        assert_eq!(entries, 1.0, "{cache} entries");
+        assert!(bytes >= ebg_notify::memory::ENTRY_OVERHEAD_BYTES as f64, "{cache} bytes {bytes}");
+    }
+}
