@@ -100,6 +100,18 @@ pub fn install() -> PrometheusHandle {
             ] {
                 metrics::counter!(name).increment(0);
             }
+            // The same for the rare events of the exactly-once machinery: a monitor on them needs a 0 series.
+            let labelled: [(&'static str, &'static str, &[&'static str]); 4] = [
+                (ACCEPT_ABANDONED, "reason", &["deadline", "caller_gone"]),
+                (ACCEPT_IN_DOUBT, "resolution", &["absent", "withdrawn", "kept"]),
+                (RECONCILIATIONS, "result", &["adopted", "absent", "failed", "wait"]),
+                (crate::notify::LOOKUPS_TOTAL, "outcome", &["found", "none"]),
+            ];
+            for (name, label, values) in labelled {
+                for value in values {
+                    metrics::counter!(name, label => *value).increment(0);
+                }
+            }
             handle
         })
         .clone()

@@ -219,7 +219,9 @@ fn assert_bounded_labels(series: &Series) {
     let known: BTreeMap<&str, &[&str]> = BTreeMap::from([
         ("api", &["send_email", "other"][..]),
         ("state", &["queued", "retry_wait", "sending"][..]),
-        ("result", &["enabled", "disabled"][..]),
+        // Toggle evaluations, then reconciliations of calls with unknown outcome.
+        ("result", &["enabled", "disabled", "adopted", "absent", "failed", "wait"][..]),
+        ("resolution", &["absent", "withdrawn", "kept"][..]),
         ("kind", &["counted", "head", "scanner", "invalid"][..]),
         ("status", &[][..]),
         ("table", &["notification_events", "clicks", "notifications"][..]),
