@@ -16,7 +16,7 @@ use crate::config::{Config, ContactsMode, NotifyMode};
 use crate::contacts::Contacts;
 use crate::notify::{NotifyClient, SandboxCallback};
 use crate::outbox::worker::Deliverer;
-use crate::outbox::{AcceptQueue, Wakeup};
+use crate::outbox::{AcceptLimits, AcceptQueue, Wakeup};
 use crate::telemetry::PiiHasher;
 use crate::toggles::Toggles;
 use crate::{db, http, metrics, retention, rollout};
@@ -109,17 +109,21 @@ impl Application {
             deliverer = deliverer.with_click_tracking(ClickLinks::from_config(&config.clicks));
         }
 
+        let accept_limits = AcceptLimits {
+            duplicate_window: Duration::from_secs(config.accept.duplicate_window_seconds),
+            max_batch: config.accept.batch_max,
+            writers: config.accept.writers,
+            deadline: Duration::from_millis(config.accept.deadline_ms),
+            transaction_timeout: Duration::from_millis(config.accept.transaction_timeout_ms),
+        };
+        let accept_pool =
+            db::connect_accept_pool(&config.database, accept_limits.writers, accept_limits.transaction_timeout)?;
         let state = AppState {
             verifier: Arc::new(ServiceAccountVerifier::from_config(&config.auth)?),
             admin: Arc::new(AdminTokens::from_config(&config.admin)),
             readers: Arc::new(AdminTokens::readers_from_config(&config.admin)),
             console_key: crate::console::SessionKey::from_config(&config.console),
-            accept: AcceptQueue::start(
-                pool.clone(),
-                Duration::from_secs(config.accept.duplicate_window_seconds),
-                config.accept.batch_max,
-                config.accept.writers,
-            ),
+            accept: AcceptQueue::start(accept_pool, accept_limits),
             config: Arc::new(config),
             db: pool.clone(),
             toggles,

@@ -13,6 +13,8 @@ use serde::Deserialize;
 const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const LOCAL_TOML: &str = include_str!("../config/local.toml");
 const PRODUCTION_TOML: &str = include_str!("../config/production.toml");
+/// Time left between the end of the accept bound and the request timeout (handler work around the accept).
+const ACCEPT_TIMEOUT_MARGIN_MS: u64 = 1000;
 
 /// A string that never prints: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
@@ -134,6 +136,7 @@ pub struct AuthConfig {
     pub service_account_ids: Vec<String>,
     pub leeway_seconds: u64,
     pub token_cache_capacity: u64,
+    pub token_cache_max_bytes: u64,
     pub dev_private_key_path: String,
 }
 
@@ -142,6 +145,10 @@ pub struct AcceptConfig {
     pub duplicate_window_seconds: u64,
     pub batch_max: usize,
     pub writers: usize,
+    /// How long a request may wait to be taken into a transaction before it is answered 503.
+    pub deadline_ms: u64,
+    /// Bound on one accept transaction once its requests are taken (server- and client-side).
+    pub transaction_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -182,6 +189,7 @@ pub struct NotifyConfig {
     pub callback_token: Secret,
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    pub lookup_timeout_ms: u64,
     pub breaker_failure_threshold: u32,
     pub breaker_open_seconds: u64,
     pub sandbox_delivery_delay_ms: u64,
@@ -208,6 +216,7 @@ pub struct ContactsConfig {
     pub cache_ttl_seconds: u64,
     pub negative_cache_ttl_seconds: u64,
     pub cache_capacity: u64,
+    pub cache_max_bytes: u64,
     pub sandbox_first_name: String,
 }
 
@@ -234,6 +243,7 @@ pub struct MpiConfig {
     pub cache_ttl_seconds: u64,
     pub negative_cache_ttl_seconds: u64,
     pub cache_capacity: u64,
+    pub cache_max_bytes: u64,
 }
 
 impl MpiConfig {
@@ -269,6 +279,9 @@ impl MpiConfig {
         }
         if self.cache_capacity == 0 {
             problems.push("mpi.cache_capacity: must be at least 1".to_owned());
+        }
+        if self.cache_max_bytes < 1024 {
+            problems.push("mpi.cache_max_bytes: must be at least 1024".to_owned());
         }
         problems
     }
@@ -493,6 +506,20 @@ impl Config {
             (self.accept.writers as u32) < self.database.max_connections,
             "accept.writers: must be below database.max_connections (workers and reads need connections too)",
         );
+        check(self.accept.deadline_ms >= 1, "accept.deadline_ms: must be at least 1");
+        check(self.accept.transaction_timeout_ms >= 1, "accept.transaction_timeout_ms: must be at least 1");
+        // A request taken into a transaction is never given up by its handler, so the deadline and the
+        // transaction bound together must end before the request timeout answers 503 over a commit.
+        check(
+            self.accept.deadline_ms + self.accept.transaction_timeout_ms + ACCEPT_TIMEOUT_MARGIN_MS
+                <= self.http.request_timeout_seconds * 1000,
+            "accept.deadline_ms + accept.transaction_timeout_ms: must end at least 1 s before http.request_timeout_seconds",
+        );
+        check(
+            self.auth.token_cache_capacity == 0 || self.auth.token_cache_max_bytes >= 1024,
+            "auth.token_cache_max_bytes: must be at least 1024 when the token cache is on",
+        );
+        check(self.contacts.cache_max_bytes >= 1024, "contacts.cache_max_bytes: must be at least 1024");
         check(self.worker.concurrency >= 1, "worker.concurrency: must be at least 1");
         check(self.worker.max_attempts >= 1, "worker.max_attempts: must be at least 1");
         check(self.worker.lease_seconds >= 5, "worker.lease_seconds: must be at least 5");

@@ -115,6 +115,23 @@ async fn answers(host: &str, port: u16) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(1), connect).await, Ok(Ok(_)))
 }
 
+/// The accept writers' own pool (`writers` connections, opened on first use). Every statement and
+/// every idle moment inside a transaction is bounded by `transaction_timeout` on the server, so a
+/// stalled accept can never hold its rows' locks or commit long after its caller was answered.
+pub fn connect_accept_pool(
+    cfg: &DatabaseConfig,
+    writers: usize,
+    transaction_timeout: Duration,
+) -> Result<PgPool, DbError> {
+    let millis = transaction_timeout.as_millis().to_string();
+    let options = connect_options(cfg)?
+        .options([("statement_timeout", millis.as_str()), ("idle_in_transaction_session_timeout", millis.as_str())]);
+    Ok(PgPoolOptions::new()
+        .max_connections(u32::try_from(writers).unwrap_or(u32::MAX).max(1))
+        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+        .connect_lazy_with(options))
+}
+
 /// Creates the target database through the `postgres` maintenance database if it does not exist.
 pub async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), DbError> {
     let name = options.get_database().unwrap_or("postgres").to_owned();

@@ -107,6 +107,10 @@ pub enum ApiError {
     /// The database is unreachable: 503 so the caller retries.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The request was not recorded (accept deadline, failed transaction): 503 so the caller retries.
+    /// `outcome` is its bounded label: `timeout`, `unavailable` or `commit_unknown`.
+    #[error("not recorded: {detail}")]
+    NotRecorded { outcome: &'static str, detail: String },
     /// A bug or an unexpected failure: opaque 500.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -127,6 +131,13 @@ impl From<AcceptError> for ApiError {
             },
             AcceptError::Database(e) => e.into(),
             AcceptError::Closed => Self::Unavailable(sqlx::Error::PoolClosed),
+            AcceptError::Deadline => {
+                Self::NotRecorded { outcome: "timeout", detail: AcceptError::Deadline.to_string() }
+            }
+            AcceptError::NotRecorded(detail) => Self::NotRecorded { outcome: "unavailable", detail },
+            AcceptError::CommitUnknown => {
+                Self::NotRecorded { outcome: "commit_unknown", detail: AcceptError::CommitUnknown.to_string() }
+            }
         }
     }
 }
@@ -146,7 +157,7 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) | Self::Retry => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Retry | Self::NotRecorded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -170,6 +181,7 @@ impl ApiError {
             Self::PayloadTooLarge => "rejected_too_large",
             Self::MalformedBody(_) | Self::BadInput(_) => "rejected_malformed",
             Self::Unavailable(_) => "unavailable",
+            Self::NotRecorded { outcome, .. } => outcome,
             Self::Retry => "retry",
             Self::Internal(_) => "error",
         }
@@ -221,7 +233,7 @@ impl ApiError {
                 error("Payload Too Large", "The request body is too large".into(), "413", pointer())
             }
             Self::MalformedBody(detail) => error("Malformed request body", detail.clone(), "400", pointer()),
-            Self::Unavailable(_) | Self::Retry => {
+            Self::Unavailable(_) | Self::Retry | Self::NotRecorded { .. } => {
                 error("Service Unavailable", "The service is temporarily unavailable; retry later".into(), "503", None)
             }
             Self::Internal(_) => error("Internal Server Error", "Internal server error".into(), "500", None),
@@ -235,6 +247,7 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
             Self::Unavailable(e) => tracing::warn!(error = %e, "database unavailable; answered 503"),
+            Self::NotRecorded { detail, .. } => tracing::warn!(error = %detail, "request not recorded; answered 503"),
             // The message never contains the token or PII (AuthError labels are fixed strings).
             _ => tracing::info!(status = status.as_u16(), error = %self, "request rejected"),
         }

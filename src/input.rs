@@ -103,6 +103,24 @@ pub fn check_text(text: &str, location: impl FnOnce() -> Location) -> Result<(),
     if text.contains('\0') { Err(InputError::Nul(location())) } else { Ok(()) }
 }
 
+/// The longest reason (for a toggle change, a rollout override, a release) kept in the audit log: enough for
+/// a sentence and a ticket link, not a place to paste a log file.
+pub const MAX_REASON_CHARS: usize = 1000;
+
+/// A reason as given: trimmed, blank is none, refused when it holds NUL or is longer than
+/// [`MAX_REASON_CHARS`].
+pub fn reason(text: &str, location: impl Fn() -> Location) -> Result<Option<String>, InputError> {
+    check_text(text, &location)?;
+    let text = text.trim();
+    if text.chars().count() > MAX_REASON_CHARS {
+        return Err(InputError::Invalid {
+            location: location(),
+            detail: format!("a reason is at most {MAX_REASON_CHARS} characters"),
+        });
+    }
+    Ok(Some(text).filter(|t| !t.is_empty()).map(str::to_owned))
+}
+
 /// Parses a JSON document, refusing duplicate keys and NUL in any key or string, at any depth.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, InputError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);

@@ -19,6 +19,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod input;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;

@@ -41,6 +41,20 @@ pub const QUEUE_DEPTH: &str = "ebg_queue_depth";
 pub const QUEUE_OLDEST_DUE_AGE: &str = "ebg_queue_oldest_due_age_seconds";
 /// Requests committed per accept transaction (group commit).
 pub const ACCEPT_BATCH_SIZE: &str = "ebg_accept_batch_size";
+/// Accept requests given up before a writer took them, by `reason` (deadline, caller_gone): never recorded.
+pub const ACCEPT_ABANDONED: &str = "ebg_accept_abandoned_total";
+/// Accept requests answered 503 although their COMMIT was sent (acknowledgement lost): may be recorded.
+pub const ACCEPT_COMMIT_UNKNOWN: &str = "ebg_accept_commit_unknown_total";
+/// Unacknowledged accepts resolved, by `resolution`: absent (never committed), withdrawn (deleted),
+/// kept (already in use: the one case a 503'd request stays recorded).
+pub const ACCEPT_IN_DOUBT: &str = "ebg_accept_in_doubt_total";
+/// Lookups by reference before a re-send whose earlier call had no known outcome, by `result`:
+/// adopted (VA held it; not sent again), absent (sent now), failed (retried later), wait (too early).
+pub const RECONCILIATIONS: &str = "ebg_reconciliations_total";
+/// Entries in an in-memory cache, by `cache` (contacts, tokens).
+pub const CACHE_ENTRIES: &str = "ebg_cache_entries";
+/// Accounted bytes of an in-memory cache (an upper bound of its estimated footprint), by `cache`.
+pub const CACHE_BYTES: &str = "ebg_cache_bytes";
 /// Times the toggle snapshot could not be refreshed.
 pub const TOGGLE_REFRESH_FAILURES: &str = "ebg_toggle_refresh_failures_total";
 /// Seconds since the toggle snapshot was last refreshed successfully (staleness).
@@ -76,8 +90,27 @@ pub fn install() -> PrometheusHandle {
             describe();
             // Label-less counters exist from the start, so dashboards and "no data" monitors see a 0,
             // not a missing series, before the first event.
-            for name in [DEAD_LETTERS, RESENDS, DELIVERY_ATTEMPTED, CLICKS_UNIQUE, TOGGLE_REFRESH_FAILURES] {
+            for name in [
+                DEAD_LETTERS,
+                RESENDS,
+                DELIVERY_ATTEMPTED,
+                CLICKS_UNIQUE,
+                TOGGLE_REFRESH_FAILURES,
+                ACCEPT_COMMIT_UNKNOWN,
+            ] {
                 metrics::counter!(name).increment(0);
+            }
+            // The same for the rare events of the exactly-once machinery: a monitor on them needs a 0 series.
+            let labelled: [(&'static str, &'static str, &[&'static str]); 4] = [
+                (ACCEPT_ABANDONED, "reason", &["deadline", "caller_gone"]),
+                (ACCEPT_IN_DOUBT, "resolution", &["absent", "withdrawn", "kept"]),
+                (RECONCILIATIONS, "result", &["adopted", "absent", "failed", "wait"]),
+                (crate::notify::LOOKUPS_TOTAL, "outcome", &["found", "none"]),
+            ];
+            for (name, label, values) in labelled {
+                for value in values {
+                    metrics::counter!(name, label => *value).increment(0);
+                }
             }
             handle
         })
@@ -104,6 +137,15 @@ fn describe() {
     describe_gauge!(QUEUE_DEPTH, "Notifications waiting for delivery, by state.");
     describe_gauge!(QUEUE_OLDEST_DUE_AGE, metrics::Unit::Seconds, "Age of the oldest due notification.");
     describe_histogram!(ACCEPT_BATCH_SIZE, "Requests committed per accept transaction (group commit).");
+    describe_counter!(ACCEPT_ABANDONED, "Accept requests given up before being taken into a transaction, by reason.");
+    describe_counter!(
+        ACCEPT_COMMIT_UNKNOWN,
+        "Accept requests answered 503 whose COMMIT was sent but not acknowledged."
+    );
+    describe_counter!(ACCEPT_IN_DOUBT, "Unacknowledged accepts resolved, by resolution (absent, withdrawn, kept).");
+    describe_counter!(RECONCILIATIONS, "Reconciliations of calls with unknown outcome, by result.");
+    describe_gauge!(CACHE_ENTRIES, "Entries in an in-memory cache, by cache.");
+    describe_gauge!(CACHE_BYTES, metrics::Unit::Bytes, "Accounted bytes of an in-memory cache, by cache.");
     describe_counter!(TOGGLE_REFRESH_FAILURES, "Failed refreshes of the in-memory toggle snapshot.");
     describe_gauge!(TOGGLE_SNAPSHOT_AGE, metrics::Unit::Seconds, "Time since the toggle snapshot was last refreshed.");
     describe_gauge!(

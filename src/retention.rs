@@ -40,9 +40,26 @@ const PURGES: [(&str, &str); 3] = [
     ),
 ];
 
+impl Purged {
+    /// Rows deleted in all tables.
+    pub fn total(&self) -> u64 {
+        self.events + self.clicks + self.notifications
+    }
+}
+
 /// Deletes everything older than `cutoff`, `batch` rows per statement, until nothing is left.
-#[tracing::instrument(skip_all, fields(%cutoff, batch))]
 pub async fn purge_before(pool: &PgPool, cutoff: DateTime<Utc>, batch: u32) -> Result<Purged, sqlx::Error> {
+    purge_before_with(pool, cutoff, batch, |_| {}).await
+}
+
+/// [`purge_before`], telling `on_batch` the running totals after each statement (the CLI's progress).
+#[tracing::instrument(skip_all, fields(%cutoff, batch))]
+pub async fn purge_before_with(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    batch: u32,
+    mut on_batch: impl FnMut(&Purged),
+) -> Result<Purged, sqlx::Error> {
     let mut purged = Purged::default();
     for (table, sql) in PURGES {
         loop {
@@ -53,6 +70,7 @@ pub async fn purge_before(pool: &PgPool, cutoff: DateTime<Utc>, batch: u32) -> R
                 "clicks" => purged.clicks += deleted,
                 _ => purged.notifications += deleted,
             }
+            on_batch(&purged);
             if deleted < u64::from(batch) {
                 break;
             }

@@ -118,6 +118,7 @@ mod tests {
             service_account_ids: Vec::new(),
             leeway_seconds: 5,
             token_cache_capacity: 10,
+            token_cache_max_bytes: 1 << 20,
             dev_private_key_path: concat!(env!("CARGO_MANIFEST_DIR"), "/config/dev/dev_private_key.pem").to_owned(),
         }
     }

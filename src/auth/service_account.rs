@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::{AuthError, AuthInitError, ServiceAccount, unix_now};
 use crate::config::AuthConfig;
+use crate::memory::CacheBounds;
 
 /// Longest token accepted. Real Sign-in Service tokens are ~1 KiB; the bound stops hashing and parsing
 /// arbitrarily large headers before any work is done.
@@ -72,8 +73,12 @@ impl ServiceAccountVerifier {
         let leeway_seconds = i64::try_from(cfg.leeway_seconds)
             .map_err(|_| AuthInitError("auth.leeway_seconds: too large".to_owned()))?;
         let cache = (cfg.token_cache_capacity > 0).then(|| {
+            let bounds = CacheBounds { max_entries: cfg.token_cache_capacity, max_bytes: cfg.token_cache_max_bytes };
             moka::sync::Cache::builder()
-                .max_capacity(cfg.token_cache_capacity)
+                .max_capacity(bounds.max_capacity())
+                .weigher(move |_: &TokenDigest, account: &Arc<ServiceAccount>| {
+                    bounds.weight(std::mem::size_of::<TokenDigest>() + account_bytes(account))
+                })
                 .expire_after(UntilTokenExpiry { leeway_seconds })
                 .build()
         });
@@ -86,6 +91,14 @@ impl ServiceAccountVerifier {
             leeway_seconds,
             cache,
         })
+    }
+
+    /// Sets the token cache's size gauges (`ebg_cache_entries` / `ebg_cache_bytes`, `cache="tokens"`).
+    pub fn record_cache_size(&self) {
+        if let Some(cache) = &self.cache {
+            cache.run_pending_tasks();
+            crate::memory::record_cache_size("tokens", cache.entry_count(), cache.weighted_size());
+        }
     }
 
     /// Verifies `token` (the bearer value without `Bearer `) for a request to `path`, e.g.
@@ -310,6 +323,18 @@ fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option
     })
 }
 
+/// Estimated bytes of a cached account: the shared allocation plus its strings' heap.
+fn account_bytes(account: &ServiceAccount) -> usize {
+    let text = |s: &String| s.capacity();
+    std::mem::size_of::<ServiceAccount>()
+        + 2 * std::mem::size_of::<usize>() // Arc counters
+        + text(&account.service_account_id)
+        + account.participant_id.as_ref().map_or(0, text)
+        + account.jti.as_ref().map_or(0, text)
+        + account.scopes.capacity() * std::mem::size_of::<String>()
+        + account.scopes.iter().map(text).sum::<usize>()
+}
+
 /// Evicts a cached token when it expires (plus leeway), never later.
 struct UntilTokenExpiry {
     leeway_seconds: i64,
@@ -353,6 +378,7 @@ mod tests {
             service_account_ids: Vec::new(),
             leeway_seconds: 5,
             token_cache_capacity: 100,
+            token_cache_max_bytes: 1 << 20,
             dev_private_key_path: DEV_PRIVATE.to_owned(),
         }
     }

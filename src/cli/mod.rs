@@ -41,6 +41,10 @@ enum Command {
         /// scope URL). Repeat for several; default send_email.
         #[arg(long = "scope", value_name = "ROUTE", default_value = "send_email")]
         scopes: Vec<String>,
+        /// Print this many tokens, one per line, for consecutive participant ids from `participant_id`
+        /// (bench/ fills the token cache with them).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
     },
     /// Inspect and change feature toggles directly in the database (same audit trail as the admin API).
     Flags(flags::FlagsArgs),
@@ -109,6 +113,31 @@ enum Command {
         /// Count what would be requeued, change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Send the `suppressed` emails of a period to the Veterans the toggle enables now (as
+    /// `POST /admin/notifications/release`; audited as `cli:$USER` or `--as`).
+    Release {
+        /// Rows created at or after this RFC 3339 time.
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// Rows created before this RFC 3339 time; default: everything recorded so far.
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Count what would be released, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Audit as `cli:NAME` instead of the OS user.
+        #[arg(long = "as")]
+        as_user: Option<String>,
+    },
+    /// Delete what is older than `retention.days` now, as the service's retention job does (batches of
+    /// `retention.batch_size`); rows still waiting for delivery are never deleted.
+    Retention {
+        /// Keep this many days instead of `retention.days`.
+        #[arg(long)]
+        days: Option<u32>,
     },
 }
 
@@ -190,7 +219,7 @@ async fn run_command(command: Command, config: Config, listener: Option<TcpListe
             println!("migrations applied");
             Ok(())
         }
-        Command::Token { participant_id, ttl, scopes } => {
+        Command::Token { participant_id, ttl, scopes, count } => {
             anyhow::ensure!(
                 config.profile == crate::config::Profile::Local,
                 "`token` mints development tokens and is refused outside the local profile"
@@ -208,8 +237,16 @@ async fn run_command(command: Command, config: Config, listener: Option<TcpListe
                     paths.push(path);
                 }
             }
-            let token = auth::mint_dev_token_for(&config.auth, &participant_id, Duration::from_secs(ttl), &paths)?;
-            println!("{token}");
+            let ttl = Duration::from_secs(ttl);
+            if count == 1 {
+                println!("{}", auth::mint_dev_token_for(&config.auth, &participant_id, ttl, &paths)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let first: u64 = participant_id.parse().context("--count needs a numeric --participant-id")?;
+            for i in 0..count {
+                let id = (first + i).to_string();
+                println!("{}", auth::mint_dev_token_for(&config.auth, &id, ttl, &paths)?);
+            }
             Ok(())
         }
         Command::Report { feature, from, to, format } => {
@@ -217,6 +254,10 @@ async fn run_command(command: Command, config: Config, listener: Option<TcpListe
         }
         Command::Replay { status, since, ids, dry_run } => replay(config, &status, since, &ids, dry_run).await,
         Command::Show { id, json } => show(config, id, json).await,
+        Command::Release { from, to, dry_run, reason, as_user } => {
+            release(config, from, to, dry_run, reason, as_user).await
+        }
+        Command::Retention { days } => retention(config, days).await,
         Command::Flags(args) => flags::run(config, args).await,
         Command::Rollout(args) => rollout::run(config, args).await,
     };
@@ -328,6 +369,57 @@ async fn replay(
     }
     progress.finish(seen, format!("{requeued} requeued"));
     println!("requeued {requeued} notification(s) in state {status}");
+    Ok(())
+}
+
+/// `release`: the admin route's release, against the database, with the toggle as it is there now.
+async fn release(
+    config: Config,
+    from: chrono::DateTime<chrono::Utc>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    dry_run: bool,
+    reason: Option<String>,
+    as_user: Option<String>,
+) -> anyhow::Result<()> {
+    use crate::toggles::release::{ReleaseRequest, release_suppressed};
+    anyhow::ensure!(to.is_none_or(|to| from < to), "--from must be before --to");
+    let pool = open_toggle_database(&config).await?;
+    let toggles = crate::toggles::Toggles::load(pool.clone()).await.context("could not read the toggles")?;
+    let request = ReleaseRequest {
+        feature: crate::toggles::EMAILS_ENABLED.to_owned(),
+        from,
+        to,
+        dry_run,
+        duplicate_window: Duration::from_secs(config.accept.duplicate_window_seconds),
+    };
+    let ctx = crate::toggles::store::AuditContext { actor: cli_actor(as_user), reason, request_id: None };
+    // One transaction decides and queues everything, so there is no count to show until it ends.
+    let progress = crate::progress::Progress::new("release", None);
+    let outcome = release_suppressed(&pool, &toggles.snapshot(), &request, &ctx).await?;
+    progress.finish(outcome.suppressed, format!("{} released", outcome.released));
+    let verb = if dry_run { "would release" } else { "released" };
+    println!(
+        "{verb} {} of {} suppressed notification(s); {} still disabled, {} covered by another send",
+        outcome.released, outcome.suppressed, outcome.still_disabled, outcome.duplicates
+    );
+    Ok(())
+}
+
+/// `retention`: one purge now, with progress per batch.
+async fn retention(config: Config, days: Option<u32>) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database).await?;
+    let days = days.unwrap_or(config.retention.days);
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+    let mut progress = crate::progress::Progress::new("retention", None);
+    let purged = crate::retention::purge_before_with(&pool, cutoff, config.retention.batch_size, |so_far| {
+        progress.update(so_far.total(), format!("{} deleted", so_far.total()));
+    })
+    .await?;
+    progress.finish(purged.total(), format!("{} deleted", purged.total()));
+    println!(
+        "deleted {} notification(s), {} callback event(s), {} click record(s) older than {days} days",
+        purged.notifications, purged.events, purged.clicks
+    );
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use super::{Contact, ContactError};
+use crate::memory::CacheBounds;
 
 /// How long a lookup result may be remembered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,9 +26,12 @@ pub(crate) enum Freshness {
     Uncached,
 }
 
-/// A lookup result that knows whether it is an answer worth remembering.
+/// A lookup result that knows whether it is an answer worth remembering, and what it weighs.
 pub(crate) trait Cacheable: Clone + Send + Sync + 'static {
     fn freshness(&self) -> Freshness;
+
+    /// Heap bytes beyond the value itself (for the byte bound; see [`CacheBounds`]).
+    fn heap_bytes(&self) -> usize;
 }
 
 impl Cacheable for Result<Contact, ContactError> {
@@ -36,6 +40,13 @@ impl Cacheable for Result<Contact, ContactError> {
             Ok(_) => Freshness::Positive,
             Err(ContactError::NotFound | ContactError::NoFirstName) => Freshness::Negative,
             Err(ContactError::Transient(_) | ContactError::Misconfigured(_)) => Freshness::Uncached,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Ok(contact) => contact.first_name.capacity(),
+            Err(_) => 0,
         }
     }
 }
@@ -76,12 +87,22 @@ pub(crate) struct LookupCache<R: Cacheable> {
 pub(crate) type ContactCache = LookupCache<Result<Contact, ContactError>>;
 
 impl<R: Cacheable> LookupCache<R> {
-    pub(crate) fn new(capacity: u64, ttl: Duration, negative_ttl: Duration) -> Self {
+    pub(crate) fn new(bounds: CacheBounds, ttl: Duration, negative_ttl: Duration) -> Self {
         let answers = Cache::builder()
-            .max_capacity(capacity)
+            .max_capacity(bounds.max_capacity())
+            .weigher(move |key: &String, answer: &R| {
+                let inline = std::mem::size_of::<String>() + std::mem::size_of::<R>();
+                bounds.weight(inline + key.capacity() + answer.heap_bytes())
+            })
             .expire_after(AnswerExpiry { found: ttl, negative: negative_ttl, answers: PhantomData })
             .build();
         Self { answers }
+    }
+
+    /// (entries, accounted bytes), after applying pending evictions.
+    pub(crate) async fn size(&self) -> (u64, u64) {
+        self.answers.run_pending_tasks().await;
+        (self.answers.entry_count(), self.answers.weighted_size())
     }
 
     /// The cached answer for `participant_id`, or the result of `fetch`, which runs at most once at a time per
@@ -111,6 +132,22 @@ mod tests {
     use super::*;
 
     const LONG: Duration = Duration::from_secs(3600);
+    const SMALL: CacheBounds = CacheBounds { max_entries: 10, max_bytes: 1 << 20 };
+
+    #[tokio::test]
+    async fn bounded_by_entries_and_by_bytes() {
+        let by_entries = ContactCache::new(CacheBounds { max_entries: 50, max_bytes: 1 << 30 }, LONG, LONG);
+        let by_bytes = ContactCache::new(CacheBounds { max_entries: 1_000_000, max_bytes: 20_000 }, LONG, LONG);
+        for i in 0..500 {
+            let id = i.to_string();
+            by_entries.get_or_fetch(&id, async { Ok(wesley()) }).await.0.unwrap();
+            by_bytes.get_or_fetch(&id, async { Ok(wesley()) }).await.0.unwrap();
+        }
+        let (entries, _) = by_entries.size().await;
+        assert!(entries <= 50, "{entries} entries");
+        let (entries, bytes) = by_bytes.size().await;
+        assert!(bytes <= 20_000 && entries < 100, "{entries} entries, {bytes} bytes");
+    }
 
     fn wesley() -> Contact {
         Contact { first_name: "Wesley".into() }
@@ -118,7 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn found_is_cached() {
-        let cache = ContactCache::new(10, LONG, LONG);
+        let cache = ContactCache::new(SMALL, LONG, LONG);
         assert_eq!(cache.get_or_fetch("1", async { Ok(wesley()) }).await, (Ok(wesley()), Origin::Directory));
         let unused = async { panic!("must not be fetched again") };
         assert_eq!(cache.get_or_fetch("1", unused).await, (Ok(wesley()), Origin::Cache));
@@ -126,7 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn negative_answers_expire_on_their_own_ttl() {
-        let cache = ContactCache::new(10, LONG, Duration::from_millis(50));
+        let cache = ContactCache::new(SMALL, LONG, Duration::from_millis(50));
         let not_found = Err(ContactError::NotFound);
         assert_eq!(cache.get_or_fetch("1", async { Err(ContactError::NotFound) }).await.0, not_found);
         assert_eq!(cache.get_or_fetch("1", async { Ok(wesley()) }).await, (not_found, Origin::Cache));
@@ -136,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_not_cached() {
-        let cache = ContactCache::new(10, LONG, LONG);
+        let cache = ContactCache::new(SMALL, LONG, LONG);
         for failure in [ContactError::Transient("bgs_timeout"), ContactError::Misconfigured("bgs_logon_not_found")] {
             let fetched = cache.get_or_fetch("1", async { Err(failure.clone()) }).await;
             assert_eq!(fetched, (Err(failure), Origin::Directory));
@@ -146,7 +183,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_lookups_of_one_id_fetch_once() {
-        let cache = ContactCache::new(10, LONG, LONG);
+        let cache = ContactCache::new(SMALL, LONG, LONG);
         let calls = AtomicUsize::new(0);
         let lookup = || async {
             let fetch = async {

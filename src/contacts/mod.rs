@@ -143,13 +143,22 @@ impl Contacts {
             ContactsMode::Bgs => Inner {
                 directory: ContactDirectory::Bgs(BgsClient::from_config(cfg)?),
                 cache: Some(ContactCache::new(
-                    cfg.cache_capacity,
+                    crate::memory::CacheBounds { max_entries: cfg.cache_capacity, max_bytes: cfg.cache_max_bytes },
                     Duration::from_secs(cfg.cache_ttl_seconds),
                     Duration::from_secs(cfg.negative_cache_ttl_seconds),
                 )),
             },
         };
         Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Sets the cache's size gauges (`ebg_cache_entries` / `ebg_cache_bytes`, `cache="contacts"`); the
+    /// sandbox keeps no cache.
+    pub async fn record_cache_size(&self) {
+        if let Some(cache) = &self.inner.cache {
+            let (entries, bytes) = cache.size().await;
+            crate::memory::record_cache_size("contacts", entries, bytes);
+        }
     }
 
     /// Resolves a participant id to a contact.

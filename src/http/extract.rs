@@ -83,7 +83,10 @@ impl RequestMeta {
     pub fn reason_or(&self, params: &Params) -> Result<Option<String>, ApiError> {
         match &self.reason {
             Some(r) => Ok(Some(r.clone())),
-            None => Ok(params.string("reason")?.map(str::to_owned)),
+            None => match params.string("reason")? {
+                Some(text) => Ok(input::reason(text, || Location::parameter("reason"))?),
+                None => Ok(None),
+            },
         }
     }
 }
@@ -99,8 +102,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
             Some(value) => {
                 let text = std::str::from_utf8(value.as_bytes())
                     .map_err(|_| InputError::InvalidUtf8(Location::Header("X-Reason")))?;
-                input::check_text(text, || Location::Header("X-Reason"))?;
-                Some(text.trim()).filter(|v| !v.is_empty()).map(str::to_owned)
+                input::reason(text, || Location::Header("X-Reason"))?
             }
         };
         let request_id = parts

@@ -23,5 +23,8 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         // Serve the counters anyway; stale gauges are better than no scrape at all.
         Err(e) => tracing::warn!(error = %e, "queue depth query failed"),
     }
+    state.deliverer.record_breaker_states();
+    state.verifier.record_cache_size();
+    state.deliverer.record_cache_size().await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -41,13 +41,10 @@ pub const SEND_EMAIL_PATH: &str = "/v0/event_bus_gateway/send_email";
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.http.body_limit_bytes;
     let timeout = Duration::from_secs(state.config.http.request_timeout_seconds);
-    let ebg = Router::new()
-        .route(SEND_EMAIL_PATH, post(send_email::send_email))
-        .route_layer(middleware::from_fn(count_requests));
     let console = if state.config.console.enabled { crate::console::routes() } else { Router::new() };
     Router::new()
-        .merge(ebg)
         .merge(console)
+        .route(SEND_EMAIL_PATH, post(send_email::send_email))
         .route("/va_notify/callbacks", post(callbacks::receive))
         // `/c/{token}` and `/c/{token}/` carry an empty path; the wildcard needs at least one character.
         .route("/c/{token}", get(clicks::follow_bare))
@@ -62,9 +59,11 @@ pub fn router(state: AppState) -> Router {
         .nest(flipper_api::MOUNT, flipper_api::routes())
         .merge(admin::routes())
         .merge(rollouts::routes())
-        .layer(middleware::from_fn(observe_latency))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        // Outside the timeout, so a request it cuts off is still counted and timed as the client saw it.
+        .layer(middleware::from_fn(count_requests))
+        .layer(middleware::from_fn(observe_latency))
         .layer(CatchPanicLayer::new())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().on_response(on_response).make_span_with(|req: &Request| {
@@ -95,14 +94,19 @@ fn on_response(response: &Response, latency: Duration, span: &tracing::Span) {
     DefaultOnResponse::new().level(level).latency_unit(LatencyUnit::Millis).on_response(response, latency, span);
 }
 
-/// Counts send_* requests by the outcome the handler or error attached.
+/// Counts send_* requests by the outcome the handler or error attached; a request the timeout layer
+/// cut off carries none and counts as `timeout`.
 async fn count_requests(req: Request, next: Next) -> Response {
-    let api = match req.uri().path() {
-        SEND_EMAIL_PATH => "send_email",
-        _ => "other",
+    let api = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
+        Some(SEND_EMAIL_PATH) => "send_email",
+        _ => return next.run(req).await,
     };
     let response = next.run(req).await;
-    let outcome = response.extensions().get::<Outcome>().map(|o| o.0).unwrap_or("rejected_other");
+    let outcome = match response.extensions().get::<Outcome>() {
+        Some(outcome) => outcome.0,
+        None if response.status() == StatusCode::SERVICE_UNAVAILABLE => "timeout",
+        None => "rejected_other",
+    };
     metrics::counter!(m::REQUESTS, "api" => api, "outcome" => outcome).increment(1);
     response
 }

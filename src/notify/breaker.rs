@@ -8,6 +8,16 @@ use std::time::{Duration, Instant};
 
 use super::BreakerState;
 
+/// How many calls the breaker would let start now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admits {
+    Any,
+    /// Half-open: one trial call decides.
+    OneTrial,
+    /// Open, or a trial call is outstanding.
+    None,
+}
+
 /// The breaker refused a call; no request may be made.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Rejected;
@@ -60,6 +70,17 @@ impl CircuitBreaker {
             State::Closed { .. } => BreakerState::Closed,
             State::Open { until } if now < until => BreakerState::Open,
             State::Open { .. } | State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// How many calls could start at `now`: any while closed, one trial once the open period is over
+    /// and no trial runs, none while open or while a trial is outstanding.
+    pub(crate) fn admits(&self, now: Instant) -> Admits {
+        match *self.lock() {
+            State::Closed { .. } => Admits::Any,
+            State::Open { until } if now < until => Admits::None,
+            State::Open { .. } | State::HalfOpen { trial_in_flight: false } => Admits::OneTrial,
+            State::HalfOpen { trial_in_flight: true } => Admits::None,
         }
     }
 
@@ -168,6 +189,7 @@ mod tests {
         assert_eq!(b.state(t0), BreakerState::Closed);
         fail(&b, t0);
         assert_eq!(b.state(t0), BreakerState::Open);
+        assert_eq!(b.admits(t0), Admits::None);
         assert_eq!(b.check(t0), Err(Rejected));
         assert!(b.try_acquire(t0 + Duration::from_secs(29)).is_err());
     }
@@ -192,8 +214,10 @@ mod tests {
         let later = t0 + OPEN_FOR;
         assert_eq!(b.state(later), BreakerState::HalfOpen);
         assert_eq!(b.check(later), Ok(()));
+        assert_eq!(b.admits(later), Admits::OneTrial);
         let trial = b.try_acquire(later).unwrap();
         assert_eq!(b.check(later), Err(Rejected));
+        assert_eq!(b.admits(later), Admits::None, "nothing more while the trial is outstanding");
         assert!(b.try_acquire(later).is_err(), "second trial must wait");
         trial.settle(CallHealth::Healthy, later);
         assert_eq!(b.state(later), BreakerState::Closed);

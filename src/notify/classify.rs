@@ -39,6 +39,23 @@ const KNOWN_ERROR_CLASSES: &[&str] = &[
     "InvalidEmailError",
 ];
 
+/// The list endpoint's body; only the ids matter.
+#[derive(Deserialize)]
+struct ListBody {
+    notifications: Vec<CreatedBody>,
+}
+
+/// The ids in a 2xx answer of `GET /v2/notifications`.
+pub(crate) fn parse_list(body: &[u8]) -> Option<Vec<Uuid>> {
+    serde_json::from_slice::<ListBody>(body).ok().map(|list| list.notifications.into_iter().map(|n| n.id).collect())
+}
+
+/// Whether a failed call may have reached VA Notify (and created the notification): a timeout or a
+/// connection lost after the request was sent. A connect failure, or any HTTP answer, is not in doubt.
+pub fn outcome_in_doubt(error: &str) -> bool {
+    matches!(error, "timeout" | "transport")
+}
+
 /// The `id` of an email or SMS 2xx answer.
 pub(crate) fn parse_created(body: &[u8]) -> Option<Uuid> {
     serde_json::from_slice::<CreatedBody>(body).ok().map(|created| created.id)
@@ -135,6 +152,15 @@ mod tests {
         serde_json::json!({"status_code": status, "errors": [{"error": class, "message": "something"}]})
             .to_string()
             .into_bytes()
+    }
+
+    #[test]
+    fn list_body_yields_every_id() {
+        let body = br#"{"notifications":[{"id":"0b9c8a4e-3a8e-4d3a-9a52-3c8f1f7b6a21","reference":"r","type":"email",
+            "status":"created","template":{"id":"t","version":1,"uri":"u"}}],"links":{"current":"c"}}"#;
+        assert_eq!(parse_list(body).unwrap().len(), 1);
+        assert_eq!(parse_list(br#"{"notifications":[],"links":{"current":"c"}}"#).unwrap(), Vec::<Uuid>::new());
+        assert!(parse_list(b"<html>").is_none());
     }
 
     #[test]

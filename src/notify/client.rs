@@ -8,7 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::api_key::ApiKey;
-use super::classify::{classify_failure, classify_transport, parse_created, parse_push_success};
+use super::classify::{classify_failure, classify_transport, parse_created, parse_list, parse_push_success};
 use super::jwt::TokenSigner;
 use super::{
     Channel, EmailRequest, ErrorClass, NotifyError, NotifyInitError, PushAccepted, PushRequest, SentNotification,
@@ -76,6 +76,8 @@ struct NoPersonalisation {}
 pub(crate) struct LiveTransport {
     http: reqwest::Client,
     base: url::Url,
+    /// `GET /v2/notifications` (lookup by reference).
+    list: url::Url,
     signer: TokenSigner,
     callback_url: Option<String>,
     sms_sender_id: Option<Uuid>,
@@ -102,7 +104,40 @@ impl LiveTransport {
         for channel in [Channel::Email, Channel::Sms, Channel::Push] {
             endpoint(&base, channel)?;
         }
-        Ok(Self { http, base, signer: TokenSigner::new(api_key), callback_url, sms_sender_id })
+        let list = base
+            .join("v2/notifications")
+            .map_err(|e| NotifyInitError(format!("notify.base_url: cannot append the API path ({e})")))?;
+        Ok(Self { http, base, list, signer: TokenSigner::new(api_key), callback_url, sms_sender_id })
+    }
+
+    fn token(&self) -> Result<String, NotifyError> {
+        self.signer.sign_now().map_err(|err| {
+            // HS256 over two fields cannot fail short of a bug; don't let a retry loop spin on it.
+            tracing::error!(error = %err, "could not sign the VA Notify JWT");
+            NotifyError { class: ErrorClass::Final, http_status: None, error: "jwt_signing" }
+        })
+    }
+
+    /// VA's ids of the notifications it holds with this `reference` (`GET /v2/notifications?reference=`),
+    /// bounded by `timeout`. An unreadable 2xx is a retryable failure: nobody may send on a lookup
+    /// that could not be read.
+    pub(crate) async fn find(&self, reference: Uuid, timeout: std::time::Duration) -> Result<Vec<Uuid>, NotifyError> {
+        let mut url = self.list.clone();
+        url.query_pairs_mut().append_pair("reference", &reference.to_string());
+        let response = self.http.get(url).bearer_auth(self.token()?).timeout(timeout).send().await.map_err(|err| {
+            tracing::debug!(error = %err, "VA Notify lookup failed before a response");
+            classify_transport(&err)
+        })?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await;
+        if (200..300).contains(&status) {
+            return bytes.ok().as_deref().and_then(parse_list).ok_or(NotifyError {
+                class: ErrorClass::Retryable,
+                http_status: Some(status),
+                error: "invalid_response",
+            });
+        }
+        Err(classify_failure(status, bytes.as_deref().unwrap_or_default()))
     }
 
     /// Sends one email once. No retries here: the outbox worker owns retry timing.
@@ -152,11 +187,7 @@ impl LiveTransport {
     /// Posts `body` to the channel's endpoint with a fresh JWT. `Ok` is a 2xx status with its body; every
     /// other answer is classified into an error here.
     async fn post(&self, channel: Channel, body: &impl Serialize) -> Result<(u16, Vec<u8>), NotifyError> {
-        let token = self.signer.sign_now().map_err(|err| {
-            // HS256 over two fields cannot fail short of a bug; don't let a retry loop spin on it.
-            tracing::error!(error = %err, "could not sign the VA Notify JWT");
-            NotifyError { class: ErrorClass::Final, http_status: None, error: "jwt_signing" }
-        })?;
+        let token = self.token()?;
         let endpoint = endpoint(&self.base, channel).map_err(|_| NotifyError {
             class: ErrorClass::Final,
             http_status: None,
@@ -217,6 +248,13 @@ mod tests {
             endpoint("http://127.0.0.1:9/proxy/va", Channel::Push),
             "http://127.0.0.1:9/proxy/va/v2/notifications/push"
         );
+    }
+
+    #[test]
+    fn list_endpoint_keeps_any_base_path() {
+        let list = |base: &str| transport(base).map(|t| t.list.to_string()).unwrap();
+        assert_eq!(list("https://api.notifications.va.gov"), "https://api.notifications.va.gov/v2/notifications");
+        assert_eq!(list("http://127.0.0.1:9/proxy/va/"), "http://127.0.0.1:9/proxy/va/v2/notifications");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use self::api_key::ApiKey;
+pub use self::breaker::Admits;
 use self::breaker::{CallHealth, CircuitBreaker};
 use self::client::LiveTransport;
 use self::sandbox::Sandbox;
@@ -33,6 +34,13 @@ use crate::config::{NotifyConfig, NotifyMode, Secret};
 pub const REQUESTS_TOTAL: &str = "ebg_va_notify_requests_total";
 /// Histogram of the HTTP call's duration (not the wait for a rate-limit permit).
 pub const REQUEST_DURATION_SECONDS: &str = "ebg_va_notify_request_duration_seconds";
+/// Gauge of each circuit breaker by `lane` (`notify` for email and SMS, `push`): 0 closed, 1 half-open (a trial
+/// call may run or runs), 2 open.
+pub const CIRCUIT_STATE: &str = "ebg_va_notify_circuit_state";
+/// Lookups by reference (`GET /v2/notifications?reference=`) by outcome: `found`, `none`, or an error class.
+pub const LOOKUPS_TOTAL: &str = "ebg_va_notify_lookups_total";
+
+pub use classify::outcome_in_doubt;
 
 /// One email to send. `first_name` is PII: never logged.
 pub struct EmailRequest<'a> {
@@ -180,9 +188,22 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// The value of `ebg_va_notify_circuit_state`.
+    pub fn gauge_value(self) -> f64 {
+        match self {
+            Self::Closed => 0.0,
+            Self::HalfOpen => 1.0,
+            Self::Open => 2.0,
+        }
+    }
+}
+
 /// Registers descriptions for this module's metrics with the installed recorder.
 pub fn describe_metrics() {
     metrics::describe_counter!(REQUESTS_TOTAL, "VA Notify calls by channel and outcome");
+    metrics::describe_gauge!(CIRCUIT_STATE, "VA Notify circuit breakers by lane: 0 closed, 1 half-open, 2 open");
+    metrics::describe_counter!(LOOKUPS_TOTAL, "VA Notify lookups by reference, by outcome (found, none, error class)");
     metrics::describe_histogram!(
         REQUEST_DURATION_SECONDS,
         metrics::Unit::Seconds,
@@ -209,6 +230,8 @@ struct Live {
     main: Lane,
     /// Push: `notify.push_api_key`, `push_rate_per_minute`; `None` without a push key.
     push: Option<Lane>,
+    /// Whole-request timeout of a lookup by reference (email and SMS only: push answers carry no id).
+    lookup_timeout: Duration,
 }
 
 /// One API key's transport with its own limiter and breaker.
@@ -221,8 +244,10 @@ struct Lane {
 impl NotifyClient {
     /// Builds the client. Live mode parses the API keys and validates the URLs; sandbox mode needs neither.
     pub fn from_config(cfg: &NotifyConfig, sandbox_callback: Option<SandboxCallback>) -> Result<Self, NotifyInitError> {
-        if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 {
-            return Err(NotifyInitError("notify.timeout_ms and notify.connect_timeout_ms: must be at least 1".into()));
+        if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 || cfg.lookup_timeout_ms == 0 {
+            return Err(NotifyInitError(
+                "notify.timeout_ms, notify.connect_timeout_ms and notify.lookup_timeout_ms: must be at least 1".into(),
+            ));
         }
         let sms_sender_id = match cfg.sms_sender_id.trim() {
             "" => None,
@@ -258,7 +283,7 @@ impl NotifyClient {
                     let transport = LiveTransport::new(http, &cfg.base_url, &key, None, None)?;
                     Some(Lane::new(transport, cfg, cfg.push_rate_per_minute, "notify.push_rate_per_minute")?)
                 };
-                Mode::Live(Live { main, push })
+                Mode::Live(Live { main, push, lookup_timeout: Duration::from_millis(cfg.lookup_timeout_ms) })
             }
         };
         Ok(Self { inner: Arc::new(mode) })
@@ -302,20 +327,67 @@ impl NotifyClient {
         result
     }
 
-    /// The email/SMS breaker's state now; always `Closed` in sandbox mode.
+    /// VA Notify's ids for the notifications it holds with our `reference` (normally zero or one).
+    /// Goes through the breaker and the rate limiter like a send. Sandbox mode keeps nothing and
+    /// answers none.
+    #[instrument(name = "va_notify.find_by_reference", skip_all, fields(reference = %reference))]
+    pub async fn find_by_reference(&self, reference: Uuid) -> Result<Vec<Uuid>, NotifyError> {
+        let result = match &*self.inner {
+            Mode::Sandbox(_) => Ok(Vec::new()),
+            Mode::Live(live) => live.find(reference).await,
+        };
+        let outcome = match &result {
+            Ok(ids) if ids.is_empty() => "none",
+            Ok(_) => "found",
+            Err(err) => err.class.outcome(),
+        };
+        metrics::counter!(LOOKUPS_TOTAL, "outcome" => outcome).increment(1);
+        result
+    }
+
+    /// The email/SMS breaker's state now; always `Closed` in sandbox mode. Also sets its state gauge
+    /// (`lane="notify"`).
     pub fn breaker_state(&self) -> BreakerState {
-        match &*self.inner {
+        let state = match &*self.inner {
             Mode::Live(live) => live.main.breaker.state(Instant::now()),
             Mode::Sandbox(_) => BreakerState::Closed,
+        };
+        metrics::gauge!(CIRCUIT_STATE, "lane" => "notify").set(state.gauge_value());
+        state
+    }
+
+    /// How many calls could start now (the claim loop claims no more than that).
+    pub fn admits(&self) -> Admits {
+        match &*self.inner {
+            Mode::Live(live) => live.main.breaker.admits(Instant::now()),
+            Mode::Sandbox(_) => Admits::Any,
         }
     }
 
-    /// The push breaker's state now; `Closed` in sandbox mode and without a push key.
+    /// The push breaker's state now; `Closed` in sandbox mode and without a push key. Also sets its state
+    /// gauge (`lane="push"`).
     pub fn push_breaker_state(&self) -> BreakerState {
-        match &*self.inner {
+        let state = match &*self.inner {
             Mode::Live(Live { push: Some(lane), .. }) => lane.breaker.state(Instant::now()),
             _ => BreakerState::Closed,
+        };
+        metrics::gauge!(CIRCUIT_STATE, "lane" => "push").set(state.gauge_value());
+        state
+    }
+}
+
+impl Live {
+    /// Looks up by reference on the email/SMS lane (references are only ever ours on that key).
+    async fn find(&self, reference: Uuid) -> Result<Vec<Uuid>, NotifyError> {
+        let lane = &self.main;
+        if lane.breaker.check(Instant::now()).is_err() {
+            return Err(NotifyError::circuit_open());
         }
+        lane.limiter.until_ready().await;
+        let permit = lane.breaker.try_acquire(Instant::now()).map_err(|_| NotifyError::circuit_open())?;
+        let result = lane.transport.find(reference, self.lookup_timeout).await;
+        permit.settle(call_health(&result), Instant::now());
+        result
     }
 }
 
@@ -372,12 +444,15 @@ impl Lane {
         metrics::histogram!(REQUEST_DURATION_SECONDS, "channel" => channel.as_str())
             .record(started.elapsed().as_secs_f64());
 
-        let health = match &result {
-            Err(err) if err.class == ErrorClass::Retryable => CallHealth::Failed,
-            _ => CallHealth::Healthy,
-        };
-        permit.settle(health, Instant::now());
+        permit.settle(call_health(&result), Instant::now());
         result
+    }
+}
+
+fn call_health<T>(result: &Result<T, NotifyError>) -> CallHealth {
+    match result {
+        Err(err) if err.class == ErrorClass::Retryable => CallHealth::Failed,
+        _ => CallHealth::Healthy,
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::batch::spawn_writers;
-use super::{CallRecord, Claimed, Transition, finish_try};
+use super::{CallRecord, Claimed, PriorCall, Transition, finish_try, prior_columns};
 
 /// Outcomes waiting for a writer; at most one per delivery slot is ever queued.
 const QUEUE_CAPACITY: usize = 4096;
@@ -21,6 +21,7 @@ struct Job {
     row: Claimed,
     call: Option<CallRecord>,
     transition: Transition,
+    prior: Option<PriorCall>,
     reply: oneshot::Sender<Result<bool, sqlx::Error>>,
 }
 
@@ -46,9 +47,10 @@ impl FinishQueue {
         row: &Claimed,
         call: Option<CallRecord>,
         transition: Transition,
+        prior: Option<PriorCall>,
     ) -> Result<bool, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { row: row.clone(), call, transition, reply };
+        let job = Job { row: row.clone(), call, transition, prior, reply };
         if self.jobs.send(job).await.is_err() {
             return Err(sqlx::Error::PoolClosed);
         }
@@ -69,7 +71,7 @@ async fn commit(pool: &PgPool, batch: Vec<Job>) {
         }
     }
     for job in batch {
-        let result = finish_try(pool, &job.row, job.call.as_ref(), &job.transition).await;
+        let result = finish_try(pool, &job.row, job.call.as_ref(), &job.transition, job.prior).await;
         let _ = job.reply.send(result);
     }
 }
@@ -89,7 +91,12 @@ async fn finish_many(pool: &PgPool, batch: &[Job]) -> Result<Vec<Uuid>, sqlx::Er
     let mut http_statuses: Vec<Option<i32>> = Vec::with_capacity(batch.len());
     let mut error_classes: Vec<Option<&str>> = Vec::with_capacity(batch.len());
     let mut call_va_ids: Vec<Option<Uuid>> = Vec::with_capacity(batch.len());
+    let mut prior_outcomes: Vec<Option<&str>> = Vec::with_capacity(batch.len());
+    let mut prior_ids: Vec<Option<Uuid>> = Vec::with_capacity(batch.len());
     for job in batch {
+        let (prior_outcome, prior_id) = prior_columns(job.prior);
+        prior_outcomes.push(prior_outcome);
+        prior_ids.push(prior_id);
         let change = job.transition.row_change();
         ids.push(job.row.id);
         leases.push(job.row.lease_token);
@@ -104,7 +111,7 @@ async fn finish_many(pool: &PgPool, batch: &[Job]) -> Result<Vec<Uuid>, sqlx::Er
         error_classes.push(job.call.as_ref().and_then(|c| c.error_class));
         call_va_ids.push(job.call.as_ref().and_then(|c| c.va_notify_id));
     }
-    sqlx::query_scalar(super::FINISH_MANY_SQL)
+    sqlx::query_scalar(super::FINISH_MANY_SQL.as_str())
         .bind(&ids)
         .bind(&leases)
         .bind(&statuses)
@@ -117,6 +124,8 @@ async fn finish_many(pool: &PgPool, batch: &[Job]) -> Result<Vec<Uuid>, sqlx::Er
         .bind(&http_statuses)
         .bind(&error_classes)
         .bind(&call_va_ids)
+        .bind(&prior_outcomes)
+        .bind(&prior_ids)
         .fetch_all(pool)
         .await
 }

@@ -7,6 +7,7 @@ pub mod backoff;
 mod batch;
 mod finish;
 pub mod history;
+pub mod owner;
 pub mod replay;
 mod status;
 mod wakeup;
@@ -18,7 +19,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-pub use batch::AcceptQueue;
+pub use batch::{AcceptLimits, AcceptQueue};
 pub use finish::FinishQueue;
 pub use status::Status;
 pub use wakeup::Wakeup;
@@ -57,25 +58,15 @@ pub enum AcceptError {
     /// The accept queue is shut down (the process is stopping).
     #[error("the service is shutting down")]
     Closed,
-}
-
-/// Records a request durably: returns only after the row is committed.
-#[tracing::instrument(skip_all, fields(channel = new.channel))]
-pub async fn accept(pool: &PgPool, new: &NewNotification, duplicate_window: Duration) -> Result<Accepted, AcceptError> {
-    let window = pg_interval(duplicate_window);
-    let (id, status, replayed, key_conflict): (Uuid, String, bool, bool) = sqlx::query_as(
-        "select id, status, replayed, key_conflict from accept_notification($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(Uuid::new_v4())
-    .bind(new.channel)
-    .bind(&new.participant_id)
-    .bind(new.template_id)
-    .bind(new.idempotency_key.as_deref())
-    .bind(new.enabled)
-    .bind(window)
-    .fetch_one(pool)
-    .await?;
-    to_accepted(id, &status, replayed, key_conflict)
+    /// Not taken into a transaction within `accept.deadline_ms`; it never will be.
+    #[error("not recorded within accept.deadline_ms")]
+    Deadline,
+    /// The transaction failed or never started; nothing was recorded.
+    #[error("not recorded: {0}")]
+    NotRecorded(String),
+    /// COMMIT was sent but its acknowledgement was lost: the row may exist (the one residual case).
+    #[error("commit not acknowledged")]
+    CommitUnknown,
 }
 
 /// Interprets one row returned by `accept_notification`.
@@ -100,6 +91,10 @@ pub struct Claimed {
     pub sends: i32,
     /// VA Notify calls made before the current send began (the retry budget is per send).
     pub attempts_before_send: i32,
+    /// When the latest earlier call of this send whose outcome is unknown began (a crash left it
+    /// `in_flight`, or it timed out): VA Notify may hold the notification, so it is looked up by
+    /// reference before anything is sent.
+    pub in_doubt_since: Option<DateTime<Utc>>,
 }
 
 impl Claimed {
@@ -114,30 +109,77 @@ impl Claimed {
 /// statement, before any call leaves the process. A crash from here on leaves that record behind,
 /// which is how a possible double send is recognised and reconciled by its `reference`.
 /// A try that ends without a VA Notify call removes its record again (see [`finish_try`]).
+///
+/// `owner` (see [`owner`]) is recorded on the leases. Rows leased by an owner whose advisory lock is
+/// free (its process died) are taken at once, before their lease expires.
 #[tracing::instrument(skip_all, fields(limit))]
-pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as(
-        "with due as (
-             select id from notifications
+pub async fn claim(
+    pool: &PgPool,
+    limit: i64,
+    lease: Duration,
+    owner: Option<i32>,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as(CLAIM_SQL.as_str())
+        .bind(limit)
+        .bind(pg_interval(lease))
+        .bind(owner)
+        .bind(owner::OWNER_LOCK_CLASS)
+        .fetch_all(pool)
+        .await
+}
+
+/// Calls whose outcome is unknown: no answer was recorded (`in_flight`), or the call timed out or lost
+/// its connection after the request was sent. Kept in step with `notify::outcome_in_doubt`.
+const IN_DOUBT_ATTEMPT: &str =
+    "(a.outcome = 'in_flight' or (a.outcome = 'retryable' and a.error_class in ('timeout', 'transport')))";
+
+static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "with live_owners as materialized (
+             select l.objid::int8 as owner from pg_locks l
+             where l.locktype = 'advisory' and l.classid = $4::int4::oid and l.objsubid = 2 and l.granted
+               and l.database = (select oid from pg_database where datname = current_database())
+         ), orphaned as (
+             select id, next_attempt_at from notifications
+             where status = 'sending' and lease_owner is not null and next_attempt_at > now()
+               and lease_owner is distinct from $3
+               and lease_owner::int8 not in (select owner from live_owners)
+             limit $1
+             for update skip locked
+         ), due as (
+             select id, next_attempt_at from notifications
              where status in ('queued', 'retry_wait', 'sending') and next_attempt_at <= now()
              order by next_attempt_at
              limit $1
              for update skip locked
+         ), picked as (
+             select id from (select id, 0 as first, next_attempt_at from orphaned
+                             union all select id, 1, next_attempt_at from due) p
+             order by first, next_attempt_at
+             limit $1
          ), claimed as (
              update notifications n
-             set status = 'sending', lease_token = gen_random_uuid(), attempts = n.attempts + 1,
+             set status = 'sending', lease_token = gen_random_uuid(), lease_owner = $3, attempts = n.attempts + 1,
                  next_attempt_at = now() + $2, updated_at = now()
-             from due where n.id = due.id
+             from picked where n.id = picked.id
              returning n.id, n.participant_id, n.template_id, n.attempts, n.lease_token, n.sends, n.attempts_before_send
          ), in_flight as (
              insert into notification_attempts (notification_id, attempt) select id, attempts from claimed
          )
-         select * from claimed",
+         select c.*, (select max(a.started_at) from notification_attempts a
+                      where a.notification_id = c.id and a.attempt > c.attempts_before_send
+                        and a.attempt < c.attempts and {IN_DOUBT_ATTEMPT}) as in_doubt_since
+         from claimed c"
     )
-    .bind(limit)
-    .bind(pg_interval(lease))
-    .fetch_all(pool)
-    .await
+});
+
+/// How an earlier call whose outcome was unknown turned out, learned by looking it up.
+#[derive(Clone, Copy, Debug)]
+pub enum PriorCall {
+    /// VA Notify holds the notification (this id): the earlier calls are closed `sent`.
+    Received(Uuid),
+    /// VA Notify holds none: the earlier calls are closed `not_received`.
+    NotReceived,
 }
 
 /// What a finished VA Notify call returned, for `notification_attempts`.
@@ -154,6 +196,8 @@ pub struct CallRecord {
 pub enum Transition {
     /// VA Notify accepted it.
     Sent { va_notify_id: Uuid },
+    /// VA Notify already held it from an earlier call whose answer was lost: adopted, not sent again.
+    Adopted { va_notify_id: Uuid },
     /// Try again at `at`.
     Retry { at: DateTime<Utc>, reason: String },
     /// A terminal state (`failed`, `dead`, `skipped`) with its reason.
@@ -167,7 +211,8 @@ impl Transition {
     /// a skip or a misconfiguration is not the notification's fault either.
     fn counts_as_try(&self) -> bool {
         match self {
-            Self::Defer { .. } => false,
+            // The lookup is not a send; the earlier call it resolved was counted when it was made.
+            Self::Defer { .. } | Self::Adopted { .. } => false,
             Self::Finish { status, .. } => !matches!(status, Status::Skipped),
             _ => true,
         }
@@ -189,6 +234,7 @@ impl Transition {
     fn row_change(&self) -> RowChange<'_> {
         let (status, reason, next_attempt_at, va_notify_id) = match self {
             Self::Sent { va_notify_id } => ("sent", None, None, Some(*va_notify_id)),
+            Self::Adopted { va_notify_id } => ("sent", Some("reconciled"), None, Some(*va_notify_id)),
             Self::Retry { at, reason } => ("retry_wait", Some(reason.as_str()), Some(*at), None),
             Self::Finish { status, reason } => (status.as_str(), Some(reason.as_str()), None, None),
             Self::Defer { at, reason } => ("defer", Some(reason.as_str()), Some(*at), None),
@@ -200,13 +246,18 @@ impl Transition {
 
 /// Writes outcomes, fenced by lease tokens: each row and its attempt record change together, in
 /// one statement for any number of rows. `outcome` null means no VA Notify call was made (the
-/// in-flight record is then removed). Returns the ids whose lease was still held (those written).
-const FINISH_MANY_SQL: &str = "
+/// in-flight record is then removed); `prior_outcome` closes earlier calls whose outcome was unknown.
+/// Returns the ids whose lease was still held (those written).
+static FINISH_MANY_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| FINISH_MANY_TEMPLATE.replace("IN_DOUBT", IN_DOUBT_ATTEMPT));
+
+const FINISH_MANY_TEMPLATE: &str = "
     with input as (
         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::uuid[],
-                             $7::int4[], $8::int4[], $9::text[], $10::int4[], $11::text[], $12::uuid[])
+                             $7::int4[], $8::int4[], $9::text[], $10::int4[], $11::text[], $12::uuid[],
+                             $13::text[], $14::uuid[])
             as i(id, lease_token, status, reason, next_attempt_at, va_notify_id, attempts_delta, attempt,
-                 outcome, http_status, error_class, call_va_notify_id)
+                 outcome, http_status, error_class, call_va_notify_id, prior_outcome, prior_va_notify_id)
     ), moved as (
         update notifications n set
             status = case when i.status = 'defer'
@@ -218,10 +269,17 @@ const FINISH_MANY_SQL: &str = "
             sends = n.sends + (case when i.status = 'sent' then 1 else 0 end),
             attempts = n.attempts + i.attempts_delta,
             lease_token = null,
+            lease_owner = null,
             updated_at = now()
         from input i
         where n.id = i.id and n.lease_token = i.lease_token
         returning n.id
+    ), resolved as (
+        update notification_attempts a set outcome = i.prior_outcome, finished_at = coalesce(a.finished_at, now()),
+            va_notify_id = coalesce(i.prior_va_notify_id, a.va_notify_id)
+        from input i
+        where a.notification_id = i.id and a.attempt < i.attempt and i.prior_outcome is not null
+          and i.id in (select id from moved) and IN_DOUBT
     ), recorded as (
         update notification_attempts a set finished_at = now(), outcome = i.outcome, http_status = i.http_status,
             error_class = i.error_class, va_notify_id = i.call_va_notify_id
@@ -243,9 +301,11 @@ pub async fn finish_try(
     row: &Claimed,
     call: Option<&CallRecord>,
     transition: &Transition,
+    prior: Option<PriorCall>,
 ) -> Result<bool, sqlx::Error> {
     let change = transition.row_change();
-    let written: Vec<Uuid> = sqlx::query_scalar(FINISH_MANY_SQL)
+    let (prior_outcome, prior_id) = prior_columns(prior);
+    let written: Vec<Uuid> = sqlx::query_scalar(FINISH_MANY_SQL.as_str())
         .bind(vec![row.id])
         .bind(vec![row.lease_token])
         .bind(vec![change.status])
@@ -258,9 +318,20 @@ pub async fn finish_try(
         .bind(vec![call.and_then(|c| c.http_status.map(i32::from))])
         .bind(vec![call.and_then(|c| c.error_class)])
         .bind(vec![call.and_then(|c| c.va_notify_id)])
+        .bind(vec![prior_outcome])
+        .bind(vec![prior_id])
         .fetch_all(pool)
         .await?;
     Ok(!written.is_empty())
+}
+
+/// The `prior_outcome` and `prior_va_notify_id` inputs of [`FINISH_MANY_SQL`].
+fn prior_columns(prior: Option<PriorCall>) -> (Option<&'static str>, Option<Uuid>) {
+    match prior {
+        Some(PriorCall::Received(id)) => (Some("sent"), Some(id)),
+        Some(PriorCall::NotReceived) => (Some("not_received"), None),
+        None => (None, None),
+    }
 }
 
 /// Rows waiting for delivery by state, and the age of the oldest due one. Walks only the small

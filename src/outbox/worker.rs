@@ -13,12 +13,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{CallRecord, Claimed, FinishQueue, Status, Transition, Wakeup, backoff};
+use super::owner::Owner;
+use super::{CallRecord, Claimed, FinishQueue, PriorCall, Status, Transition, Wakeup, backoff};
 use crate::clicks::ClickLinks;
 use crate::config::{NotifyConfig, WorkerConfig};
 use crate::contacts::{ContactError, Contacts};
 use crate::metrics as m;
-use crate::notify::{BreakerState, EmailRequest, ErrorClass, NotifyClient, NotifyError, web_host};
+use crate::notify::{Admits, BreakerState, EmailRequest, ErrorClass, NotifyClient, NotifyError, web_host};
 use crate::telemetry::PiiHasher;
 
 /// Everything a delivery needs; cheap to clone into each delivery task.
@@ -34,8 +35,13 @@ pub struct Deliverer {
     /// When click tracking is on, the `host` becomes the tracker's, per notification.
     clicks: Option<ClickLinks>,
     breaker_open_for: Duration,
+    /// How long after an unanswered call VA Notify may still be creating its notification: the
+    /// lookup that reconciles it waits this long (the client's own timeout).
+    reconcile_after: Duration,
     /// Outcomes are written with group commit.
     finish: FinishQueue,
+    /// This process's owner lock, recorded on its leases.
+    owner: Owner,
 }
 
 impl Deliverer {
@@ -57,6 +63,8 @@ impl Deliverer {
             host: web_host(&notify_config.hostname).into(),
             clicks: None,
             breaker_open_for: Duration::from_secs(notify_config.breaker_open_seconds),
+            reconcile_after: Duration::from_millis(notify_config.timeout_ms),
+            owner: Owner::default(),
         }
     }
 
@@ -76,7 +84,7 @@ impl Deliverer {
 
     /// Claims what is due now (up to the concurrency) and delivers it; returns how many rows it took.
     pub async fn run_once(&self) -> Result<usize, sqlx::Error> {
-        let rows = super::claim(&self.pool, self.config.concurrency as i64, self.lease()).await?;
+        let rows = super::claim(&self.pool, self.config.concurrency as i64, self.lease(), self.owner.current()).await?;
         let count = rows.len();
         futures::future::join_all(rows.into_iter().map(|row| self.deliver(row))).await;
         Ok(count)
@@ -88,6 +96,7 @@ impl Deliverer {
         let tasks = TaskTracker::new();
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let peers = tokio::spawn(wake.clone().listen_for_peers(cancel.clone()));
+        let owner_lock = self.owner.hold((*self.pool.connect_options()).clone(), cancel.clone()).await;
         // True while the last claim filled every free slot, i.e. more rows are probably due.
         let mut backlog = false;
         running.store(true, Ordering::SeqCst);
@@ -105,12 +114,28 @@ impl Deliverer {
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            // While the breaker is open, claiming would only push rows back: wait instead.
-            let rows = if self.notify.breaker_state() == BreakerState::Open {
+            // While the breaker is open, or its trial call is outstanding, claiming would only push
+            // rows back (two writes each): wait instead. Half-open, exactly one row is the trial.
+            let admits = self.notify.admits();
+            self.notify.breaker_state(); // keeps the gauge current between scrapes
+            let limit = match admits {
+                Admits::Any => permits.len(),
+                Admits::OneTrial => 1,
+                Admits::None => 0,
+            };
+            let rows = if limit == 0 {
                 Ok(Vec::new())
             } else {
-                super::claim(&self.pool, permits.len() as i64, self.lease()).await
+                super::claim(&self.pool, limit as i64, self.lease(), self.owner.current()).await
             };
+            if let (Admits::OneTrial, Ok(trial)) = (admits, &rows) {
+                if let Some(row) = trial.first() {
+                    // Delivered here, not spawned: nothing else is claimed until the trial has settled.
+                    self.deliver(row.clone()).await;
+                    backlog = true;
+                    continue;
+                }
+            }
             backlog = matches!(&rows, Ok(rows) if rows.len() == permits.len());
             match rows {
                 Ok(rows) if !rows.is_empty() => {
@@ -137,6 +162,25 @@ impl Deliverer {
         let _ = peers.await;
         tasks.close();
         tasks.wait().await;
+        // Released only after the deliveries finished, so nobody takes their rows meanwhile.
+        let _ = owner_lock.await;
+    }
+
+    /// The VA Notify email/SMS breaker's state (and the `ebg_va_notify_circuit_state{lane="notify"}` gauge, set as
+    /// it is read).
+    pub fn breaker_state(&self) -> BreakerState {
+        self.notify.breaker_state()
+    }
+
+    /// Sets both breakers' state gauges (`lane="notify"` and `lane="push"`), for a scrape.
+    pub fn record_breaker_states(&self) {
+        self.notify.breaker_state();
+        self.notify.push_breaker_state();
+    }
+
+    /// Sets the contact cache's size gauges.
+    pub async fn record_cache_size(&self) {
+        self.contacts.record_cache_size().await;
     }
 
     fn lease(&self) -> Duration {
@@ -153,9 +197,16 @@ impl Deliverer {
     }
 
     async fn try_deliver(&self, row: &Claimed) -> Result<(), sqlx::Error> {
+        let prior = match row.in_doubt_since {
+            None => None,
+            Some(since) => match self.reconcile(row, since).await? {
+                Some(prior) => Some(prior),
+                None => return Ok(()),
+            },
+        };
         let contact = match self.contacts.lookup(&row.participant_id).await {
             Ok(contact) => contact,
-            Err(e) => return self.contact_failed(row, &e).await,
+            Err(e) => return self.contact_failed(row, &e, prior).await,
         };
         let attempt = row.attempts;
         let host = self.host_for(row);
@@ -184,14 +235,83 @@ impl Deliverer {
         };
         // A deferral means the client refused locally: nothing left the process.
         let call = (!matches!(transition, Transition::Defer { .. })).then_some(call);
-        if !self.finish.finish(row, call, transition.clone()).await? {
+        self.conclude(row, call, transition, prior).await
+    }
+
+    /// Writes a try's outcome (and how earlier unknown calls turned out) and counts it.
+    async fn conclude(
+        &self,
+        row: &Claimed,
+        call: Option<CallRecord>,
+        transition: Transition,
+        prior: Option<PriorCall>,
+    ) -> Result<(), sqlx::Error> {
+        if !self.finish.finish(row, call, transition.clone(), prior).await? {
             return lease_lost();
         }
         record(&transition, row);
         Ok(())
     }
 
-    async fn contact_failed(&self, row: &Claimed, e: &ContactError) -> Result<(), sqlx::Error> {
+    /// An earlier call of this send has no known outcome (a crash while it was in flight, its 201
+    /// not yet written; or a timeout): VA Notify may hold the notification. Asks it by reference, once,
+    /// and adopts what it holds. Returns `Some` when nothing is held and the send may go ahead; `None`
+    /// when the try is over (adopted, or the lookup must wait or be retried: never send on a guess).
+    async fn reconcile(&self, row: &Claimed, since: DateTime<Utc>) -> Result<Option<PriorCall>, sqlx::Error> {
+        let ready_at = since + self.reconcile_after;
+        if Utc::now() < ready_at {
+            // The earlier call may still be running at VA Notify; a lookup now could miss it.
+            metrics::counter!(m::RECONCILIATIONS, "result" => "wait").increment(1);
+            let wait = Transition::Defer { at: ready_at, reason: "reconcile_wait".into() };
+            return self.conclude(row, None, wait, None).await.map(|()| None);
+        }
+        // A resend's earlier sends carry the same reference: only an id we do not know yet is news.
+        let known: Vec<uuid::Uuid> = if row.sends > 0 {
+            sqlx::query_scalar(
+                "select va_notify_id from notification_attempts where notification_id = $1 and va_notify_id is not null",
+            )
+            .bind(row.id)
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            Vec::new()
+        };
+        match self.notify.find_by_reference(row.id).await {
+            Ok(ids) => match ids.into_iter().find(|id| !known.contains(id)) {
+                Some(va_notify_id) => {
+                    metrics::counter!(m::RECONCILIATIONS, "result" => "adopted").increment(1);
+                    let adopted = Transition::Adopted { va_notify_id };
+                    self.conclude(row, None, adopted, Some(PriorCall::Received(va_notify_id))).await.map(|()| None)
+                }
+                None => {
+                    metrics::counter!(m::RECONCILIATIONS, "result" => "absent").increment(1);
+                    Ok(Some(PriorCall::NotReceived))
+                }
+            },
+            Err(e) if e.class == ErrorClass::CircuitOpen => {
+                let defer = self.after_notify_error(row.try_in_send(row.attempts), &e);
+                self.conclude(row, None, defer, None).await.map(|()| None)
+            }
+            Err(e) => {
+                metrics::counter!(m::RECONCILIATIONS, "result" => "failed").increment(1);
+                let call = CallRecord {
+                    outcome: "lookup_failed",
+                    http_status: e.http_status,
+                    error_class: Some(e.error),
+                    va_notify_id: None,
+                };
+                let retry = self.retry_or_dead(row.try_in_send(row.attempts), &format!("va_notify_lookup_{}", e.error));
+                self.conclude(row, Some(call), retry, None).await.map(|()| None)
+            }
+        }
+    }
+
+    async fn contact_failed(
+        &self,
+        row: &Claimed,
+        e: &ContactError,
+        prior: Option<PriorCall>,
+    ) -> Result<(), sqlx::Error> {
         let transition = match e {
             ContactError::NotFound | ContactError::NoFirstName => {
                 Transition::Finish { status: Status::Skipped, reason: e.reason().into() }
@@ -206,11 +326,7 @@ impl Deliverer {
             // A failed lookup counts as a try, so an outage of the directory still ends in `dead`, not a loop.
             ContactError::Transient(_) => self.retry_or_dead(row.try_in_send(row.attempts), e.reason()),
         };
-        if !self.finish.finish(row, None, transition.clone()).await? {
-            return lease_lost();
-        }
-        record(&transition, row);
-        Ok(())
+        self.conclude(row, None, transition, prior).await
     }
 
     /// `attempt` counts tries within the current send.
@@ -271,6 +387,15 @@ fn record(transition: &Transition, row: &Claimed) {
         Transition::Sent { .. } => {
             metrics::counter!(m::RESENDS).increment(1);
             tracing::info!(status = "sent", sends = row.sends + 1, "notification resent");
+        }
+        Transition::Adopted { .. } if first_send => {
+            metrics::counter!(m::DELIVERIES, "status" => "sent", "reason" => "reconciled").increment(1);
+            metrics::counter!(m::DELIVERY_ATTEMPTED).increment(1);
+            tracing::info!(status = "sent", reason = "reconciled", "VA Notify already held the notification; adopted");
+        }
+        Transition::Adopted { .. } => {
+            metrics::counter!(m::RESENDS).increment(1);
+            tracing::info!(status = "sent", reason = "reconciled", sends = row.sends + 1, "resend adopted");
         }
         Transition::Retry { reason, .. } | Transition::Defer { reason, .. } => {
             metrics::counter!(m::RETRIES, "reason" => reason.clone()).increment(1);

@@ -97,8 +97,12 @@ struct Person {
 #[derive(Default)]
 struct Shared {
     people: Mutex<HashMap<String, Person>>,
+    /// Who everyone not added is (bench runs: any participant is found).
+    everyone: Mutex<Option<Person>>,
     script: Mutex<VecDeque<BgsReply>>,
     requests: Mutex<Vec<BgsRequest>>,
+    /// Off for long runs, which would otherwise keep every request in memory.
+    not_recording: std::sync::atomic::AtomicBool,
 }
 
 /// Poisoning only means another test thread panicked; the data is still what the test wants to see.
@@ -130,6 +134,16 @@ impl FakeBgs {
     /// `http://127.0.0.1:{port}`: the value for `contacts.bgs_url`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// BGS knows every participant not added otherwise, all with this first name (bench runs).
+    pub fn set_everyone(&self, first_name: &str) {
+        *lock(&self.shared.everyone) = Some(Person { first_name: Some(first_name.to_owned()) });
+    }
+
+    /// Whether requests are kept for [`Self::requests`] (on by default).
+    pub fn set_recording(&self, on: bool) {
+        self.shared.not_recording.store(!on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// BGS knows this participant, with this first name (stored upper case and padded, as BGS does).
@@ -168,7 +182,9 @@ impl Drop for FakeBgs {
 async fn person_web_service(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let body = String::from_utf8_lossy(&body).into_owned();
     let parsed = check_headers(&headers).and_then(|()| inspect_request(&body));
-    lock(&shared.requests).push(BgsRequest { headers, body, parsed: parsed.clone() });
+    if !shared.not_recording.load(std::sync::atomic::Ordering::Relaxed) {
+        lock(&shared.requests).push(BgsRequest { headers, body, parsed: parsed.clone() });
+    }
     let Ok(request) = parsed else {
         return fault(StatusCode::INTERNAL_SERVER_ERROR, "ns0:Client", "Unable to parse SOAP message", None);
     };
@@ -319,7 +335,7 @@ fn close(
 }
 
 fn answer(shared: &Shared, participant_id: &str) -> Response {
-    let person = lock(&shared.people).get(participant_id).cloned();
+    let person = lock(&shared.people).get(participant_id).cloned().or_else(|| lock(&shared.everyone).clone());
     let body = match person {
         Some(person) => found_envelope(participant_id, &person),
         None => empty_envelope(),

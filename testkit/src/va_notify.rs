@@ -3,6 +3,10 @@
 //! It checks what VA checks (the per-request JWT, each JSON schema with `additionalProperties: false`),
 //! answers in VA's shapes, can be scripted to fail, and records every request for assertions. Email and SMS
 //! authenticate with the service's key; push with a separate push key, as VA issues one.
+//!
+//! Every email and SMS it creates is kept, so `GET /v2/notifications?reference=` (VA's list endpoint,
+//! `{"notifications":[...],"links":{...}}`) finds it — including one created for a client that hung up
+//! before the 201 arrived, as VA would. Pushes have no id and are not listed.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -103,6 +107,22 @@ struct Shared {
     requests_total: AtomicU64,
     created_total: AtomicU64,
     rate_limited_total: AtomicU64,
+    /// Every notification created, oldest first (kept even with recording off: they are VA's state).
+    notifications: Mutex<Vec<Created>>,
+    /// Scripted answers for list requests; empty means answer from `notifications`.
+    lookup_script: Mutex<VecDeque<Reply>>,
+    lookups_total: AtomicU64,
+}
+
+/// A notification the fake created.
+#[derive(Clone, Debug)]
+struct Created {
+    id: Uuid,
+    /// Email or SMS (pushes are not kept).
+    endpoint: Endpoint,
+    reference: Option<String>,
+    template_id: Value,
+    created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// VA's per-key limit: at most `limit` requests in any 60 s sliding window.
@@ -159,11 +179,15 @@ impl FakeVaNotify {
             requests_total: AtomicU64::new(0),
             created_total: AtomicU64::new(0),
             rate_limited_total: AtomicU64::new(0),
+            notifications: Mutex::new(Vec::new()),
+            lookup_script: Mutex::new(VecDeque::new()),
+            lookups_total: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/v2/notifications/email", post(send_email))
             .route("/v2/notifications/sms", post(send_sms))
             .route("/v2/notifications/push", post(send_push))
+            .route("/v2/notifications", get(list_notifications))
             .route("/_fake/stats", get(stats))
             .with_state(Arc::clone(&shared));
         let server = tokio::spawn(async move {
@@ -256,6 +280,33 @@ impl FakeVaNotify {
     /// Requests answered 201 (counted even when recording is off).
     pub fn created_total(&self) -> u64 {
         self.shared.created_total.load(Ordering::Relaxed)
+    }
+
+    /// Queues answers for the next list requests (e.g. [`Reply::Status500`]); [`Reply::Created`] means
+    /// "answer normally".
+    pub fn script_lookups(&self, replies: impl IntoIterator<Item = Reply>) {
+        lock(&self.shared.lookup_script).extend(replies);
+    }
+
+    /// `GET /v2/notifications` requests received.
+    pub fn lookups_total(&self) -> u64 {
+        self.shared.lookups_total.load(Ordering::Relaxed)
+    }
+
+    /// How many notifications VA holds with this `reference`.
+    pub fn created_with_reference(&self, reference: &str) -> usize {
+        lock(&self.shared.notifications).iter().filter(|n| n.reference.as_deref() == Some(reference)).count()
+    }
+
+    /// Every reference VA holds a notification for, with how many (counted even with recording off).
+    pub fn references(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for n in lock(&self.shared.notifications).iter() {
+            if let Some(reference) = &n.reference {
+                *counts.entry(reference.clone()).or_default() += 1;
+            }
+        }
+        counts
     }
 
     /// Requests refused by the per-minute limit set with [`Self::set_rate_limit`].
@@ -531,6 +582,9 @@ async fn notification(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMa
         Decision::Reject(response) => response.status(),
         Decision::Reply(reply) => reply_status(reply),
     };
+    // VA persists the notification before answering: it exists even if the client hangs up now.
+    let created = (response == StatusCode::CREATED && endpoint != Endpoint::Push)
+        .then(|| shared.create(endpoint, parsed.as_ref()));
     if response == StatusCode::CREATED {
         shared.created_total.fetch_add(1, Ordering::Relaxed);
     }
@@ -553,8 +607,63 @@ async fn notification(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMa
     }
     match decision {
         Decision::Reject(response) => response,
-        Decision::Reply(reply) => shared.render(reply, endpoint, parsed.as_ref()).await,
+        Decision::Reply(reply) => shared.render(reply, endpoint, parsed.as_ref(), created).await,
     }
+}
+
+/// Query keys VA's `get_notifications_request` schema allows; anything else is a ValidationError.
+const LIST_QUERY_KEYS: &[&str] = &["reference", "status", "template_type", "older_than", "include_jobs"];
+
+/// `GET /v2/notifications`: the service's notifications, newest first, filtered by `reference`.
+async fn list_notifications(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    shared.lookups_total.fetch_add(1, Ordering::Relaxed);
+    let auth = match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        None => Err((StatusCode::UNAUTHORIZED, "Unauthorized, authentication token must be provided")),
+        Some(value) => match value.strip_prefix("Bearer ") {
+            None => Err((StatusCode::UNAUTHORIZED, "Unauthorized, authentication bearer scheme must be used")),
+            Some(token) => verify_token(token.trim(), shared.service_id, &shared.secret, now_unix())
+                .map_err(|msg| (StatusCode::FORBIDDEN, msg)),
+        },
+    };
+    let latency = *lock(&shared.latency);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Err((status, msg)) = auth {
+        return va_error(status, "AuthError", msg);
+    }
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if let Some((key, _)) = pairs.iter().find(|(k, _)| !LIST_QUERY_KEYS.contains(&k.as_str())) {
+        let message = format!("Additional properties are not allowed ({key} was unexpected)");
+        return va_error(StatusCode::BAD_REQUEST, "ValidationError", &message);
+    }
+    let scripted = lock(&shared.lookup_script).pop_front();
+    match scripted {
+        None | Some(Reply::Created) => {}
+        Some(reply) => return shared.render(reply, Endpoint::Email, None, None).await,
+    }
+    let reference = pairs.iter().find(|(k, _)| k == "reference").map(|(_, v)| v.clone());
+    let found: Vec<Value> = lock(&shared.notifications)
+        .iter()
+        .rev()
+        .filter(|n| reference.is_none() || n.reference == reference)
+        .map(|n| shared.serialize(n))
+        .collect();
+    let current = match &reference {
+        Some(r) => format!("{}/v2/notifications?reference={r}", shared.base_url),
+        None => format!("{}/v2/notifications", shared.base_url),
+    };
+    let mut links = json!({ "current": current });
+    if let Some(last) = found.last().and_then(|n| n["id"].as_str()) {
+        links["next"] = json!(format!("{current}{}older_than={last}", if reference.is_some() { "&" } else { "?" }));
+    }
+    axum::Json(json!({ "notifications": found, "links": links })).into_response()
 }
 
 fn reply_status(reply: &Reply) -> StatusCode {
@@ -587,12 +696,64 @@ impl Shared {
         false
     }
 
-    async fn render(&self, reply: Reply, endpoint: Endpoint, body: Option<&Value>) -> Response {
+    /// Records a new notification and returns it.
+    fn create(&self, endpoint: Endpoint, body: Option<&Value>) -> Created {
+        let field = |name: &str| body.and_then(|b| b.get(name)).cloned().unwrap_or(Value::Null);
+        let created = Created {
+            id: Uuid::new_v4(),
+            endpoint,
+            reference: field("reference").as_str().map(str::to_owned),
+            template_id: field("template_id"),
+            created_at: chrono::Utc::now(),
+        };
+        lock(&self.notifications).push(created.clone());
+        created
+    }
+
+    /// A notification as VA's list and get endpoints show it (contact details and content left out:
+    /// fixed text keeps PII out of test logs).
+    fn serialize(&self, n: &Created) -> Value {
+        let template_uri = format!(
+            "{}/services/{}/templates/{}",
+            self.base_url,
+            self.service_id,
+            n.template_id.as_str().unwrap_or("")
+        );
+        let (kind, subject, body) = match n.endpoint {
+            Endpoint::Sms => ("sms", Value::Null, "VA: your decision letter is ready."),
+            Endpoint::Email | Endpoint::Push => {
+                ("email", json!("Decision letter available"), "Your decision letter is ready.")
+            }
+        };
+        json!({
+            "id": n.id,
+            "reference": n.reference,
+            "type": kind,
+            "status": "created",
+            "status_reason": null,
+            "template": {"id": n.template_id, "version": 1, "uri": template_uri},
+            "subject": subject,
+            "body": body,
+            "created_at": n.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "created_by_name": null,
+            "sent_at": null,
+            "completed_at": null,
+            "scheduled_for": null,
+        })
+    }
+
+    async fn render(
+        &self,
+        reply: Reply,
+        endpoint: Endpoint,
+        body: Option<&Value>,
+        created: Option<Created>,
+    ) -> Response {
         match reply {
-            Reply::Created => self.created(endpoint, body),
+            Reply::Created => self.created(endpoint, body, created),
             Reply::Timeout(hold) => {
                 tokio::time::sleep(hold).await;
-                self.created(endpoint, body)
+                self.created(endpoint, body, created)
             }
             Reply::Status500 => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -625,8 +786,8 @@ impl Shared {
     }
 
     /// VA's 201 body. The content is fixed text: echoing personalisation would copy PII into test logs.
-    /// Push answers `{"result":"success"}` with no id.
-    fn created(&self, endpoint: Endpoint, body: Option<&Value>) -> Response {
+    /// Push answers `{"result":"success"}` with no id (and is not kept).
+    fn created(&self, endpoint: Endpoint, body: Option<&Value>, created: Option<Created>) -> Response {
         let content = match endpoint {
             Endpoint::Push => return (StatusCode::CREATED, axum::Json(json!({"result": "success"}))).into_response(),
             Endpoint::Email => {
@@ -634,7 +795,8 @@ impl Shared {
             }
             Endpoint::Sms => json!({"body": "VA: your decision letter is ready.", "from_number": "+18008271000"}),
         };
-        let id = Uuid::new_v4();
+        // A scripted reply to a list request has no notification yet: create one, as a 201 means VA has it.
+        let id = created.unwrap_or_else(|| self.create(endpoint, body)).id;
         let field = |name: &str| body.and_then(|b| b.get(name)).cloned().unwrap_or(Value::Null);
         let template_id = field("template_id");
         let template_uri =

@@ -164,3 +164,64 @@ async fn replay_reports_progress_on_stderr_and_requeues_each_row_once() {
     let again = stdout_of(&run(&app.database_url, &["replay", "--status", "failed"], &[]));
     assert_eq!(again.trim(), "requeued 0 notification(s) in state failed");
 }
+
+#[tokio::test]
+async fn release_from_the_cli_sends_suppressed_mail_once_and_says_so() {
+    let app = app().spawn().await;
+    assert_eq!(app.send_email(TEMPLATE_ID).await.status(), 200);
+    assert_eq!(app.count("suppressed").await, 1, "the toggle is off");
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let flags = ["flags", "actor", "event_bus_gateway_emails_enabled", PARTICIPANT_ID, "--reason", "UAT"];
+    stdout_of(&run(&app.database_url, &flags, &[]));
+
+    let dry = stdout_of(&run(&app.database_url, &["release", "--from", &since, "--dry-run"], &[]));
+    assert_eq!(
+        dry.trim(),
+        "would release 1 of 1 suppressed notification(s); 0 still disabled, 0 covered by another send"
+    );
+    assert_eq!(app.count("suppressed").await, 1, "a dry run changes nothing");
+    let output = run(&app.database_url, &["release", "--from", &since, "--reason", "after UAT"], &[]);
+    assert_eq!(
+        stdout_of(&output).trim(),
+        "released 1 of 1 suppressed notification(s); 0 still disabled, 0 covered by another send"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.lines().any(|l| l.starts_with("release [") && l.ends_with("1 released")), "{stderr}");
+    assert_eq!(app.count("queued").await, 1);
+    let again = stdout_of(&run(&app.database_url, &["release", "--from", &since], &[]));
+    assert!(again.starts_with("released 0 of 0"), "releasing twice sends once: {again}");
+    let audited: i64 = sqlx::query_scalar(
+        "select count(*) from feature_audit where operation = 'release_suppressed' and reason = 'after UAT'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1, "the release is audited with its reason");
+}
+
+#[tokio::test]
+async fn retention_by_hand_deletes_old_rows_with_progress_and_keeps_recent_ones() {
+    let app = app().spawn().await;
+    let old = queue_for(&app, PARTICIPANT_ID).await;
+    let recent = queue_for(&app, "600061743").await;
+    sqlx::query("update notifications set status = 'delivered', created_at = '2020-01-01T00:00:00Z' where id = $1")
+        .bind(old)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("update notifications set status = 'delivered' where id = $1")
+        .bind(recent)
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    let output = run(&app.database_url, &["retention", "--days", "30"], &[]);
+    assert_eq!(
+        stdout_of(&output).trim(),
+        "deleted 1 notification(s), 0 callback event(s), 0 click record(s) older than 30 days"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.lines().any(|l| l.starts_with("retention [") && l.ends_with("1 deleted")), "{stderr}");
+    let left: Vec<uuid::Uuid> = sqlx::query_scalar("select id from notifications").fetch_all(&app.db).await.unwrap();
+    assert_eq!(left, vec![recent]);
+}

@@ -1,5 +1,7 @@
-//! The real binary, SIGKILLed under load and restarted: every acknowledged request is sent, and
-//! only a call that was in flight at the crash may be sent twice (reconciled by its reference).
+//! The real binary, SIGKILLed under load and restarted: every acknowledged request is sent exactly
+//! once. VA Notify answers slowly, so the kill lands while calls are in flight; the restarted process
+//! takes the dead one's rows at once (its owner lock is free, the 60 s lease is not over) and finds
+//! each in-flight call's notification by reference instead of sending it again.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -72,14 +74,15 @@ async fn load(port: u16, from: u32, count: u32, acked: Arc<Mutex<Vec<Uuid>>>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_nothing_and_doubles_only_in_flight_calls() {
+async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
     let notify = FakeVaNotify::start().await;
-    notify.set_latency(Duration::from_millis(30));
+    notify.set_latency(Duration::from_millis(150));
+    notify.set_recording(false);
     let (env, _database) = app()
         .notify(&notify)
         .with_workers()
         .env("EBG_WORKER__CONCURRENCY", 8)
-        .env("EBG_WORKER__LEASE_SECONDS", 5)
+        .env("EBG_WORKER__LEASE_SECONDS", 60)
         .into_env();
     let database_url = env.iter().rev().find(|(k, _)| k == "EBG_DATABASE__URL").unwrap().1.clone();
     let client = reqwest::Client::new();
@@ -114,7 +117,7 @@ async fn sigkill_under_load_loses_nothing_and_doubles_only_in_flight_calls() {
     load(port, 600, 100, acked.clone()).await;
     let acked: Vec<Uuid> = acked.lock().unwrap().clone();
 
-    // Crashed leases expire after 5 s; then everything must go out.
+    // Well within the 60 s lease: the dead process's rows must be taken because its lock is free.
     let mut all_sent = false;
     for _ in 0..300 {
         let pending: i64 =
@@ -133,26 +136,26 @@ async fn sigkill_under_load_loses_nothing_and_doubles_only_in_flight_calls() {
     second.wait().unwrap();
     assert!(all_sent, "some acknowledged notifications were never sent");
 
-    let mut sends: HashMap<String, usize> = HashMap::new();
-    for r in notify.accepted_references() {
-        *sends.entry(r).or_default() += 1;
-    }
+    // What VA Notify holds, including notifications created for a client killed before the 201.
+    let sends: HashMap<String, usize> = notify.references();
     for id in &acked {
         assert!(sends.contains_key(&id.to_string()), "acknowledged {id} never reached VA Notify");
     }
-    // A double send is allowed only where a call was in flight at the crash (an attempt row that never finished).
-    let doubled: Vec<Uuid> = sends.iter().filter(|(_, n)| **n > 1).map(|(r, _)| r.parse().unwrap()).collect();
-    for id in &doubled {
-        assert_eq!(sends[&id.to_string()], 2, "{id} sent more than twice");
-        let in_flight: i64 = sqlx::query_scalar(
-            "select count(*) from notification_attempts where notification_id = $1 and outcome = 'in_flight'",
-        )
-        .bind(id)
+    let doubled: Vec<&String> = sends.iter().filter(|(_, n)| **n > 1).map(|(r, _)| r).collect();
+    assert!(doubled.is_empty(), "sent more than once: {doubled:?}");
+    let reconciled: i64 = sqlx::query_scalar("select count(*) from notifications where status_reason = 'reconciled'")
         .fetch_one(&db)
         .await
         .unwrap();
-        assert_eq!(in_flight, 1, "{id} was sent twice without a call in flight at the crash");
-    }
-    assert!(doubled.len() <= 8, "more doubles ({}) than calls that can be in flight", doubled.len());
-    eprintln!("acknowledged {} ({} before the kill), doubled {}", acked.len(), before_restart, doubled.len());
+    let unresolved: i64 = sqlx::query_scalar("select count(*) from notification_attempts where outcome = 'in_flight'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(unresolved, 0, "every call in flight at the kill was reconciled");
+    assert!(reconciled >= 1, "the kill must land while calls are in flight for this test to mean anything");
+    eprintln!(
+        "acknowledged {} ({} before the kill), reconciled {reconciled} in-flight calls, doubled 0",
+        acked.len(),
+        before_restart
+    );
 }

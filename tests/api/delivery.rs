@@ -105,16 +105,26 @@ async fn retries_back_off_exponentially_from_the_configured_base() {
 }
 
 #[tokio::test]
-async fn a_timed_out_call_is_retried_with_the_same_reference() {
+async fn a_timed_out_call_that_va_notify_completed_is_adopted_not_sent_again() {
     let (app, notify, _bgs) = wired_app(&[("EBG_NOTIFY__TIMEOUT_MS", "300")]).await;
     notify.script([Reply::Timeout(Duration::from_millis(800))]);
     let id = queue_for(&app, PARTICIPANT_ID).await;
     app.deliver_due().await;
     assert_eq!(app.status_of(id).await, ("retry_wait".to_owned(), Some("va_notify_timeout".to_owned())));
-    app.deliver_all().await;
-    assert_eq!(app.status_of(id).await.0, "sent");
+    // VA Notify creates it after the client gave up; the retry asks by reference before sending.
+    let adopted = app
+        .eventually(Duration::from_secs(5), || async {
+            app.deliver_due().await;
+            app.status_of(id).await.0 == "sent"
+        })
+        .await;
+    assert!(adopted);
+    assert_eq!(app.status_of(id).await, ("sent".to_owned(), Some("reconciled".to_owned())));
     let refs: Vec<Option<String>> = notify.requests().iter().map(|r| r.reference().map(str::to_owned)).collect();
-    assert_eq!(refs, vec![Some(id.to_string()), Some(id.to_string())]);
+    assert_eq!(refs, vec![Some(id.to_string())], "one POST: the retry found it instead of sending again");
+    assert_eq!(notify.created_with_reference(&id.to_string()), 1);
+    let attempts = attempts_of(&app, id).await;
+    assert_eq!(attempts, vec![(1, "sent".to_owned(), None)], "the timed-out call is closed as sent");
 }
 
 #[tokio::test]

@@ -139,6 +139,14 @@ async fn header_text_is_utf8_checked_not_silently_dropped() {
     let latin1 = reqwest::header::HeaderValue::from_bytes(b"St\xf6rung").unwrap();
     let r = app.client.post(&pause).bearer_auth(ADMIN_TOKEN).header("X-Reason", latin1).send().await.unwrap();
     assert_refused(r, 400, json!({"header": "X-Reason"})).await;
+    // A reason is a sentence, not a log file: over 1,000 characters is refused, header or body.
+    let before = audit_rows(&app).await;
+    let long = "x".repeat(1001);
+    let r = app.client.post(&pause).bearer_auth(ADMIN_TOKEN).header("X-Reason", long.as_str()).send().await.unwrap();
+    assert_refused(r, 400, json!({"header": "X-Reason"})).await;
+    let r = app.client.post(&pause).bearer_auth(ADMIN_TOKEN).form(&[("reason", long.as_str())]).send().await.unwrap();
+    assert_refused(r, 400, json!({"parameter": "reason"})).await;
+    assert_eq!(audit_rows(&app).await, before, "nothing audited");
     // Idempotency-Key must be visible ASCII.
     let key = reqwest::header::HeaderValue::from_bytes(b"k\xff").unwrap();
     let r = app

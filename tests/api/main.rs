@@ -1,6 +1,7 @@
 //! Integration tests: the real application over HTTP, a real PostgreSQL, local upstream fakes.
 
 mod admin;
+mod breaker;
 mod callbacks;
 mod cli_output;
 mod clicks;
@@ -20,6 +21,8 @@ mod notify_channels;
 mod notify_client;
 mod openapi_clients;
 mod operations;
+mod outage;
+mod reconcile;
 mod report;
 mod rollout;
 mod send_email;

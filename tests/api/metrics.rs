@@ -219,7 +219,9 @@ fn assert_bounded_labels(series: &Series) {
     let known: BTreeMap<&str, &[&str]> = BTreeMap::from([
         ("api", &["send_email", "other"][..]),
         ("state", &["queued", "retry_wait", "sending"][..]),
-        ("result", &["enabled", "disabled"][..]),
+        // Toggle evaluations, then reconciliations of calls with unknown outcome.
+        ("result", &["enabled", "disabled", "adopted", "absent", "failed", "wait"][..]),
+        ("resolution", &["absent", "withdrawn", "kept"][..]),
         ("kind", &["counted", "head", "scanner", "invalid"][..]),
         ("status", &[][..]),
         ("table", &["notification_events", "clicks", "notifications"][..]),
@@ -237,5 +239,18 @@ fn assert_bounded_labels(series: &Series) {
                 assert!(value.starts_with('/') || value == "unmatched", "{key}: route {value}");
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn cache_sizes_are_exposed_as_gauges() {
+    let (app, _notify, _bgs) = wired_app(&[]).await;
+    queue_for(&app, PARTICIPANT_ID).await;
+    app.deliver_all().await;
+    for cache in ["contacts", "tokens"] {
+        let entries = app.metric(&format!("ebg_cache_entries{{cache=\"{cache}\"}}")).await;
+        let bytes = app.metric(&format!("ebg_cache_bytes{{cache=\"{cache}\"}}")).await;
+        assert_eq!(entries, 1.0, "{cache} entries");
+        assert!(bytes >= ebg_notify::memory::ENTRY_OVERHEAD_BYTES as f64, "{cache} bytes {bytes}");
     }
 }

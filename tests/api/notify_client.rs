@@ -33,6 +33,7 @@ pub(crate) fn live_config(fake: &FakeVaNotify) -> NotifyConfig {
         callback_token: Secret::default(),
         timeout_ms: 2_000,
         connect_timeout_ms: 1_000,
+        lookup_timeout_ms: 1_000,
         breaker_failure_threshold: 100,
         breaker_open_seconds: 30,
         sandbox_delivery_delay_ms: 0,
@@ -295,4 +296,24 @@ async fn live_mode_refuses_a_malformed_key_without_echoing_it() {
 
     assert!(err.to_string().contains("notify.api_key"), "{err}");
     assert!(!err.to_string().contains("s3cr3t"), "{err}");
+}
+
+#[tokio::test]
+async fn lookup_by_reference_finds_what_va_notify_holds() {
+    let fake = FakeVaNotify::start().await;
+    let notify = client(&live_config(&fake));
+    let reference = Uuid::new_v4();
+    assert!(notify.find_by_reference(reference).await.unwrap().is_empty(), "an unknown reference lists nothing");
+    let sent = notify.send_email(&email(Uuid::new_v4(), reference)).await.unwrap();
+    assert_eq!(notify.find_by_reference(reference).await.unwrap(), vec![sent.id]);
+    assert!(notify.find_by_reference(Uuid::new_v4()).await.unwrap().is_empty());
+
+    // A failed lookup is an error (the worker retries it later), never an empty answer.
+    fake.script_lookups([Reply::Status500]);
+    let failed = notify.find_by_reference(reference).await.unwrap_err();
+    assert_eq!(failed.http_status, Some(500));
+    fake.set_latency(Duration::from_millis(1_500));
+    let slow = notify.find_by_reference(reference).await.unwrap_err();
+    assert_eq!(slow.error, "timeout", "bounded by notify.lookup_timeout_ms");
+    assert_eq!(fake.lookups_total(), 5);
 }

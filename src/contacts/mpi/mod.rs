@@ -101,6 +101,13 @@ impl Cacheable for Result<Identity, MpiError> {
             Err(_) => Freshness::Uncached,
         }
     }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Ok(identity) => identity.icn.capacity() + identity.first_name.as_ref().map_or(0, String::capacity),
+            Err(_) => 0,
+        }
+    }
 }
 
 /// Failure to build the MPI client from configuration; the message names the config keys at fault.
@@ -128,13 +135,22 @@ impl Mpi {
             MpiMode::Fhir => Directory::Fhir {
                 client: FhirClient::from_config(cfg)?,
                 cache: LookupCache::new(
-                    cfg.cache_capacity,
+                    crate::memory::CacheBounds { max_entries: cfg.cache_capacity, max_bytes: cfg.cache_max_bytes },
                     Duration::from_secs(cfg.cache_ttl_seconds),
                     Duration::from_secs(cfg.negative_cache_ttl_seconds),
                 ),
             },
         };
         Ok(Self { directory: Arc::new(directory) })
+    }
+
+    /// Sets the cache's size gauges (`ebg_cache_entries` / `ebg_cache_bytes`, `cache="mpi"`); the sandbox
+    /// keeps no cache.
+    pub async fn record_cache_size(&self) {
+        if let Directory::Fhir { cache, .. } = &*self.directory {
+            let (entries, bytes) = cache.size().await;
+            crate::memory::record_cache_size("mpi", entries, bytes);
+        }
     }
 
     /// Resolves a participant id to an identity.

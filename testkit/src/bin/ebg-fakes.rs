@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! ebg-fakes va-notify [--port N] [--latency-ms N] [--rate-limit N]
+//! ebg-fakes bgs [--everyone NAME]
 //! ```
 //! Prints one line of `KEY=value` pairs on stdout once the fake is listening.
 
@@ -11,10 +12,10 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-use ebg_testkit::FakeVaNotify;
+use ebg_testkit::{FakeBgs, FakeVaNotify};
 use uuid::Uuid;
 
-const USAGE: &str = "usage: ebg-fakes va-notify [--port N] [--latency-ms N] [--rate-limit N]";
+const USAGE: &str = "usage: ebg-fakes va-notify [--port N] [--latency-ms N] [--rate-limit N] | bgs [--everyone NAME]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -25,6 +26,7 @@ async fn main() -> ExitCode {
     };
     let result = match fake {
         "va-notify" => run_va_notify(options).await,
+        "bgs" => run_bgs(options).await,
         other => Err(format!("unknown fake `{other}`")),
     };
     match result {
@@ -73,6 +75,21 @@ async fn run_va_notify(options: &[String]) -> Result<(), String> {
     println!("VA_NOTIFY_URL={} API_KEY={} PUSH_API_KEY={}", fake.base_url(), fake.api_key(), fake.push_api_key());
     std::io::stdout().flush().map_err(|e| format!("cannot write to stdout: {e}"))?;
 
+    tokio::signal::ctrl_c().await.map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
+    Ok(())
+}
+
+/// A fake BGS on a random loopback port; `--everyone NAME` makes every participant known by that name.
+async fn run_bgs(options: &[String]) -> Result<(), String> {
+    check_flags(options, &["--everyone"])?;
+    let everyone: Option<String> = flag(options, "--everyone")?;
+    let fake = FakeBgs::start().await;
+    if let Some(name) = everyone {
+        fake.set_everyone(&name);
+    }
+    fake.set_recording(false);
+    println!("BGS_URL={}", fake.base_url());
+    std::io::stdout().flush().map_err(|e| format!("cannot write to stdout: {e}"))?;
     tokio::signal::ctrl_c().await.map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! `ebg-load`: an open-loop, constant-rate load generator for `POST /v0/event_bus_gateway/send_email`.
 //!
 //! ```text
-//! ebg-load --url URL --token JWT --rate N --duration-s N [--max-in-flight N]
+//! ebg-load --url URL (--token JWT | --tokens-file PATH) --rate N --duration-s N [--max-in-flight N]
 //! ```
+//!
+//! `--tokens-file` (one token per line) rotates through the tokens, one per request: distinct callers,
+//! as needed to fill the service's token cache.
 //!
 //! wrk is closed-loop: it sends the next request only when one returns, so it measures peak throughput but
 //! hides queueing (coordinated omission). Here request `i` is due at `start + i / rate` whatever happened to
@@ -21,7 +24,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use uuid::Uuid;
 
-const USAGE: &str = "usage: ebg-load --url URL --token JWT --rate N --duration-s N [--max-in-flight N]";
+const USAGE: &str =
+    "usage: ebg-load --url URL (--token JWT | --tokens-file PATH) --rate N --duration-s N [--max-in-flight N]";
 /// How long stragglers may take after the last request was due before they count as errors.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -35,7 +39,7 @@ enum Outcome {
 
 struct Options {
     url: String,
-    token: String,
+    tokens: Vec<String>,
     rate: f64,
     duration: Duration,
     max_in_flight: usize,
@@ -64,7 +68,7 @@ async fn main() -> ExitCode {
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
-    const KNOWN: [&str; 5] = ["--url", "--token", "--rate", "--duration-s", "--max-in-flight"];
+    const KNOWN: [&str; 6] = ["--url", "--token", "--tokens-file", "--rate", "--duration-s", "--max-in-flight"];
     for pair in args.chunks(2) {
         if !KNOWN.contains(&pair[0].as_str()) {
             return Err(format!("unknown option `{}`", pair[0]));
@@ -75,9 +79,23 @@ fn parse(args: &[String]) -> Result<Options, String> {
     if !(rate.is_finite() && rate > 0.0 && seconds.is_finite() && seconds > 0.0) {
         return Err("--rate and --duration-s must be positive".into());
     }
+    let tokens = match (flag::<String>(args, "--token")?, flag::<String>(args, "--tokens-file")?) {
+        (Some(token), None) => vec![token],
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| format!("--tokens-file {path}: {e}"))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => return Err("exactly one of --token and --tokens-file is required".into()),
+    };
+    if tokens.is_empty() {
+        return Err("--tokens-file has no tokens".into());
+    }
     Ok(Options {
         url: required(args, "--url")?,
-        token: required(args, "--token")?,
+        tokens,
         rate,
         duration: Duration::from_secs_f64(seconds),
         max_in_flight: flag(args, "--max-in-flight")?.unwrap_or(2048),
@@ -101,7 +119,7 @@ async fn run(options: Options) -> Result<String, String> {
         .pool_max_idle_per_host(options.max_in_flight)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let authorization: Arc<str> = format!("Bearer {}", options.token).into();
+    let authorizations: Arc<Vec<String>> = Arc::new(options.tokens.iter().map(|t| format!("Bearer {t}")).collect());
     let url: Arc<str> = options.url.into();
 
     let total = (options.rate * options.duration.as_secs_f64()).round() as u64;
@@ -119,13 +137,13 @@ async fn run(options: Options) -> Result<String, String> {
             shed += 1;
             continue;
         };
-        let (client, url, authorization, results) =
-            (client.clone(), url.clone(), authorization.clone(), results.clone());
+        let (client, url, authorizations, results) =
+            (client.clone(), url.clone(), authorizations.clone(), results.clone());
         tokio::spawn(async move {
             let body = format!(r#"{{"template_id":"{}"}}"#, Uuid::new_v4());
             let sent = client
                 .post(&*url)
-                .header("authorization", &*authorization)
+                .header("authorization", &authorizations[(i % authorizations.len() as u64) as usize])
                 .header("content-type", "application/json")
                 .body(body)
                 .send()
