@@ -204,6 +204,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_identity_cache_is_bounded_by_bytes_too() {
+        let bounds = crate::memory::CacheBounds { max_entries: 1_000_000, max_bytes: 20_000 };
+        let long = Duration::from_secs(3600);
+        let cache: LookupCache<Result<Identity, MpiError>> = LookupCache::new(bounds, long, long);
+        let identity = || Identity { icn: "1012345678V123456".into(), first_name: Some("Jane".into()) };
+        for i in 0..500 {
+            cache.get_or_fetch(&i.to_string(), async { Ok(identity()) }).await.0.unwrap();
+        }
+        let (entries, bytes) = cache.size().await;
+        assert!(bytes <= 20_000 && (1..100).contains(&entries), "{entries} entries, {bytes} bytes");
+        let heavier = Ok(Identity { icn: "1".repeat(4096), first_name: None });
+        assert!(heavier.heap_bytes() >= 4096 && Err::<Identity, _>(MpiError::NotFound).heap_bytes() == 0);
+    }
+
+    #[tokio::test]
     async fn sandbox_is_the_default_and_answers_everyone() {
         let mpi = Mpi::from_config(&Config::load_from(Vec::new()).expect("config").mpi).expect("sandbox");
         let a = mpi.lookup("600043201").await.expect("found");
