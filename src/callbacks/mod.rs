@@ -27,6 +27,7 @@ use crate::config::{CallbacksConfig, Secret};
 use crate::input::{self, InputError, Location};
 use crate::metrics as m;
 use crate::outbox::Status;
+pub use crate::outbox::lifecycle::{Effect, RowState, decide};
 
 /// The callback fields the service reads. `to` (the recipient address) is deliberately not a field:
 /// it is never parsed, stored or logged.
@@ -99,75 +100,6 @@ impl CallbackAuth {
     /// True when `signature` is VA Notify's signature of `body`.
     pub fn signature_ok(&self, body: &[u8], signature: &str) -> bool {
         self.signing_secret.as_ref().is_some_and(|secret| signature::verify(secret.expose(), body, signature))
-    }
-}
-
-/// What a callback does to its notification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Effect {
-    /// The notification moves to this state.
-    Move(Status),
-    /// A Retryable temporary failure with sends left: queue a resend.
-    Resend,
-    /// A Retryable temporary failure of the last allowed send: `dead`.
-    Dead,
-    /// Kept as an event only (in-flight status, earlier send, or the state is already final).
-    Record,
-    /// The row's latest send is not recorded yet: answer 503 so VA Notify retries.
-    NotYet,
-}
-
-impl Effect {
-    /// Stored in `notification_events.effect`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Move(_) => "moved",
-            Self::Resend => "resend",
-            Self::Dead => "dead",
-            Self::Record | Self::NotYet => "recorded",
-        }
-    }
-}
-
-/// A notification as a callback finds it.
-#[derive(Clone, Copy, Debug)]
-pub struct RowState {
-    pub status: Status,
-    /// Sends VA Notify accepted so far.
-    pub sends: i32,
-    /// Whether the callback's `id` is the row's latest `va_notify_id` (or either is unknown).
-    pub latest_send: bool,
-}
-
-/// Decides what a callback with `status`/`reason` does to `row` (rules in the module docs).
-pub fn decide(row: RowState, status: &str, reason: Option<&str>, max_sends: u32) -> Effect {
-    let reported = match status {
-        "delivered" => Status::Delivered,
-        "permanent-failure" => Status::PermanentFailure,
-        "temporary-failure" => Status::TemporaryFailure,
-        _ => return Effect::Record,
-    };
-    match row.status {
-        // During a resend the row still holds the previous send's id: a callback naming it is late news.
-        Status::Sending if row.sends > 0 && row.latest_send => Effect::Record,
-        Status::Sending => Effect::NotYet,
-        _ if !row.latest_send => Effect::Record,
-        Status::Sent => match reported {
-            Status::TemporaryFailure if reason.is_some_and(|r| r.starts_with("Retryable")) => {
-                if row.sends < max_sends as i32 { Effect::Resend } else { Effect::Dead }
-            }
-            other => Effect::Move(other),
-        },
-        // A resend is waiting: only proof of delivery cancels it.
-        Status::Queued | Status::RetryWait if row.sends > 0 && reported == Status::Delivered => {
-            Effect::Move(Status::Delivered)
-        }
-        Status::TemporaryFailure | Status::PermanentFailure | Status::Failed | Status::Dead
-            if reported == Status::Delivered =>
-        {
-            Effect::Move(Status::Delivered)
-        }
-        _ => Effect::Record,
     }
 }
 

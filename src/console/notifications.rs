@@ -74,7 +74,7 @@ pub async fn page_get(
         h1 { "Notifications" }
         h2 { "Queue" }
         dl class="card" id="queue" {
-            @for name in ["queued", "retry_wait", "sending"] {
+            @for name in crate::outbox::lifecycle::names(&crate::outbox::lifecycle::PENDING) {
                 dt { (name.replace('_', " ")) }
                 dd { (depth.iter().find(|(s, _)| s == name).map_or(0, |(_, c)| *c)) }
             }
