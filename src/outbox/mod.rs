@@ -5,11 +5,14 @@
 
 pub mod backoff;
 mod batch;
+pub mod callbacks;
 mod finish;
 pub mod history;
 pub mod lifecycle;
 pub mod owner;
+pub mod purge;
 pub mod replay;
+mod requeue;
 mod wakeup;
 pub mod worker;
 
@@ -22,6 +25,7 @@ use uuid::Uuid;
 pub use batch::{AcceptLimits, AcceptQueue};
 pub use finish::FinishQueue;
 pub use lifecycle::{Requeue, Status};
+pub use requeue::requeue;
 pub use wakeup::Wakeup;
 
 /// Delivery channel of a notification.

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::store::{self, AuditContext};
 use super::{FeatureToggle, Snapshot};
-use crate::outbox::CHANNEL_EMAIL;
+use crate::outbox::{CHANNEL_EMAIL, Requeue};
 
 /// What to release.
 #[derive(Clone, Debug)]
@@ -120,15 +120,7 @@ pub async fn release_suppressed(
         return Ok(outcome);
     }
 
-    let released: Vec<Uuid> = sqlx::query_scalar(
-        "update notifications set status = 'queued', status_reason = 'released', next_attempt_at = now(),
-                updated_at = now()
-         where id = any($1) and status = 'suppressed'
-         returning id",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
+    let released = crate::outbox::requeue(&mut *tx, &ids, &Requeue::release()).await?;
     outcome.released = released.len() as u64;
 
     store::lock_feature(&mut tx, &request.feature).await?;
