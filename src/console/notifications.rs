@@ -11,10 +11,10 @@ use uuid::Uuid;
 use super::ConsoleError;
 use super::layout::{Notice, Section, csrf_field, duration, page, query_value, when};
 use super::session::{AdminForm, Session};
-use crate::app::AppState;
 use crate::outbox;
 use crate::outbox::history::{self, NotificationHistory};
 use crate::outbox::replay::{REPLAYABLE, ReplayFilter, Summary, replay_candidates, requeue};
+use crate::state::AppState;
 
 const DEFAULT_DAYS: i64 = 7;
 const MAX_DAYS: i64 = 400;

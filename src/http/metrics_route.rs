@@ -4,9 +4,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
-use crate::app::AppState;
 use crate::metrics as m;
 use crate::outbox;
+use crate::state::AppState;
 
 /// Renders every metric; queue gauges are refreshed first from the small pending-row index.
 #[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
