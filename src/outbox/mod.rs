@@ -11,6 +11,7 @@ pub mod history;
 pub mod lifecycle;
 pub mod owner;
 pub mod purge;
+pub mod release;
 pub mod replay;
 mod requeue;
 mod wakeup;

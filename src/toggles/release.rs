@@ -83,33 +83,20 @@ pub async fn release_suppressed(
     sqlx::query("select pg_advisory_xact_lock(hashtextextended('ebg_release_suppressed', 0))")
         .execute(&mut *tx)
         .await?;
-    let rows: Vec<(Uuid, String, Uuid, DateTime<Utc>, bool)> = sqlx::query_as(
-        "select n.id, n.participant_id, n.template_id, n.created_at,
-                exists (
-                    select 1 from notifications p
-                    where p.participant_id = n.participant_id and p.template_id = n.template_id
-                      and p.channel = n.channel and p.id <> n.id
-                      and p.status not in ('suppressed', 'duplicate')
-                      and p.created_at > n.created_at - $4 and p.created_at < n.created_at + $4
-                ) as covered
-         from notifications n
-         where n.status = 'suppressed' and n.channel = $1 and n.created_at >= $2
-           and ($3::timestamptz is null or n.created_at < $3)
-         order by n.created_at, n.id
-         for update of n",
+    let rows = crate::outbox::release::lock_suppressed(
+        &mut tx,
+        CHANNEL_EMAIL,
+        request.from,
+        request.to,
+        request.duplicate_window,
     )
-    .bind(CHANNEL_EMAIL)
-    .bind(request.from)
-    .bind(request.to)
-    .bind(request.duplicate_window)
-    .fetch_all(&mut *tx)
     .await?;
-    let candidates = rows.into_iter().map(|(id, participant_id, template_id, created_at, covered)| Candidate {
-        id,
-        participant_id,
-        template_id,
-        created_at,
-        covered,
+    let candidates = rows.into_iter().map(|r| Candidate {
+        id: r.id,
+        participant_id: r.participant_id,
+        template_id: r.template_id,
+        created_at: r.created_at,
+        covered: r.covered,
     });
 
     let (ids, mut outcome) = select(candidates, &request.feature, &toggle, window);
