@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -17,32 +15,10 @@ use crate::contacts::Contacts;
 use crate::notify::{NotifyClient, SandboxCallback};
 use crate::outbox::worker::Deliverer;
 use crate::outbox::{AcceptLimits, AcceptQueue, Wakeup};
+pub use crate::state::AppState;
 use crate::telemetry::PiiHasher;
 use crate::toggles::Toggles;
 use crate::{db, http, metrics, retention, rollout};
-
-/// Everything a handler needs, built once at startup. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub db: PgPool,
-    pub verifier: Arc<ServiceAccountVerifier>,
-    pub admin: Arc<AdminTokens>,
-    /// Read-only tokens (`admin.read_tokens`): admin reads and a console session without writes.
-    pub readers: Arc<AdminTokens>,
-    /// Signs console session cookies and CSRF tokens.
-    pub console_key: crate::console::SessionKey,
-    pub toggles: Toggles,
-    pub deliverer: Deliverer,
-    pub pii: PiiHasher,
-    pub metrics: PrometheusHandle,
-    /// Wakes the local delivery loop when a request queues a notification.
-    pub wake_workers: Wakeup,
-    /// Records send_* requests with group commit.
-    pub accept: AcceptQueue,
-    /// True while the delivery loop runs (readiness).
-    pub workers_running: Arc<AtomicBool>,
-}
 
 /// Startup failure: the message says what to fix.
 #[derive(Debug, thiserror::Error)]

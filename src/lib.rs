@@ -3,7 +3,7 @@
 //! Request path: [`http`] (routes) -> [`auth`] -> [`toggles`] -> [`outbox`] (durable queue).
 //! Delivery path: [`outbox::worker`] -> [`contacts`] -> [`notify`] (VA Notify).
 //! Tracking: [`callbacks`] (delivery status, resends), [`clicks`]; [`report`] (rollout report), [`retention`].
-//! Release: [`rollout`] (guarded rollout plans, their evaluator, and the `simulate` demo).
+//! Release: [`rollout`] (guarded rollout plans and their evaluator; the `simulate` demo is in [`cli`]).
 //! Operators: [`console`] (server-rendered web pages over the same write paths as the admin API).
 //! Startup: [`config`] -> [`app::Application`]; the binary's verbs live in [`cli`].
 
@@ -27,6 +27,7 @@ pub mod progress;
 pub mod report;
 pub mod retention;
 pub mod rollout;
+pub mod state;
 pub mod telemetry;
 pub mod toggles;
 pub mod upstream;

@@ -20,7 +20,8 @@ pub struct Purged {
 }
 
 /// Each table's batch delete: picks at most `$2` old rows through an index on the age column.
-const PURGES: [(&str, &str); 3] = [
+/// Notifications are deleted by [`crate::outbox::purge`], their only writer.
+const PURGES: [(&str, &str); 2] = [
     (
         "notification_events",
         "delete from notification_events where id in
@@ -31,14 +32,18 @@ const PURGES: [(&str, &str); 3] = [
         "delete from clicks where notification_id in
              (select notification_id from clicks where last_at < $1 limit $2)",
     ),
-    // Rows still waiting for delivery are never deleted, however old: that would lose mail.
-    (
-        "notifications",
-        "delete from notifications where id in
-             (select id from notifications where created_at < $1
-                  and status not in ('queued', 'sending', 'retry_wait') limit $2)",
-    ),
 ];
+
+/// The tables in purge order: events and clicks first, then the notifications they hang off.
+const TABLES: [&str; 3] = ["notification_events", "clicks", "notifications"];
+
+/// One batch delete from `table`; returns the rows deleted.
+async fn purge_batch(pool: &PgPool, table: &str, cutoff: DateTime<Utc>, batch: u32) -> Result<u64, sqlx::Error> {
+    match PURGES.iter().find(|(t, _)| *t == table) {
+        Some((_, sql)) => Ok(sqlx::query(sql).bind(cutoff).bind(i64::from(batch)).execute(pool).await?.rows_affected()),
+        None => crate::outbox::purge::purge_notifications(pool, cutoff, batch).await,
+    }
+}
 
 impl Purged {
     /// Rows deleted in all tables.
@@ -61,9 +66,9 @@ pub async fn purge_before_with(
     mut on_batch: impl FnMut(&Purged),
 ) -> Result<Purged, sqlx::Error> {
     let mut purged = Purged::default();
-    for (table, sql) in PURGES {
+    for table in TABLES {
         loop {
-            let deleted = sqlx::query(sql).bind(cutoff).bind(i64::from(batch)).execute(pool).await?.rows_affected();
+            let deleted = purge_batch(pool, table, cutoff, batch).await?;
             metrics::counter!(m::RETENTION_DELETED, "table" => table).increment(deleted);
             match table {
                 "notification_events" => purged.events += deleted,

@@ -26,7 +26,8 @@ use uuid::Uuid;
 use crate::config::{CallbacksConfig, Secret};
 use crate::input::{self, InputError, Location};
 use crate::metrics as m;
-use crate::outbox::Status;
+pub use crate::outbox::lifecycle::{Effect, RowState, decide};
+use crate::outbox::{self, Status};
 
 /// The callback fields the service reads. `to` (the recipient address) is deliberately not a field:
 /// it is never parsed, stored or logged.
@@ -102,75 +103,6 @@ impl CallbackAuth {
     }
 }
 
-/// What a callback does to its notification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Effect {
-    /// The notification moves to this state.
-    Move(Status),
-    /// A Retryable temporary failure with sends left: queue a resend.
-    Resend,
-    /// A Retryable temporary failure of the last allowed send: `dead`.
-    Dead,
-    /// Kept as an event only (in-flight status, earlier send, or the state is already final).
-    Record,
-    /// The row's latest send is not recorded yet: answer 503 so VA Notify retries.
-    NotYet,
-}
-
-impl Effect {
-    /// Stored in `notification_events.effect`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Move(_) => "moved",
-            Self::Resend => "resend",
-            Self::Dead => "dead",
-            Self::Record | Self::NotYet => "recorded",
-        }
-    }
-}
-
-/// A notification as a callback finds it.
-#[derive(Clone, Copy, Debug)]
-pub struct RowState {
-    pub status: Status,
-    /// Sends VA Notify accepted so far.
-    pub sends: i32,
-    /// Whether the callback's `id` is the row's latest `va_notify_id` (or either is unknown).
-    pub latest_send: bool,
-}
-
-/// Decides what a callback with `status`/`reason` does to `row` (rules in the module docs).
-pub fn decide(row: RowState, status: &str, reason: Option<&str>, max_sends: u32) -> Effect {
-    let reported = match status {
-        "delivered" => Status::Delivered,
-        "permanent-failure" => Status::PermanentFailure,
-        "temporary-failure" => Status::TemporaryFailure,
-        _ => return Effect::Record,
-    };
-    match row.status {
-        // During a resend the row still holds the previous send's id: a callback naming it is late news.
-        Status::Sending if row.sends > 0 && row.latest_send => Effect::Record,
-        Status::Sending => Effect::NotYet,
-        _ if !row.latest_send => Effect::Record,
-        Status::Sent => match reported {
-            Status::TemporaryFailure if reason.is_some_and(|r| r.starts_with("Retryable")) => {
-                if row.sends < max_sends as i32 { Effect::Resend } else { Effect::Dead }
-            }
-            other => Effect::Move(other),
-        },
-        // A resend is waiting: only proof of delivery cancels it.
-        Status::Queued | Status::RetryWait if row.sends > 0 && reported == Status::Delivered => {
-            Effect::Move(Status::Delivered)
-        }
-        Status::TemporaryFailure | Status::PermanentFailure | Status::Failed | Status::Dead
-            if reported == Status::Delivered =>
-        {
-            Effect::Move(Status::Delivered)
-        }
-        _ => Effect::Record,
-    }
-}
-
 /// The outcome of handling one authenticated callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Handled {
@@ -218,21 +150,8 @@ pub async fn handle(
 ) -> Result<Handled, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let by_reference = payload.reference.as_deref().and_then(|r| Uuid::parse_str(r.trim()).ok());
-    let select = "select id, status, sends, va_notify_id from notifications";
-    let mut row: Option<(Uuid, String, i32, Option<Uuid>)> = None;
-    if let Some(reference) = by_reference {
-        row = sqlx::query_as(&format!("{select} where id = $1 for update"))
-            .bind(reference)
-            .fetch_optional(&mut *tx)
-            .await?;
-    }
-    if let (None, Some(va_id)) = (&row, payload.id) {
-        row = sqlx::query_as(&format!("{select} where va_notify_id = $1 limit 1 for update"))
-            .bind(va_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    }
-    let Some((id, status, sends, va_notify_id)) = row else {
+    let locked = outbox::callbacks::lock_for_callback(&mut tx, by_reference, payload.id).await?;
+    let Some(outbox::callbacks::Locked { id, status, sends, va_notify_id }) = locked else {
         return Ok(Handled::Unknown);
     };
     let Some(status) = Status::parse(&status) else {
@@ -271,46 +190,8 @@ pub async fn handle(
     .await?;
 
     let reason = stored_text(payload.status_reason.as_deref());
-    match effect {
-        Effect::Move(next) => {
-            sqlx::query(
-                "update notifications set status = $2, status_reason = $3, next_attempt_at = null, updated_at = now(),
-                     delivered_at = case when $2 = 'delivered' then now() else delivered_at end,
-                     va_notify_id = coalesce(va_notify_id, $4)
-                 where id = $1",
-            )
-            .bind(id)
-            .bind(next.as_str())
-            .bind(if next == Status::Delivered { None } else { reason })
-            .bind(payload.id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Effect::Resend => {
-            // Same row, same reference; the worker's retry budget starts afresh for the new send.
-            sqlx::query(
-                "update notifications set status = 'queued', status_reason = $2, updated_at = now(),
-                     next_attempt_at = now() + make_interval(secs => $3), attempts_before_send = attempts
-                 where id = $1",
-            )
-            .bind(id)
-            .bind(reason)
-            .bind(config.resend_delay_seconds as f64)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Effect::Dead => {
-            sqlx::query(
-                "update notifications set status = 'dead', status_reason = $2, next_attempt_at = null, updated_at = now()
-                 where id = $1",
-            )
-            .bind(id)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Effect::Record | Effect::NotYet => {}
-    }
+    let resend_delay = std::time::Duration::from_secs(config.resend_delay_seconds);
+    outbox::callbacks::apply_callback(&mut tx, id, effect, reason, payload.id, resend_delay).await?;
     tx.commit().await?;
     count(effect);
     Ok(Handled::Known(effect))

@@ -2,6 +2,7 @@
 
 mod flags;
 mod rollout;
+pub mod simulate;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
 use crate::config::Config;
-use crate::rollout::simulate::{SimulateOptions, simulate};
 use crate::{auth, db, telemetry};
+use simulate::{SimulateOptions, simulate};
 
 #[derive(Parser)]
 #[command(name = "ebg-notify", version, about = "Notification gateway for the VA Event Bus Gateway")]

@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::ConsoleError;
 use super::layout::{Notice, Section, csrf_field, dot, page, pct, query_value, segment, when};
 use super::session::{AdminForm, Session};
-use crate::app::AppState;
 use crate::rollout::{self, Plan};
+use crate::state::AppState;
 use crate::toggles::parse_percentage;
 use crate::toggles::store::{self, AuditContext, AuditEntry, Change, FeatureRecord, GateSnapshot, StoreError};
 

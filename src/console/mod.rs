@@ -23,7 +23,7 @@ use maud::html;
 
 pub use session::SessionKey;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use layout::{Notice, page_signed_out};
 
 /// No inline script or style, nothing from elsewhere: every asset is served by this binary.

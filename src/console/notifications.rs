@@ -11,10 +11,10 @@ use uuid::Uuid;
 use super::ConsoleError;
 use super::layout::{Notice, Section, csrf_field, duration, page, query_value, when};
 use super::session::{AdminForm, Session};
-use crate::app::AppState;
 use crate::outbox;
 use crate::outbox::history::{self, NotificationHistory};
 use crate::outbox::replay::{REPLAYABLE, ReplayFilter, Summary, replay_candidates, requeue};
+use crate::state::AppState;
 
 const DEFAULT_DAYS: i64 = 7;
 const MAX_DAYS: i64 = 400;
@@ -74,7 +74,7 @@ pub async fn page_get(
         h1 { "Notifications" }
         h2 { "Queue" }
         dl class="card" id="queue" {
-            @for name in ["queued", "retry_wait", "sending"] {
+            @for name in crate::outbox::lifecycle::names(&crate::outbox::lifecycle::PENDING) {
                 dt { (name.replace('_', " ")) }
                 dd { (depth.iter().find(|(s, _)| s == name).map_or(0, |(_, c)| *c)) }
             }

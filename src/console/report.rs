@@ -11,8 +11,8 @@ use super::ConsoleError;
 use super::charts::{Bar, Scale, Threshold, bar_chart};
 use super::layout::{Notice, Section, page, pct, query_value, rate, when};
 use super::session::Session;
-use crate::app::AppState;
 use crate::report::{self, Report, ReportError, ReportRequest, Verdict};
+use crate::state::AppState;
 use crate::toggles::EMAILS_ENABLED;
 
 /// The report's period and feature, as typed in the form.

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use super::ConsoleError;
 use super::layout::{Notice, Section, csrf_field, duration, page, pct, rate, segment, when};
 use super::session::{AdminForm, Session, SessionForm};
-use crate::app::AppState;
 use crate::rollout::{self, Action, Mode, NewPlan, Plan, RolloutError, StagePlan, State as PlanState, default_stages};
+use crate::state::AppState;
 use crate::toggles::EMAILS_ENABLED;
 use crate::toggles::store::AuditContext;
 

@@ -24,8 +24,8 @@ use subtle::ConstantTimeEq;
 
 use super::ConsoleError;
 use super::layout::{Notice, page_signed_out};
-use crate::app::AppState;
 use crate::config::{ConsoleConfig, Profile};
+use crate::state::AppState;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -9,12 +9,12 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::auth::bearer_token;
 use crate::callbacks::{self, CallbackAuth, CallbackPayload, Effect, Handled};
 use crate::config::{Config, NotifyMode};
 use crate::error::{ApiError, ErrorBody, UnauthorizedBody};
 use crate::metrics as m;
+use crate::state::AppState;
 
 /// Header carrying VA Notify's HMAC signature of the body.
 pub const SIGNATURE_HEADER: &str = "x-enp-signature";

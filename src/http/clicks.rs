@@ -6,9 +6,9 @@ use axum::http::header::{CACHE_CONTROL, LOCATION, REFERRER_POLICY, USER_AGENT};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
 use crate::clicks::{self, ClickLinks};
 use crate::metrics as m;
+use crate::state::AppState;
 
 /// Follow a tracked link: 302 to `https://<clicks.web_host>/<path>?<query>`.
 #[utoipa::path(get, path = "/c/{token}/{path}", tag = "clicks", operation_id = "follow_click",

@@ -10,10 +10,10 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::app::AppState;
 use crate::auth::{AuthError, ServiceAccount, bearer_token};
 use crate::error::ApiError;
 use crate::input::{self, InputError, Location};
+use crate::state::AppState;
 
 /// A caller holding a valid service-account token whose scope is exactly this route's URL.
 pub struct ServiceAccountAuth(pub Arc<ServiceAccount>);

@@ -32,9 +32,9 @@ use serde_json::{Value, json};
 
 use super::extract::{AdminAuth, AdminReadAuth, Params, PathText, RequestMeta};
 use super::openapi::{AdminUnauthorized, InputRejections, ReadRejections};
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::input;
+use crate::state::AppState;
 use crate::toggles::store::{self, AuditContext, Change, FeatureRecord, StoreError};
 
 /// Where the API is mounted.

@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::db;
+use crate::state::AppState;
 
 /// `{"status": "ok"}`.
 #[derive(Serialize, utoipa::ToSchema)]

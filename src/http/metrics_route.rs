@@ -4,9 +4,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
-use crate::app::AppState;
 use crate::metrics as m;
 use crate::outbox;
+use crate::state::AppState;
 
 /// Renders every metric; queue gauges are refreshed first from the small pending-row index.
 #[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
@@ -14,7 +14,7 @@ use crate::outbox;
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     match outbox::queue_depth(&state.db).await {
         Ok((depth, oldest)) => {
-            for name in ["queued", "retry_wait", "sending"] {
+            for name in crate::outbox::lifecycle::names(&crate::outbox::lifecycle::PENDING) {
                 let count = depth.iter().find(|(s, _)| s == name).map(|(_, c)| *c).unwrap_or(0);
                 metrics::gauge!(m::QUEUE_DEPTH, "state" => name).set(count as f64);
             }

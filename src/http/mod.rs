@@ -30,9 +30,9 @@ use tracing::Level;
 
 pub use extract::{AdminAuth, AdminReadAuth, Params, RequestMeta, ServiceAccountAuth};
 
-use crate::app::AppState;
 use crate::error::Outcome;
 use crate::metrics as m;
+use crate::state::AppState;
 
 /// The path EBG calls; also the suffix of the scope its token must carry.
 pub const SEND_EMAIL_PATH: &str = "/v0/event_bus_gateway/send_email";

@@ -8,9 +8,9 @@ use uuid::Uuid;
 use super::AdminReadAuth;
 use super::extract::PathText;
 use super::openapi::{AdminUnauthorized, ReadRejections};
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::outbox::history::{self, NotificationHistory};
+use crate::state::AppState;
 
 /// A notification's history: the row's state, reason, channel, template and times, every VA Notify
 /// attempt (outcome, HTTP status, VA Notify id, duration), every delivery-status callback, and the click

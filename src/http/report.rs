@@ -9,9 +9,9 @@ use serde::Deserialize;
 use super::AdminAuth;
 use super::extract::StrictQuery;
 use super::openapi::{AdminUnauthorized, ReadRejections};
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::report::{self, ReportError, ReportRequest};
+use crate::state::AppState;
 use crate::toggles::EMAILS_ENABLED;
 
 /// Query parameters of the report.

@@ -11,10 +11,10 @@ use uuid::Uuid;
 
 use super::extract::{AdminAuth, AdminReadAuth, Params, PathText, RequestMeta, StrictQuery};
 use super::openapi::{AdminUnauthorized, InputRejections, ReadRejections};
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::error::ErrorBody;
 use crate::rollout::{self, Action, NewPlan, Plan, PlanDetail, RolloutError};
+use crate::state::AppState;
 use crate::toggles::EMAILS_ENABLED;
 use crate::toggles::store::AuditContext;
 

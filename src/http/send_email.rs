@@ -8,9 +8,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::extract::{Params, ServiceAccountAuth};
-use crate::app::AppState;
 use crate::error::{ApiError, Outcome};
 use crate::outbox::{CHANNEL_EMAIL, NewNotification, Status};
+use crate::state::AppState;
 use crate::toggles::EMAILS_ENABLED;
 
 /// Longest Idempotency-Key accepted.

@@ -5,11 +5,15 @@
 
 pub mod backoff;
 mod batch;
+pub mod callbacks;
 mod finish;
 pub mod history;
+pub mod lifecycle;
 pub mod owner;
+pub mod purge;
+pub mod release;
 pub mod replay;
-mod status;
+mod requeue;
 mod wakeup;
 pub mod worker;
 
@@ -21,7 +25,8 @@ use uuid::Uuid;
 
 pub use batch::{AcceptLimits, AcceptQueue};
 pub use finish::FinishQueue;
-pub use status::Status;
+pub use lifecycle::{Requeue, Status};
+pub use requeue::requeue;
 pub use wakeup::Wakeup;
 
 /// Delivery channel of a notification.
@@ -148,7 +153,7 @@ static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              for update skip locked
          ), due as (
              select id, next_attempt_at from notifications
-             where status in ('queued', 'retry_wait', 'sending') and next_attempt_at <= now()
+             where status in {pending} and next_attempt_at <= now()
              order by next_attempt_at
              limit $1
              for update skip locked
@@ -169,7 +174,8 @@ static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          select c.*, (select max(a.started_at) from notification_attempts a
                       where a.notification_id = c.id and a.attempt > c.attempts_before_send
                         and a.attempt < c.attempts and {IN_DOUBT_ATTEMPT}) as in_doubt_since
-         from claimed c"
+         from claimed c",
+        pending = lifecycle::sql_list(&lifecycle::PENDING),
     )
 });
 
@@ -337,20 +343,25 @@ fn prior_columns(prior: Option<PriorCall>) -> (Option<&'static str>, Option<Uuid
 /// Rows waiting for delivery by state, and the age of the oldest due one. Walks only the small
 /// partial index of pending rows, so it is cheap to run on every scrape.
 pub async fn queue_depth(pool: &PgPool) -> Result<(Vec<(String, i64)>, f64), sqlx::Error> {
-    let depth: Vec<(String, i64)> = sqlx::query_as(
-        "select status, count(*) from notifications
-         where status in ('queued', 'retry_wait', 'sending') group by status",
-    )
-    .fetch_all(pool)
-    .await?;
-    let oldest: Option<f64> = sqlx::query_scalar(
-        "select extract(epoch from now() - min(next_attempt_at))::float8 from notifications
-         where status in ('queued', 'retry_wait', 'sending') and next_attempt_at <= now()",
-    )
-    .fetch_one(pool)
-    .await?;
+    let depth: Vec<(String, i64)> = sqlx::query_as(QUEUE_DEPTH_SQL.as_str()).fetch_all(pool).await?;
+    let oldest: Option<f64> = sqlx::query_scalar(OLDEST_DUE_SQL.as_str()).fetch_one(pool).await?;
     Ok((depth, oldest.unwrap_or(0.0).max(0.0)))
 }
+
+static QUEUE_DEPTH_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "select status, count(*) from notifications where status in {} group by status",
+        lifecycle::sql_list(&lifecycle::PENDING)
+    )
+});
+
+static OLDEST_DUE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "select extract(epoch from now() - min(next_attempt_at))::float8 from notifications
+         where status in {} and next_attempt_at <= now()",
+        lifecycle::sql_list(&lifecycle::PENDING)
+    )
+});
 
 fn pg_interval(d: Duration) -> sqlx::postgres::types::PgInterval {
     // Only fails for durations with sub-microsecond precision, which config never produces.

@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::{Requeue, Status};
+
 /// Which notifications to replay.
 #[derive(Clone, Debug)]
 pub struct ReplayFilter {
@@ -35,18 +37,12 @@ pub async fn replay_candidates(pool: &PgPool, filter: &ReplayFilter) -> Result<V
 /// Requeues those of `ids` still in `status`; returns how many. A row that changed meanwhile (already
 /// replayed by someone else) is left alone, so replaying twice queues once.
 pub async fn requeue(pool: &PgPool, status: &str, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
-    // The cause was fixed, so the row gets a full retry budget again: the budget counts tries since
-    // `attempts_before_send`. `attempts` itself keeps growing, so attempt records never collide.
-    let done = sqlx::query(
-        "update notifications set status = 'queued', status_reason = 'replayed',
-             attempts_before_send = attempts, next_attempt_at = now(), updated_at = now()
-         where id = any($2) and status = $1",
-    )
-    .bind(status)
-    .bind(ids)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
+    // The cause was fixed, so the row gets a full retry budget again (see `Budget::Fresh`). A status
+    // that is not replayable matches no row.
+    let Some(status) = Status::parse(status) else {
+        return Ok(0);
+    };
+    Ok(super::requeue(pool, ids, &Requeue::replay(status)).await?.len() as u64)
 }
 
 /// The states a replay may requeue.

@@ -336,9 +336,37 @@ pub async fn stage_counts<'e>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use serde_json::json;
 
     use super::*;
+    use crate::outbox::Status;
+    use crate::outbox::lifecycle::{self, ERRORED, PENDING};
+
+    /// The quoted names in the `in (...)` list of the `STAGE_SQL` line that ends with `as {column}`.
+    fn listed(column: &str) -> BTreeSet<String> {
+        let line = STAGE_SQL
+            .lines()
+            .find(|l| l.trim_end().trim_end_matches(',').ends_with(&format!("as {column}")) && l.contains(" in ("))
+            .unwrap_or_else(|| panic!("no status list for {column}"));
+        let list = &line[line.find(" in (").unwrap() + 5..];
+        let list = &list[..list.find(')').unwrap()];
+        list.split(',').map(|n| n.trim().trim_matches('\'').to_owned()).collect()
+    }
+
+    fn group(statuses: &[Status]) -> BTreeSet<String> {
+        lifecycle::names(statuses).into_iter().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn status_lists_are_the_lifecycle_groups() {
+        assert_eq!(listed("pending"), group(&PENDING));
+        assert_eq!(listed("failed"), group(&ERRORED));
+        let mut attempted = group(&ERRORED);
+        attempted.insert(Status::Delivered.as_str().to_owned());
+        assert_eq!(listed("attempted"), attempted);
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()

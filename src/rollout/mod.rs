@@ -13,7 +13,6 @@
 //! outside the plan marks an `auto` plan `interrupted`, after which the evaluator leaves it alone.
 
 pub mod evaluate;
-pub mod simulate;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

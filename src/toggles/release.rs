@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::store::{self, AuditContext};
 use super::{FeatureToggle, Snapshot};
-use crate::outbox::CHANNEL_EMAIL;
+use crate::outbox::{CHANNEL_EMAIL, Requeue};
 
 /// What to release.
 #[derive(Clone, Debug)]
@@ -83,33 +83,20 @@ pub async fn release_suppressed(
     sqlx::query("select pg_advisory_xact_lock(hashtextextended('ebg_release_suppressed', 0))")
         .execute(&mut *tx)
         .await?;
-    let rows: Vec<(Uuid, String, Uuid, DateTime<Utc>, bool)> = sqlx::query_as(
-        "select n.id, n.participant_id, n.template_id, n.created_at,
-                exists (
-                    select 1 from notifications p
-                    where p.participant_id = n.participant_id and p.template_id = n.template_id
-                      and p.channel = n.channel and p.id <> n.id
-                      and p.status not in ('suppressed', 'duplicate')
-                      and p.created_at > n.created_at - $4 and p.created_at < n.created_at + $4
-                ) as covered
-         from notifications n
-         where n.status = 'suppressed' and n.channel = $1 and n.created_at >= $2
-           and ($3::timestamptz is null or n.created_at < $3)
-         order by n.created_at, n.id
-         for update of n",
+    let rows = crate::outbox::release::lock_suppressed(
+        &mut tx,
+        CHANNEL_EMAIL,
+        request.from,
+        request.to,
+        request.duplicate_window,
     )
-    .bind(CHANNEL_EMAIL)
-    .bind(request.from)
-    .bind(request.to)
-    .bind(request.duplicate_window)
-    .fetch_all(&mut *tx)
     .await?;
-    let candidates = rows.into_iter().map(|(id, participant_id, template_id, created_at, covered)| Candidate {
-        id,
-        participant_id,
-        template_id,
-        created_at,
-        covered,
+    let candidates = rows.into_iter().map(|r| Candidate {
+        id: r.id,
+        participant_id: r.participant_id,
+        template_id: r.template_id,
+        created_at: r.created_at,
+        covered: r.covered,
     });
 
     let (ids, mut outcome) = select(candidates, &request.feature, &toggle, window);
@@ -120,15 +107,7 @@ pub async fn release_suppressed(
         return Ok(outcome);
     }
 
-    let released: Vec<Uuid> = sqlx::query_scalar(
-        "update notifications set status = 'queued', status_reason = 'released', next_attempt_at = now(),
-                updated_at = now()
-         where id = any($1) and status = 'suppressed'
-         returning id",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
+    let released = crate::outbox::requeue(&mut *tx, &ids, &Requeue::release()).await?;
     outcome.released = released.len() as u64;
 
     store::lock_feature(&mut tx, &request.feature).await?;

@@ -1,6 +1,7 @@
 //! Integration tests: the real application over HTTP, a real PostgreSQL, local upstream fakes.
 
 mod admin;
+mod architecture;
 mod breaker;
 mod callbacks;
 mod cli_output;

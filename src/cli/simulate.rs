@@ -33,10 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::{PlanDetail, State};
 use crate::app::Application;
 use crate::config::{Config, ContactsMode, NotifyMode, Secret};
 use crate::report::{self, ReportRequest};
+use crate::rollout::{self, PlanDetail, State};
 use crate::toggles::{EMAILS_ENABLED, format_percentage};
 
 /// The seed's stages, in percent of participants.
@@ -260,7 +260,7 @@ async fn conclude(pool: &sqlx::PgPool, detail: &PlanDetail) -> anyhow::Result<Si
             d.decision,
             d.reason,
             if d.applied { ", applied" } else { "" },
-            super::evidence_line(&d.evidence)
+            rollout::evidence_line(&d.evidence)
         );
     }
     let stage = usize::try_from(plan.current_stage).unwrap_or(0) + 1;
@@ -274,7 +274,7 @@ async fn conclude(pool: &sqlx::PgPool, detail: &PlanDetail) -> anyhow::Result<Si
                 "Result: PAUSED at stage {stage} ({}%), the first stage with enough sample — {}. The feature is off \
                  for everyone (kill switch); its gates still say {}%, so resuming restores the stage.",
                 format_percentage(percentage),
-                evidence.map(super::evidence_line).unwrap_or_default(),
+                evidence.map(rollout::evidence_line).unwrap_or_default(),
                 format_percentage(percentage),
             );
         }
@@ -320,7 +320,7 @@ async fn watch(
                 detail.plan.stages.len(),
                 d.decision,
                 d.reason,
-                super::evidence_line(&d.evidence)
+                rollout::evidence_line(&d.evidence)
             ));
         }
         printed = detail.decisions.len();
@@ -328,7 +328,7 @@ async fn watch(
             matches!(detail.plan.state, State::Completed | State::Paused | State::Interrupted | State::Aborted);
         let stages_done =
             u64::try_from(detail.plan.current_stage).unwrap_or(0) + u64::from(detail.plan.state == State::Completed);
-        let line = detail.plan.last_evaluation.as_ref().map(super::evidence_line).unwrap_or_default();
+        let line = detail.plan.last_evaluation.as_ref().map(rollout::evidence_line).unwrap_or_default();
         let status = format!(
             "stages passed; {} requests sent; plan {} in stage {}: {line}",
             sent.load(Ordering::Relaxed),
