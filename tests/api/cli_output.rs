@@ -57,6 +57,13 @@ async fn serve_says_what_it_is_at_start_and_that_it_stopped() {
     };
     let addr = started.split_whitespace().find_map(|w| w.strip_prefix("addr=")).unwrap().to_owned();
     let client = reqwest::Client::new();
+    // Ready follows the startup line once the workers hold their owner lock: an orchestrator polls, so do we.
+    let ready = async {
+        while !client.get(format!("http://{addr}/health/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), ready).await.expect("ready within 10 s of the startup line");
     for path in ["/health/live", "/health/ready", "/openapi.json"] {
         assert!(client.get(format!("http://{addr}{path}")).send().await.unwrap().status().is_success(), "{path}");
     }
