@@ -41,7 +41,7 @@ async fn serve_says_what_it_is_at_start_and_that_it_stopped() {
     let mut url = url::Url::parse(&database.url).unwrap();
     url.set_password(Some("sekret-password")).unwrap();
     let name = url.path().trim_start_matches('/').to_owned();
-    let mut child = binary(url.as_str(), &[]).arg("serve").spawn().unwrap();
+    let mut child = KillOnDrop(binary(url.as_str(), &[]).arg("serve").spawn().unwrap());
     let stderr = child.stderr.take().unwrap();
     let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {

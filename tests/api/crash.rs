@@ -4,7 +4,7 @@
 //! each in-flight call's notification by reference instead of sending it again.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_binary(env: &[(String, String)], port: u16) -> Child {
+fn start_binary(env: &[(String, String)], port: u16) -> KillOnDrop {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ebg-notify"));
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("EBG_") || k == "DATABASE_URL") {
         cmd.env_remove(key);
@@ -28,6 +28,7 @@ fn start_binary(env: &[(String, String)], port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(KillOnDrop)
         .expect("binary starts")
 }
 

@@ -475,3 +475,29 @@ pub async fn accepted(response: reqwest::Response) -> (Uuid, String) {
     let body: Value = response.json().await.unwrap();
     (body["id"].as_str().unwrap().parse().unwrap(), body["status"].as_str().unwrap().to_owned())
 }
+
+/// A spawned process that is killed when the guard drops, so a test that fails (panics) half-way never
+/// leaves a server running. Derefs to the `Child`.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
