@@ -10,7 +10,6 @@ use std::time::Duration;
 use ebg_testkit::TcpProxy;
 use futures::StreamExt;
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::helpers::*;
 
@@ -33,7 +32,9 @@ struct Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_during_a_database_outage_is_never_recorded() {
     let proxy = TcpProxy::start(postgres_addr()).await.unwrap();
-    let database = format!("ebg_test_{}", Uuid::new_v4().simple());
+    // Named with the run's prefix and dropped when the test passes (declared first, so dropped last).
+    let test_database = TestDatabase::fresh();
+    let database = test_database.name.clone();
     let direct_url = format!("{}/{database}", server_url());
     let app = app()
         .database(&format!("postgres://postgres@{}/{database}", proxy.addr()))

@@ -33,7 +33,9 @@ async fn a_201_whose_outcome_was_never_written_is_adopted_by_another_replica_at_
     let bgs = FakeBgs::start().await;
     bgs.add_person(PARTICIPANT_ID, "JANE");
     let proxy = TcpProxy::start(postgres_addr()).await.unwrap();
-    let database = format!("ebg_test_{}", Uuid::new_v4().simple());
+    // Named with the run's prefix and dropped when the test passes (declared first, so dropped last).
+    let test_database = TestDatabase::fresh();
+    let database = test_database.name.clone();
     let first = app()
         .database(&format!("postgres://postgres@{}/{database}", proxy.addr()))
         .notify(&notify)
