@@ -143,15 +143,7 @@ async fn queue_all(app: &TestApp, participants: &[String]) -> Vec<Uuid> {
 
 /// A send_email request answered as JSON; returns the recorded status.
 async fn send_json(app: &TestApp, participant: &str) -> String {
-    let response = app
-        .post_send_email()
-        .bearer_auth(token_for(participant))
-        .header("Accept", "application/json")
-        .json(&json!({ "template_id": TEMPLATE_ID }))
-        .send()
-        .await
-        .unwrap();
-    accepted(response).await.1
+    request_for(app, participant).await.1
 }
 
 async fn callback(app: &TestApp, id: Uuid, status: &str, reason: Option<&str>) {

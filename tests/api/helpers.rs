@@ -458,6 +458,11 @@ pub async fn wired_app(extra: &[(&str, &str)]) -> (TestApp, ebg_testkit::FakeVaN
 
 /// Queues one email to `participant` with the default template, as EBG would; returns its id.
 pub async fn queue_for(app: &TestApp, participant: &str) -> Uuid {
+    request_for(app, participant).await.0
+}
+
+/// A send_email request for `participant` with the default template, answered as JSON: (id, status).
+pub async fn request_for(app: &TestApp, participant: &str) -> (Uuid, String) {
     let response = app
         .post_send_email()
         .bearer_auth(token_for(participant))
@@ -466,7 +471,7 @@ pub async fn queue_for(app: &TestApp, participant: &str) -> Uuid {
         .send()
         .await
         .unwrap();
-    accepted(response).await.0
+    accepted(response).await
 }
 
 /// Parses a `send_email` JSON answer into (id, status).
