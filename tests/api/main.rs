@@ -12,6 +12,7 @@ mod crash;
 mod datadog;
 mod delivery;
 mod flipper_api;
+mod flipper_cohort;
 mod fuzz;
 mod helpers;
 mod history;
