@@ -89,6 +89,9 @@ pub struct Config {
     pub rollout: RolloutConfig,
     pub retention: RetentionConfig,
     pub telemetry: TelemetryConfig,
+    pub sms: SmsConfig,
+    pub dry_run: DryRunConfig,
+    pub templates: TemplatesConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -398,7 +401,7 @@ pub enum ConfigError {
 /// Name of the layer built from `EBG_` variables; its metadata turns a key back into the variable's name.
 const ENV_LAYER: &str = "environment";
 /// Keys holding file paths: a relative path is resolved against the directory of the file that set it.
-const PATH_KEYS: [&str; 7] = [
+const PATH_KEYS: [&str; 8] = [
     "auth.public_key_path",
     "auth.extra_public_key_paths",
     "auth.dev_private_key_path",
@@ -406,6 +409,7 @@ const PATH_KEYS: [&str; 7] = [
     "mpi.client_cert_path",
     "mpi.client_key_path",
     "mpi.ca_path",
+    "templates.file",
 ];
 
 impl Config {
@@ -474,6 +478,7 @@ impl Config {
             problems.extend(more);
         }
         if problems.is_empty() {
+            warnings.extend(config.startup_notes());
             Ok((config, warnings))
         } else {
             // A misspelled key is often why a required value looks missing.
@@ -633,6 +638,8 @@ impl Config {
             );
         }
         problems.extend(self.mpi.problems());
+        problems.extend(self.sms.problems());
+        problems.extend(self.templates.problems());
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
@@ -895,6 +902,7 @@ fn resolve_relative_paths(config: &mut Config, figment: &Figment) {
             "mpi.client_cert_path" => resolve(dir, &mut config.mpi.client_cert_path),
             "mpi.client_key_path" => resolve(dir, &mut config.mpi.client_key_path),
             "mpi.ca_path" => resolve(dir, &mut config.mpi.ca_path),
+            "templates.file" => resolve(dir, &mut config.templates.file),
             _ => config.auth.extra_public_key_paths.iter_mut().for_each(|p| resolve(dir.clone(), p)),
         }
     }
@@ -918,6 +926,92 @@ pub fn read_key_file(path: &str) -> std::io::Result<std::borrow::Cow<'static, [u
 
 const DEV_PUBLIC_KEY: &[u8] = include_bytes!("../config/dev/dev_public_key.pem");
 const DEV_PRIVATE_KEY: &[u8] = include_bytes!("../config/dev/dev_private_key.pem");
+
+/// What the worker does with an SMS that falls in the quiet hours (CHANNELS.md §5).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QuietHoursMode {
+    /// Reschedule it to the end of the window plus a per-row slot (the default, vets-api's `_defer`).
+    Defer,
+    /// End it `suppressed`, reason `sms_quiet_hours` (counted; a release may send it later).
+    Block,
+    /// No quiet hours: SMS are sent at any hour.
+    Off,
+}
+
+/// SMS-only policy: quiet hours (CHANNELS.md §5) and the SMS resend policy (§7). Parsed and checked by
+/// [`crate::outbox::quiet_hours::QuietHours::from_config`] and [`crate::outbox::channel_policy`].
+#[derive(Clone, Debug, Deserialize)]
+pub struct SmsConfig {
+    pub quiet_hours_mode: QuietHoursMode,
+    /// Local wall-clock time the window opens, `HH:MM` (24-hour).
+    pub quiet_hours_start: String,
+    /// Local wall-clock time the window closes, `HH:MM`; exclusive.
+    pub quiet_hours_end: String,
+    /// IANA time zone the two times are read in.
+    pub quiet_hours_zone: String,
+    /// A deferred SMS is sent `crc32(id) % this` minutes after the window closes.
+    pub quiet_hours_spread_minutes: u32,
+    /// Most sends (first send plus resends) of one SMS; `callbacks.max_sends` is email's.
+    pub max_sends: u32,
+    /// Delay before resending a Retryable SMS temporary failure, in seconds.
+    pub resend_delay_seconds: u64,
+}
+
+impl SmsConfig {
+    /// Every problem with the section, each naming its key (empty when all is well).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = crate::outbox::quiet_hours::QuietHours::from_config(self).err().unwrap_or_default();
+        if self.max_sends < 1 {
+            problems.push("sms.max_sends: must be at least 1".to_owned());
+        }
+        problems
+    }
+}
+
+/// Channels whose notifications are resolved but never sent: they end `skipped`, reason `dry_run`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DryRunConfig {
+    pub email: bool,
+    pub sms: bool,
+    pub push: bool,
+}
+
+/// The per-environment file of email templates for the universal-link swap (CHANNELS.md §6).
+#[derive(Clone, Debug, Deserialize)]
+pub struct TemplatesConfig {
+    /// A TOML file, `builtin:templates/<profile>.toml` for the ones compiled in, or empty for no swap.
+    pub file: String,
+}
+
+impl TemplatesConfig {
+    /// A file that cannot be read or parsed is a startup error; an incomplete one only a note.
+    pub fn problems(&self) -> Vec<String> {
+        match crate::notify::templates::TemplateSwap::load(&self.file) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![format!("templates.file: {e}")],
+        }
+    }
+}
+
+impl Config {
+    /// Things an operator should know at startup that are not errors: a channel in dry run, an
+    /// incomplete template file. Logged once as warnings with the unknown-key warnings.
+    pub fn startup_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        for (channel, on) in [("email", self.dry_run.email), ("sms", self.dry_run.sms), ("push", self.dry_run.push)] {
+            if on {
+                notes.push(format!(
+                    "dry_run.{channel} is on: {channel} notifications are resolved and end `skipped` (dry_run), none is sent"
+                ));
+            }
+        }
+        if let Ok((_, more)) = crate::notify::templates::TemplateSwap::load(&self.templates.file) {
+            notes.extend(more);
+        }
+        notes
+    }
+}
 
 #[cfg(test)]
 mod tests {

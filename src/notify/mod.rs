@@ -13,6 +13,7 @@ mod classify;
 mod client;
 mod jwt;
 mod sandbox;
+pub mod templates;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

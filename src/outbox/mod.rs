@@ -6,11 +6,13 @@
 pub mod backoff;
 mod batch;
 pub mod callbacks;
+pub mod channel_policy;
 mod finish;
 pub mod history;
 pub mod lifecycle;
 pub mod owner;
 pub mod purge;
+pub mod quiet_hours;
 pub mod release;
 pub mod replay;
 mod requeue;
