@@ -14,6 +14,7 @@ use crate::auth::{AuthError, ServiceAccount, bearer_token};
 use crate::error::ApiError;
 use crate::input::{self, InputError, Location};
 use crate::state::AppState;
+use crate::toggles::store::AuditContext;
 
 /// A caller holding a valid service-account token whose scope is exactly this route's URL.
 pub struct ServiceAccountAuth(pub Arc<ServiceAccount>);
@@ -71,16 +72,59 @@ impl FromRequestParts<AppState> for AdminReadAuth {
     }
 }
 
+/// An audited admin write: the admin token's holder (401 otherwise), the `x-request-id` and the
+/// `X-Reason` header (400 when it is not valid text). The one way an http handler gets the
+/// [`AuditContext`] it writes with; the `reason` parameter is read from the body or query once the
+/// handler has it, by [`AdminAudit::context`].
+pub struct AdminAudit {
+    actor: String,
+    meta: RequestMeta,
+}
+
+impl AdminAudit {
+    /// The admin token's name (the audit log's actor).
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// The audit context; its reason is `X-Reason`, else the `reason` parameter (checked like the header).
+    pub fn context(self, params: &Params) -> Result<AuditContext, ApiError> {
+        let reason = self.meta.reason_or(params)?;
+        Ok(AuditContext { actor: self.actor, reason, request_id: self.meta.request_id })
+    }
+
+    /// Like [`AdminAudit::context`] for a change that needs a reason: without one, a 422 naming `reason`
+    /// with `detail` as its message.
+    pub fn context_with_reason(self, params: &Params, detail: &'static str) -> Result<AuditContext, ApiError> {
+        let ctx = self.context(params)?;
+        if ctx.reason.is_none() {
+            return Err(ApiError::Unprocessable { field: "reason", detail: detail.into() });
+        }
+        Ok(ctx)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminAudit {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // Authentication first: a caller without a token learns nothing about how its headers were judged.
+        let AdminAuth { name } = AdminAuth::from_request_parts(parts, state).await?;
+        let meta = RequestMeta::from_request_parts(parts, state).await?;
+        Ok(Self { actor: name, meta })
+    }
+}
+
 /// What the audit log records about a request besides who made it: the `X-Reason` header and the
 /// `x-request-id` (set by the request-id layer when the caller sent none).
-pub struct RequestMeta {
-    pub reason: Option<String>,
-    pub request_id: Option<String>,
+struct RequestMeta {
+    reason: Option<String>,
+    request_id: Option<String>,
 }
 
 impl RequestMeta {
     /// The reason from `X-Reason`, else from the `reason` parameter.
-    pub fn reason_or(&self, params: &Params) -> Result<Option<String>, ApiError> {
+    fn reason_or(&self, params: &Params) -> Result<Option<String>, ApiError> {
         match &self.reason {
             Some(r) => Ok(Some(r.clone())),
             None => match params.string("reason")? {
