@@ -278,3 +278,46 @@ impl FromRequest<AppState> for Params {
 fn media_type(value: &str) -> String {
     value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn audit(header_reason: Option<&str>) -> AdminAudit {
+        let meta = RequestMeta { reason: header_reason.map(str::to_owned), request_id: Some("req-1".into()) };
+        AdminAudit { actor: "ops".into(), meta }
+    }
+
+    fn params(reason: Option<Value>) -> Params {
+        Params(reason.into_iter().map(|r| ("reason".to_owned(), r)).collect())
+    }
+
+    #[test]
+    fn the_header_reason_wins_over_the_parameter() {
+        let ctx = audit(Some("from header")).context(&params(Some(json!("from body")))).unwrap();
+        assert_eq!(ctx.reason.as_deref(), Some("from header"));
+        assert_eq!((ctx.actor.as_str(), ctx.request_id.as_deref()), ("ops", Some("req-1")));
+        let ctx = audit(None).context(&params(Some(json!("from body")))).unwrap();
+        assert_eq!(ctx.reason.as_deref(), Some("from body"));
+        assert_eq!(audit(None).context(&params(None)).unwrap().reason, None);
+    }
+
+    #[test]
+    fn a_reason_parameter_is_checked_like_the_header() {
+        let nul = audit(None).context(&params(Some(json!("a\u{0}b")))).expect_err("NUL is refused");
+        assert_eq!(nul.status_code(), axum::http::StatusCode::BAD_REQUEST);
+        let number = audit(None).context(&params(Some(json!(5)))).expect_err("not a string");
+        assert!(matches!(number, ApiError::InvalidParameter { field: "reason", .. }), "{number:?}");
+    }
+
+    #[test]
+    fn a_required_reason_that_is_missing_is_a_422_naming_reason() {
+        let err = audit(None).context_with_reason(&params(None), "say why").expect_err("a reason is required");
+        assert!(
+            matches!(err, ApiError::Unprocessable { field: "reason", ref detail } if detail == "say why"),
+            "{err:?}"
+        );
+        assert!(audit(Some("because")).context_with_reason(&params(None), "say why").is_ok());
+    }
+}
