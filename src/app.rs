@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AdminTokens, ServiceAccountVerifier};
+use crate::callbacks::CallbackAuth;
 use crate::clicks::ClickLinks;
 use crate::config::{Config, ContactsMode, NotifyMode};
 use crate::contacts::Contacts;
@@ -86,11 +86,11 @@ impl Application {
         }
 
         let accept_limits = AcceptLimits {
-            duplicate_window: Duration::from_secs(config.accept.duplicate_window_seconds),
+            duplicate_window: config.accept.duplicate_window(),
             max_batch: config.accept.batch_max,
             writers: config.accept.writers,
-            deadline: Duration::from_millis(config.accept.deadline_ms),
-            transaction_timeout: Duration::from_millis(config.accept.transaction_timeout_ms),
+            deadline: config.accept.deadline(),
+            transaction_timeout: config.accept.transaction_timeout(),
         };
         let accept_pool =
             db::connect_accept_pool(&config.database, accept_limits.writers, accept_limits.transaction_timeout)?;
@@ -98,6 +98,7 @@ impl Application {
             verifier: Arc::new(ServiceAccountVerifier::from_config(&config.auth)?),
             admin: Arc::new(AdminTokens::from_config(&config.admin)),
             readers: Arc::new(AdminTokens::readers_from_config(&config.admin)),
+            callback_auth: Arc::new(callback_auth(&config)?),
             console_key: crate::console::SessionKey::from_config(&config.console),
             accept: AcceptQueue::start(accept_pool, accept_limits),
             config: Arc::new(config),
@@ -126,15 +127,11 @@ impl Application {
     /// claiming and waits (up to `http.shutdown_grace_seconds`) for deliveries in flight.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let state = self.state;
-        let grace = Duration::from_secs(state.config.http.shutdown_grace_seconds);
+        let grace = state.config.http.shutdown_grace();
         let background = CancellationToken::new();
 
-        let watcher = tokio::spawn(
-            state
-                .toggles
-                .clone()
-                .watch(Duration::from_millis(state.config.toggles.refresh_interval_ms), background.clone()),
-        );
+        let watcher =
+            tokio::spawn(state.toggles.clone().watch(state.config.toggles.refresh_interval(), background.clone()));
         let workers = state.config.worker.enabled.then(|| {
             tokio::spawn(state.deliverer.clone().run(
                 state.wake_workers.clone(),
@@ -149,13 +146,10 @@ impl Application {
         });
 
         // Every replica may run the evaluator: an advisory lock lets one of them act per pass.
-        let evaluator = state.config.rollout.enabled.then(|| {
-            tokio::spawn(rollout::run(
-                state.db.clone(),
-                Duration::from_secs(state.config.rollout.interval_seconds),
-                background.clone(),
-            ))
-        });
+        let evaluator =
+            state.config.rollout.enabled.then(|| {
+                tokio::spawn(rollout::run(state.db.clone(), state.config.rollout.interval(), background.clone()))
+            });
 
         log_started(&state.config, self.listener.local_addr()?, self.migrations);
         let app = http::router(state.clone());
@@ -184,6 +178,18 @@ impl Application {
         tracing::info!("ebg-notify stopped");
         served
     }
+}
+
+/// Who may post callbacks, built once: `notify.callback_token` and `callbacks.extra_tokens`, and in live
+/// mode the API key's secret for `x-enp-signature` (sandbox mode has no key, so bearer tokens only).
+/// A key that does not parse is a startup error, never a silently disabled signature check.
+fn callback_auth(config: &Config) -> Result<CallbackAuth, StartupError> {
+    let tokens = config.callbacks.bearer_tokens(&config.notify);
+    let secret = match config.notify.mode {
+        NotifyMode::Live => Some(crate::notify::api_key_secret(&config.notify.api_key)?),
+        NotifyMode::Sandbox => None,
+    };
+    Ok(CallbackAuth::new(tokens, secret))
 }
 
 /// The one line that says what this process is: version, profile, address, database (host and name,

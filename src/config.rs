@@ -3,7 +3,9 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
@@ -14,7 +16,7 @@ const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const LOCAL_TOML: &str = include_str!("../config/local.toml");
 const PRODUCTION_TOML: &str = include_str!("../config/production.toml");
 /// Time left between the end of the accept bound and the request timeout (handler work around the accept).
-const ACCEPT_TIMEOUT_MARGIN_MS: u64 = 1000;
+const ACCEPT_TIMEOUT_MARGIN: Duration = Duration::from_millis(1000);
 
 /// A string that never prints: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
@@ -96,7 +98,10 @@ pub struct Config {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct HttpConfig {
-    pub addr: String,
+    /// Parsed when the configuration is loaded: a bad value is a problem naming `http.addr` (or
+    /// `EBG_HTTP__ADDR`), never a silent fallback to another address.
+    #[serde(deserialize_with = "socket_addr")]
+    pub addr: SocketAddr,
     pub body_limit_bytes: usize,
     pub request_timeout_seconds: u64,
     pub shutdown_grace_seconds: u64,
@@ -389,6 +394,73 @@ pub struct TelemetryConfig {
     pub pii_hash_key: Secret,
 }
 
+/// Typed views of the duration settings. The keys keep their units (`*_ms`, `*_seconds`, `*_minutes`)
+/// as the contract says; code asks for a [`Duration`] here instead of converting integers itself.
+/// [`Config::validate`] has checked each range, so none of these can overflow downstream.
+macro_rules! durations {
+    ($($section:ty { $($name:ident: $field:ident as $unit:ident),+ $(,)? })+) => {$(
+        impl $section {$(
+            #[doc = concat!("`", stringify!($field), "` as a duration.")]
+            pub fn $name(&self) -> Duration {
+                durations!(@unit $unit, self.$field)
+            }
+        )+}
+    )+};
+    (@unit ms, $value:expr) => { Duration::from_millis($value) };
+    (@unit seconds, $value:expr) => { Duration::from_secs($value) };
+    (@unit minutes, $value:expr) => { Duration::from_secs($value.saturating_mul(60)) };
+}
+
+durations! {
+    HttpConfig { request_timeout: request_timeout_seconds as seconds, shutdown_grace: shutdown_grace_seconds as seconds }
+    DatabaseConfig { acquire_timeout: acquire_timeout_ms as ms }
+    AuthConfig { leeway: leeway_seconds as seconds }
+    AcceptConfig {
+        duplicate_window: duplicate_window_seconds as seconds,
+        deadline: deadline_ms as ms,
+        transaction_timeout: transaction_timeout_ms as ms,
+    }
+    TogglesConfig { refresh_interval: refresh_interval_ms as ms }
+    WorkerConfig {
+        lease: lease_seconds as seconds,
+        poll_interval: poll_interval_ms as ms,
+        retry_base: retry_base_seconds as seconds,
+        retry_max: retry_max_seconds as seconds,
+    }
+    NotifyConfig {
+        timeout: timeout_ms as ms,
+        connect_timeout: connect_timeout_ms as ms,
+        lookup_timeout: lookup_timeout_ms as ms,
+        breaker_open: breaker_open_seconds as seconds,
+        sandbox_delivery_delay: sandbox_delivery_delay_ms as ms,
+    }
+    ContactsConfig {
+        timeout: timeout_ms as ms,
+        connect_timeout: connect_timeout_ms as ms,
+        cache_ttl: cache_ttl_seconds as seconds,
+        negative_cache_ttl: negative_cache_ttl_seconds as seconds,
+    }
+    MpiConfig {
+        timeout: timeout_ms as ms,
+        connect_timeout: connect_timeout_ms as ms,
+        cache_ttl: cache_ttl_seconds as seconds,
+        negative_cache_ttl: negative_cache_ttl_seconds as seconds,
+    }
+    ConsoleConfig { session: session_minutes as minutes }
+    CallbacksConfig { resend_delay: resend_delay_seconds as seconds }
+    RolloutConfig { interval: interval_seconds as seconds }
+    RetentionConfig { interval: interval_seconds as seconds }
+}
+
+/// `http.addr` as a socket address. The message is what the problem list prints after the key; the
+/// value itself is never echoed.
+fn socket_addr<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::invalid_value(serde::de::Unexpected::Str(&text), &"host:port, e.g. 0.0.0.0:3000")
+    })
+}
+
 /// Configuration could not be loaded or is invalid; the message has one line per problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -495,7 +567,6 @@ impl Config {
                 problems.push(msg.to_owned());
             }
         };
-        check(self.http.addr.parse::<SocketAddr>().is_ok(), "http.addr: must be host:port, e.g. 0.0.0.0:3000");
         check(self.http.body_limit_bytes >= 1024, "http.body_limit_bytes: must be at least 1024");
         check(self.database.max_connections >= 2, "database.max_connections: must be at least 2");
         check(!self.database.url.is_empty(), "database.url: required (or DATABASE_URL)");
@@ -511,13 +582,14 @@ impl Config {
             (self.accept.writers as u32) < self.database.max_connections,
             "accept.writers: must be below database.max_connections (workers and reads need connections too)",
         );
-        check(self.accept.deadline_ms >= 1, "accept.deadline_ms: must be at least 1");
-        check(self.accept.transaction_timeout_ms >= 1, "accept.transaction_timeout_ms: must be at least 1");
         // A request taken into a transaction is never given up by its handler, so the deadline and the
         // transaction bound together must end before the request timeout answers 503 over a commit.
+        // Checked arithmetic: out-of-range values are reported above, they must not overflow here.
+        let accept_bound = self.accept.deadline().checked_add(self.accept.transaction_timeout());
         check(
-            self.accept.deadline_ms + self.accept.transaction_timeout_ms + ACCEPT_TIMEOUT_MARGIN_MS
-                <= self.http.request_timeout_seconds * 1000,
+            accept_bound
+                .and_then(|bound| bound.checked_add(ACCEPT_TIMEOUT_MARGIN))
+                .is_some_and(|bound| bound <= self.http.request_timeout()),
             "accept.deadline_ms + accept.transaction_timeout_ms: must end at least 1 s before http.request_timeout_seconds",
         );
         check(
@@ -527,7 +599,6 @@ impl Config {
         check(self.contacts.cache_max_bytes >= 1024, "contacts.cache_max_bytes: must be at least 1024");
         check(self.worker.concurrency >= 1, "worker.concurrency: must be at least 1");
         check(self.worker.max_attempts >= 1, "worker.max_attempts: must be at least 1");
-        check(self.worker.lease_seconds >= 5, "worker.lease_seconds: must be at least 5");
         check(
             self.worker.retry_base_seconds <= self.worker.retry_max_seconds,
             "worker.retry_base_seconds: must not exceed worker.retry_max_seconds",
@@ -548,12 +619,7 @@ impl Config {
             self.report.min_sample >= 1,
             "report.min_sample: must be at least 1 (a stage without attempts never passes)",
         );
-        check(
-            (1..=86_400).contains(&self.rollout.interval_seconds),
-            "rollout.interval_seconds: must be from 1 to 86400",
-        );
         check(self.retention.days >= 1, "retention.days: must be at least 1");
-        check(self.retention.interval_seconds >= 1, "retention.interval_seconds: must be at least 1");
         check((1..=100_000).contains(&self.retention.batch_size), "retention.batch_size: must be 1..=100000");
         if self.clicks.enabled {
             let base = url::Url::parse(&self.clicks.base_url);
@@ -627,26 +693,72 @@ impl Config {
                 "admin.read_tokens: a read-only token must differ from every admin token",
             );
         }
-        check(
-            (5..=10_080).contains(&self.console.session_minutes),
-            "console.session_minutes: must be from 5 to 10080 (a week)",
-        );
         if self.profile == Profile::Production && self.console.enabled {
             check(
                 self.console.session_secret.expose().len() >= 32,
                 "console.session_secret: required in production while the console is enabled, at least 32 characters (EBG_CONSOLE__SESSION_SECRET)",
             );
         }
+        problems.extend(self.duration_problems());
         problems.extend(self.mpi.problems());
         problems.extend(self.sms.problems());
         problems.extend(self.templates.problems());
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
-    /// The socket address to bind.
+    /// Every duration setting outside the range in which it means something: zero where a zero would
+    /// stop a loop or time every call out at once, and an upper bound where a larger value can only be a
+    /// typo (and would overflow the conversions downstream: a duplicate window too large for a
+    /// PostgreSQL interval used to become no window at all).
+    fn duration_problems(&self) -> Vec<String> {
+        const MINUTE: u64 = 60;
+        const HOUR: u64 = 3600;
+        const DAY: u64 = 86_400;
+        const TEN_MINUTES_MS: u64 = 600_000;
+        let ranges: [(&str, u64, RangeInclusive<u64>, &str); 27] = [
+            ("http.request_timeout_seconds", self.http.request_timeout_seconds, 1..=10 * MINUTE, ""),
+            ("http.shutdown_grace_seconds", self.http.shutdown_grace_seconds, 0..=HOUR, ""),
+            ("database.acquire_timeout_ms", self.database.acquire_timeout_ms, 1..=TEN_MINUTES_MS, ""),
+            ("auth.leeway_seconds", self.auth.leeway_seconds, 0..=5 * MINUTE, ""),
+            (
+                "accept.duplicate_window_seconds",
+                self.accept.duplicate_window_seconds,
+                0..=7 * DAY,
+                " (0 turns the window off)",
+            ),
+            ("accept.deadline_ms", self.accept.deadline_ms, 1..=TEN_MINUTES_MS, ""),
+            ("accept.transaction_timeout_ms", self.accept.transaction_timeout_ms, 1..=TEN_MINUTES_MS, ""),
+            ("toggles.refresh_interval_ms", self.toggles.refresh_interval_ms, 1..=HOUR * 1000, ""),
+            ("worker.lease_seconds", self.worker.lease_seconds, 5..=DAY, ""),
+            ("worker.poll_interval_ms", self.worker.poll_interval_ms, 1..=HOUR * 1000, ""),
+            ("worker.retry_base_seconds", self.worker.retry_base_seconds, 0..=DAY, ""),
+            ("worker.retry_max_seconds", self.worker.retry_max_seconds, 0..=7 * DAY, ""),
+            ("notify.timeout_ms", self.notify.timeout_ms, 1..=TEN_MINUTES_MS, ""),
+            ("notify.connect_timeout_ms", self.notify.connect_timeout_ms, 1..=TEN_MINUTES_MS, ""),
+            ("notify.lookup_timeout_ms", self.notify.lookup_timeout_ms, 1..=TEN_MINUTES_MS, ""),
+            ("notify.breaker_open_seconds", self.notify.breaker_open_seconds, 1..=DAY, ""),
+            ("notify.sandbox_delivery_delay_ms", self.notify.sandbox_delivery_delay_ms, 0..=TEN_MINUTES_MS, ""),
+            ("contacts.timeout_ms", self.contacts.timeout_ms, 1..=TEN_MINUTES_MS, ""),
+            ("contacts.connect_timeout_ms", self.contacts.connect_timeout_ms, 1..=TEN_MINUTES_MS, ""),
+            ("contacts.cache_ttl_seconds", self.contacts.cache_ttl_seconds, 0..=30 * DAY, ""),
+            ("contacts.negative_cache_ttl_seconds", self.contacts.negative_cache_ttl_seconds, 0..=30 * DAY, ""),
+            ("callbacks.resend_delay_seconds", self.callbacks.resend_delay_seconds, 0..=7 * DAY, ""),
+            ("console.session_minutes", self.console.session_minutes, 5..=7 * DAY / MINUTE, " (a week)"),
+            ("rollout.interval_seconds", self.rollout.interval_seconds, 1..=DAY, ""),
+            ("retention.interval_seconds", self.retention.interval_seconds, 1..=7 * DAY, ""),
+            ("mpi.cache_ttl_seconds", self.mpi.cache_ttl_seconds, 0..=30 * DAY, ""),
+            ("mpi.negative_cache_ttl_seconds", self.mpi.negative_cache_ttl_seconds, 0..=30 * DAY, ""),
+        ];
+        ranges
+            .into_iter()
+            .filter(|(_, value, range, _)| !range.contains(value))
+            .map(|(key, _, range, note)| format!("{key}: must be from {} to {}{note}", range.start(), range.end()))
+            .collect()
+    }
+
+    /// The socket address to bind (`http.addr`, parsed at load).
     pub fn http_addr(&self) -> SocketAddr {
-        // Validated in `validate`, so this parse cannot fail on a loaded config.
-        self.http.addr.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 3000)))
+        self.http.addr
     }
 
     /// Every public key file that may sign service-account tokens.
@@ -1039,7 +1151,7 @@ mod tests {
             ("DATABASE_URL", "postgres://x@h/db"),
         ]))
         .unwrap();
-        assert_eq!(c.http.addr, "0.0.0.0:8080");
+        assert_eq!(c.http.addr.to_string(), "0.0.0.0:8080");
         assert_eq!(c.worker.concurrency, 3);
         assert_eq!(c.notify.rate_per_minute, 60);
         assert_eq!(c.database.url.expose(), "postgres://x@h/db");
@@ -1138,6 +1250,56 @@ mod tests {
             .to_string();
         assert!(err.contains("EBG_WORKER__CONCURRENCY"), "{err}");
         assert!(err.contains("worker.max_attempts: must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_address_is_a_problem_naming_its_source_not_a_fallback() {
+        let err = load(vec![("EBG_HTTP__ADDR", "localhost".into())]).unwrap_err().to_string();
+        assert!(err.contains("EBG_HTTP__ADDR: expected host:port, e.g. 0.0.0.0:3000, found text"), "{err}");
+        let file = TempToml::new("[http]\naddr = \"0.0.0.0:99999\"\n");
+        let err = load(vec![file.env()]).unwrap_err().to_string();
+        assert!(err.contains(&format!("`http.addr` in {}: expected host:port", file.0.display())), "{err}");
+        let (c, _) = load(vec![("EBG_HTTP__ADDR", "[::1]:8080".into())]).unwrap();
+        assert_eq!(c.http_addr(), SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 8080)));
+    }
+
+    #[test]
+    fn durations_are_typed_with_the_units_of_their_keys() {
+        let c = Config::load_from(env(&[])).unwrap();
+        assert_eq!(c.accept.duplicate_window(), Duration::from_secs(600));
+        assert_eq!(c.accept.deadline(), Duration::from_millis(5000));
+        assert_eq!(c.http.request_timeout(), Duration::from_secs(15));
+        assert_eq!(c.worker.poll_interval(), Duration::from_millis(1000));
+        assert_eq!(c.console.session(), Duration::from_secs(480 * 60));
+    }
+
+    #[test]
+    fn durations_out_of_range_are_listed_together() {
+        let err = load(vec![
+            // Too large for a PostgreSQL interval: this used to become a zero window, i.e. no duplicate check.
+            ("EBG_ACCEPT__DUPLICATE_WINDOW_SECONDS", u64::MAX.to_string()),
+            ("EBG_NOTIFY__TIMEOUT_MS", "0".into()),
+            ("EBG_WORKER__POLL_INTERVAL_MS", "0".into()),
+            ("EBG_HTTP__REQUEST_TIMEOUT_SECONDS", "0".into()),
+        ])
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "accept.duplicate_window_seconds: must be from 0 to 604800 (0 turns the window off)",
+            "notify.timeout_ms: must be from 1 to 600000",
+            "worker.poll_interval_ms: must be from 1 to 3600000",
+            "http.request_timeout_seconds: must be from 1 to 600",
+            // The accept bound no longer overflows or fits silently: it is reported against the timeout.
+            "accept.deadline_ms + accept.transaction_timeout_ms: must end at least 1 s before",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in\n{err}");
+        }
+        // Huge values are reported, not overflowed (this used to panic in the accept-bound sum).
+        let err = load(vec![("EBG_ACCEPT__DEADLINE_MS", u64::MAX.to_string())]).unwrap_err().to_string();
+        assert!(err.contains("accept.deadline_ms: must be from 1 to 600000"), "{err}");
+        // Zero keeps its documented meaning where it has one.
+        let (c, _) = load(vec![("EBG_ACCEPT__DUPLICATE_WINDOW_SECONDS", "0".into())]).unwrap();
+        assert_eq!(c.accept.duplicate_window(), Duration::ZERO);
     }
 
     #[test]

@@ -9,6 +9,9 @@ use serde::Serialize;
 use crate::auth::AuthError;
 use crate::input::{InputError, Location};
 use crate::outbox::AcceptError;
+use crate::report::ReportError;
+use crate::rollout::RolloutError;
+use crate::toggles::store::StoreError;
 
 /// Error body for 4xx/5xx answers (vets-api's JSON:API-style shape); each error names the parameter,
 /// header or body position at fault in `source` when there is one.
@@ -138,6 +141,45 @@ impl From<AcceptError> for ApiError {
             AcceptError::CommitUnknown => {
                 Self::NotRecorded { outcome: "commit_unknown", detail: AcceptError::CommitUnknown.to_string() }
             }
+        }
+    }
+}
+
+/// A toggle write of the admin routes (`/admin/features/{name}/...`). The Flipper API answers the same
+/// errors in Flipper's own format (`http::flipper_api::FlipperError`).
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound | StoreError::InvalidName => Self::NotFound { what: "feature" },
+            // The admin routes send neither percentages nor actors: one of these is a bug.
+            StoreError::InvalidPercentage | StoreError::InvalidActor => Self::Internal(e.into()),
+            StoreError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            RolloutError::Invalid { field, detail } => Self::InvalidParameter { field, detail: detail.to_owned() },
+            RolloutError::NotFound => Self::NotFound { what: "rollout plan" },
+            // Conflicts with the current state of the plan or the feature: the request itself was fine.
+            RolloutError::AlreadyLive | RolloutError::Feature(_) => {
+                Self::Conflict { field: "feature", detail: e.to_string() }
+            }
+            RolloutError::InvalidTransition { .. } => Self::Conflict { field: "state", detail: e.to_string() },
+            RolloutError::Store(e) => Self::Internal(e.into()),
+            RolloutError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<ReportError> for ApiError {
+    fn from(e: ReportError) -> Self {
+        match e {
+            ReportError::UnknownFeature => Self::InvalidParameter { field: "feature", detail: e.to_string() },
+            ReportError::EmptyRange => Self::InvalidParameter { field: "from", detail: e.to_string() },
+            ReportError::Database(e) => e.into(),
         }
     }
 }

@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
 use crate::auth::{AdminTokens, ServiceAccountVerifier};
+use crate::callbacks::CallbackAuth;
 use crate::config::Config;
 use crate::outbox::worker::Deliverer;
 use crate::outbox::{AcceptQueue, Wakeup};
@@ -23,6 +24,8 @@ pub struct AppState {
     pub admin: Arc<AdminTokens>,
     /// Read-only tokens (`admin.read_tokens`): admin reads and a console session without writes.
     pub readers: Arc<AdminTokens>,
+    /// Who may post delivery-status callbacks (bearer tokens, VA Notify's signing secret).
+    pub callback_auth: Arc<CallbackAuth>,
     /// Signs console session cookies and CSRF tokens.
     pub console_key: crate::console::SessionKey,
     pub toggles: Toggles,

@@ -1,6 +1,7 @@
 //! The `ebg-notify` binary's verbs (SPEC §11). `main.rs` only calls [`run`].
 
 mod flags;
+mod report;
 mod rollout;
 pub mod simulate;
 
@@ -251,7 +252,7 @@ async fn run_command(command: Command, config: Config, listener: Option<TcpListe
             Ok(())
         }
         Command::Report { feature, from, to, format } => {
-            crate::report::print(&config, feature, from.as_deref(), to.as_deref(), &format).await
+            report::print(&config, feature, from.as_deref(), to.as_deref(), &format).await
         }
         Command::Replay { status, since, ids, dry_run } => replay(config, &status, since, &ids, dry_run).await,
         Command::Show { id, json } => show(config, id, json).await,
@@ -391,7 +392,7 @@ async fn release(
         from,
         to,
         dry_run,
-        duplicate_window: Duration::from_secs(config.accept.duplicate_window_seconds),
+        duplicate_window: config.accept.duplicate_window(),
     };
     let ctx = crate::toggles::store::AuditContext { actor: cli_actor(as_user), reason, request_id: None };
     // One transaction decides and queues everything, so there is no count to show until it ends.

@@ -2,30 +2,28 @@
 //!
 //! The service runs in-process with the local profile's sandbox contacts against a database of its own
 //! (`ebg_simulate_<random>`, created on the configured server and dropped at the end unless `--keep`),
-//! so the configured database is never touched. VA Notify is simulated by a small server on loopback
-//! that speaks its wire contract: it answers the service's real client, posts delivery-status callbacks
-//! to the service's real callback route, and follows the click-tracking links in the `host`
-//! personalisation like a Veteran would. Synthetic EBG traffic from many participants goes through the
+//! so the configured database is never touched. VA Notify is the tests' fake ([`ebg_testkit::FakeVaNotify`]:
+//! VA's wire contract, its JWT and schema checks) on loopback, answering the service's real client, with
+//! a [`Behaviour`] that fails an even share of sends, posts delivery-status callbacks to the service's
+//! real callback route, and follows the click-tracking links in the `host` personalisation like a
+//! Veteran would. Synthetic EBG traffic from many participants goes through the
 //! real `send_email` route with real service-account tokens, and an `auto` plan with the seed's stages
 //! (dwell = `--stage-seconds`) is evaluated every second by the service's own evaluator.
 //!
 //! Outcomes are spread evenly rather than drawn at random (with `--failure-rate 0.2`, exactly every
 //! fifth send fails), so a run is reproducible and its verdicts follow from its settings alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State as AxumState;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use chrono::{SecondsFormat, Utc};
+use ebg_testkit::FakeVaNotify;
+use ebg_testkit::va_notify::{Behaviour, Endpoint, Reply};
 use rand::Rng;
 use serde_json::{Value, json};
 use sqlx::{ConnectOptions, Connection};
@@ -140,15 +138,15 @@ async fn drop_database(config: &Config, name: &str) -> anyhow::Result<()> {
 
 /// The service's configuration for the run: the local profile's defaults (sandbox contacts, development
 /// token keys) with the simulation's database, the simulated VA Notify and click tracking.
-fn simulation_config(database_url: &str, notify_url: &str, admin_token: &str) -> anyhow::Result<Config> {
+fn simulation_config(database_url: &str, fake: &FakeVaNotify, admin_token: &str) -> anyhow::Result<Config> {
     let mut config = Config::load_from(vec![("EBG_PROFILE".to_owned(), "local".to_owned())])?;
-    config.http.addr = "127.0.0.1:0".to_owned();
+    config.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
     config.database.url = Secret::new(database_url);
     config.database.create_if_missing = true;
     config.database.migrate_on_start = true;
     config.notify.mode = NotifyMode::Live;
-    config.notify.base_url = notify_url.to_owned();
-    config.notify.api_key = Secret::new(format!("simulation-{}-{}", Uuid::new_v4(), Uuid::new_v4()));
+    config.notify.base_url = fake.base_url();
+    config.notify.api_key = Secret::new(fake.api_key());
     config.notify.rate_per_minute = 1_000_000;
     config.notify.callback_token = Secret::new(Uuid::new_v4().simple().to_string());
     config.contacts.mode = ContactsMode::Sandbox;
@@ -172,7 +170,7 @@ fn simulation_config(database_url: &str, notify_url: &str, admin_token: &str) ->
 async fn run(database_url: &str, options: &SimulateOptions) -> anyhow::Result<SimulationResult> {
     let fake = SimulatedVaNotify::start(options.failure_rate, options.click_rate).await?;
     let admin_token = Uuid::new_v4().simple().to_string();
-    let config = simulation_config(database_url, &fake.base_url(), &admin_token)?;
+    let config = simulation_config(database_url, &fake.fake, &admin_token)?;
     let callback_token = config.notify.callback_token.expose().to_owned();
     let auth = config.auth.clone();
     let app = Application::build(config).await.context("the simulated service did not start")?;
@@ -417,50 +415,79 @@ struct Target {
     callback_token: String,
 }
 
-struct FakeShared {
+/// What the simulation adds to the fake: which sends fail, and reporting back like VA does.
+struct Reporter {
     failure_rate: f64,
     click_rate: f64,
     sends: AtomicU64,
     failures: AtomicU64,
     deliveries: AtomicU64,
+    /// References accepted with a 201 that are to be reported as permanent failures.
+    failing: Mutex<HashSet<String>>,
     target: OnceLock<Target>,
     http: reqwest::Client,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
 
-/// A loopback stand-in for VA Notify's `POST /v2/notifications/email` that reports back like VA does.
+/// The [`Behaviour`] handed to the fake: a handle on the shared [`Reporter`], so callbacks can be spawned.
+struct ReporterHandle(Arc<Reporter>);
+
+impl Behaviour for ReporterHandle {
+    /// A send fails for an evenly spread share; failures alternate between the two ways VA Notify
+    /// reports them: a 400 now, or a 201 followed by a `permanent-failure` callback.
+    fn reply(&self, _endpoint: Endpoint, body: &Value) -> Reply {
+        let shared = &self.0;
+        let n = shared.sends.fetch_add(1, Ordering::Relaxed);
+        if !nth_is_hit(n, shared.failure_rate) {
+            return Reply::Created;
+        }
+        if shared.failures.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            return Reply::BadRequest;
+        }
+        if let Some(reference) = body.get("reference").and_then(Value::as_str) {
+            shared.failing.lock().unwrap_or_else(PoisonError::into_inner).insert(reference.to_owned());
+        }
+        Reply::Created
+    }
+
+    fn created(&self, _endpoint: Endpoint, id: Uuid, body: &Value) {
+        let reference = body.get("reference").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let host = body.pointer("/personalisation/host").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let fails = self.0.failing.lock().unwrap_or_else(PoisonError::into_inner).remove(&reference);
+        let shared = self.0.clone();
+        self.0.tasks.spawn(async move { report_back(shared, id, reference, host, fails).await });
+    }
+}
+
+/// testkit's fake VA Notify on loopback, reporting back through a [`Reporter`].
 struct SimulatedVaNotify {
-    addr: SocketAddr,
-    shared: Arc<FakeShared>,
-    server: tokio::task::JoinHandle<()>,
+    fake: FakeVaNotify,
+    shared: Arc<Reporter>,
 }
 
 impl SimulatedVaNotify {
     async fn start(failure_rate: f64, click_rate: f64) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let shared = Arc::new(FakeShared {
+        let fake =
+            FakeVaNotify::bind(SocketAddr::from(([127, 0, 0, 1], 0)), Uuid::new_v4(), Uuid::new_v4().to_string())
+                .await
+                .context("cannot start the simulated VA Notify on loopback")?;
+        // A run sends thousands of requests: count them, do not keep their bodies.
+        fake.set_recording(false);
+        let shared = Arc::new(Reporter {
             failure_rate,
             click_rate,
             sends: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
+            failing: Mutex::new(HashSet::new()),
             target: OnceLock::new(),
             http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
         });
-        let app = Router::new().route("/v2/notifications/email", post(create_notification)).with_state(shared.clone());
-        let stop = shared.stop.clone();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
-        });
-        Ok(Self { addr, shared, server })
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        fake.set_behaviour(Arc::new(ReporterHandle(shared.clone())));
+        Ok(Self { fake, shared })
     }
 
     fn connect(&self, service: &str, callback_token: &str) {
@@ -468,44 +495,18 @@ impl SimulatedVaNotify {
             self.shared.target.set(Target { service: service.to_owned(), callback_token: callback_token.to_owned() });
     }
 
+    /// Stops reporting back (waiting a little for callbacks under way), then the server.
     async fn stop(self) {
         self.shared.stop.cancel();
         self.shared.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tasks.wait()).await;
-        let _ = self.server.await;
+        drop(self.fake);
     }
-}
-
-/// One send: a 400, or a 201 followed by a `delivered` or `permanent-failure` callback (and maybe a click).
-async fn create_notification(AxumState(shared): AxumState<Arc<FakeShared>>, body: Bytes) -> Response {
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, "not JSON").into_response();
-    };
-    let n = shared.sends.fetch_add(1, Ordering::Relaxed);
-    let fails = nth_is_hit(n, shared.failure_rate);
-    // Failures alternate between the two ways VA Notify reports them.
-    if fails && shared.failures.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
-        let error = json!({"status_code": 400, "errors": [{"error": "BadRequestError", "message": "simulated"}]});
-        return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
-    }
-    let id = Uuid::new_v4();
-    let reference = request.get("reference").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let host = request.pointer("/personalisation/host").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let task_shared = shared.clone();
-    shared.tasks.spawn(async move { report_back(task_shared, id, reference, host, fails).await });
-    let created = json!({
-        "id": id,
-        "reference": request.get("reference"),
-        "uri": format!("https://api.notifications.va.gov/v2/notifications/{id}"),
-        "template": {"id": request.get("template_id"), "version": 1, "uri": ""},
-        "content": {"body": "", "subject": "", "from_email": "do-not-reply@notifications.va.gov"},
-    });
-    (StatusCode::CREATED, axum::Json(created)).into_response()
 }
 
 /// Posts the delivery status to the service's callback route (retrying its 503 for a row still being
 /// recorded, as VA Notify does), then clicks through the tracked link for a share of deliveries.
-async fn report_back(shared: Arc<FakeShared>, id: Uuid, reference: String, host: String, fails: bool) {
+async fn report_back(shared: Arc<Reporter>, id: Uuid, reference: String, host: String, fails: bool) {
     let Some(target) = shared.target.get() else { return };
     tokio::time::sleep(CALLBACK_DELAY).await;
     let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);

@@ -385,11 +385,7 @@ pub async fn change(
     if store::feature(&state.db, &name).await?.is_none() {
         return Err(ConsoleError::NotFound("feature"));
     }
-    let ctx = AuditContext {
-        actor: form.session.name.clone(),
-        reason: form.field("reason").map(str::to_owned),
-        request_id: form.request_id.clone(),
-    };
+    let ctx = form.audit();
     let planned = plan_change(&state, &name, &action, &form, &ctx).await?;
     let outcome = match planned {
         Err(message) => Err(message),

@@ -16,7 +16,6 @@ use super::session::{AdminForm, Session, SessionForm};
 use crate::rollout::{self, Action, Mode, NewPlan, Plan, RolloutError, StagePlan, State as PlanState, default_stages};
 use crate::state::AppState;
 use crate::toggles::EMAILS_ENABLED;
-use crate::toggles::store::AuditContext;
 
 /// Stage rows offered by the create form (the seed has five; two spare rows for edits).
 const STAGE_ROWS: usize = 7;
@@ -342,17 +341,14 @@ pub async fn act(
         "abort" => (Action::Abort, "abort"),
         _ => return Err(ConsoleError::NotFound("action")),
     };
-    let reason = form.field("reason").map(str::to_owned);
-    if reason.is_none() && matches!(action, Action::Pause | Action::Abort) {
+    let ctx = form.audit();
+    if ctx.reason.is_none() && matches!(action, Action::Pause | Action::Abort) {
         let notice = Notice::error("A reason is required to pause or abort a rollout.");
         return plan_page(&state, &form.session, id, Some(notice), StatusCode::UNPROCESSABLE_ENTITY).await;
     }
-    let ctx = AuditContext { actor: form.session.name.clone(), reason, request_id: form.request_id.clone() };
     match rollout::override_plan(&state.db, id, action, &ctx, Utc::now()).await {
         Ok(_) => {
-            if let Err(e) = state.toggles.refresh().await {
-                tracing::warn!(error = %e, "toggle snapshot refresh after a rollout override failed");
-            }
+            state.toggles.refresh_after_write().await;
             Ok(Redirect::to(&format!("/console/rollouts/{id}?msg={code}")).into_response())
         }
         Err(e) => {

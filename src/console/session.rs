@@ -26,6 +26,7 @@ use super::ConsoleError;
 use super::layout::{Notice, page_signed_out};
 use crate::config::{ConsoleConfig, Profile};
 use crate::state::AppState;
+use crate::toggles::store::AuditContext;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -181,6 +182,16 @@ impl SessionForm {
     /// A trimmed, non-blank field.
     pub fn field(&self, name: &str) -> Option<&str> {
         self.fields.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    /// What the audit log records for a change posted with this form: the session's token name, the
+    /// form's `reason` field and the request id. The console's one way to build an [`AuditContext`].
+    pub fn audit(&self) -> AuditContext {
+        AuditContext {
+            actor: self.session.name.clone(),
+            reason: self.field("reason").map(str::to_owned),
+            request_id: self.request_id.clone(),
+        }
     }
 }
 

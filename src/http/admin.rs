@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{AdminAuth, AdminReadAuth, Params, PathText, RequestMeta, StrictQuery};
+use super::extract::{AdminAudit, AdminReadAuth, Params, PathText, StrictQuery};
 use super::flipper_api::{FeatureBody, feature_json};
 use super::openapi::{AdminUnauthorized, InputRejections, ReadRejections};
 use crate::error::ApiError;
@@ -15,7 +15,7 @@ use crate::error::ErrorBody;
 use crate::state::AppState;
 use crate::toggles::EMAILS_ENABLED;
 use crate::toggles::release::{self, ReleaseOutcome, ReleaseRequest};
-use crate::toggles::store::{self, AuditContext, AuditEntry, Change, StoreError};
+use crate::toggles::store::{self, AuditContext, AuditEntry, Change};
 
 /// Audit page size when `limit` is not given, and the most one page returns.
 const DEFAULT_AUDIT_LIMIT: i64 = 50;
@@ -84,16 +84,12 @@ pub struct ReleaseParams {
     security(("admin" = [])))]
 pub async fn pause(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<Json<FeatureBody>, ApiError> {
-    let reason = meta.reason_or(&params)?.ok_or_else(|| ApiError::Unprocessable {
-        field: "reason",
-        detail: "a reason is required to pause a feature (X-Reason header or reason field)".into(),
-    })?;
-    let ctx = AuditContext { actor: admin.name, reason: Some(reason), request_id: meta.request_id };
+    let ctx = audit
+        .context_with_reason(&params, "a reason is required to pause a feature (X-Reason header or reason field)")?;
     switch(&state, &name, Change::Pause, &ctx).await
 }
 
@@ -113,12 +109,11 @@ pub async fn pause(
     security(("admin" = [])))]
 pub async fn resume(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<Json<FeatureBody>, ApiError> {
-    let ctx = AuditContext { actor: admin.name, reason: meta.reason_or(&params)?, request_id: meta.request_id };
+    let ctx = audit.context(&params)?;
     switch(&state, &name, Change::Resume, &ctx).await
 }
 
@@ -128,11 +123,7 @@ async fn switch(
     change: Change,
     ctx: &AuditContext,
 ) -> Result<Json<FeatureBody>, ApiError> {
-    let record = state.toggles.apply(name, &change, ctx).await.map_err(|e| match e {
-        StoreError::NotFound | StoreError::InvalidName => ApiError::NotFound { what: "feature" },
-        StoreError::InvalidPercentage | StoreError::InvalidActor => ApiError::Internal(e.into()),
-        StoreError::Database(e) => e.into(),
-    })?;
+    let record = state.toggles.apply(name, &change, ctx).await?;
     Ok(Json(feature_json(&record, true, true)))
 }
 
@@ -176,8 +167,7 @@ pub async fn audit(
     security(("admin" = [])))]
 pub async fn release_suppressed(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     params: Params,
 ) -> Result<Json<ReleaseOutcome>, ApiError> {
     let from = time(&params, "from")?;
@@ -193,9 +183,9 @@ pub async fn release_suppressed(
         from,
         to,
         dry_run,
-        duplicate_window: std::time::Duration::from_secs(state.config.accept.duplicate_window_seconds),
+        duplicate_window: state.config.accept.duplicate_window(),
     };
-    let ctx = AuditContext { actor: admin.name, reason: meta.reason_or(&params)?, request_id: meta.request_id };
+    let ctx = audit.context(&params)?;
     let outcome = release::release_suppressed(&state.db, &state.toggles.snapshot(), &request, &ctx).await?;
     if outcome.released > 0 && !dry_run {
         state.wake_workers.wake();

@@ -10,8 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
 use crate::auth::bearer_token;
-use crate::callbacks::{self, CallbackAuth, CallbackPayload, Effect, Handled};
-use crate::config::{Config, NotifyMode};
+use crate::callbacks::{self, CallbackPayload, Effect, Handled};
 use crate::error::{ApiError, ErrorBody, UnauthorizedBody};
 use crate::metrics as m;
 use crate::state::AppState;
@@ -45,7 +44,7 @@ pub async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CallbackAnswer>, ApiError> {
-    let auth = callback_auth(&state.config);
+    let auth = &state.callback_auth;
     let bearer = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     let bearer_ok = bearer.is_some_and(|t| auth.bearer_ok(t));
     let body = match body {
@@ -83,17 +82,6 @@ pub async fn receive(
         Handled::Known(effect) => tracing::info!(status, effect = effect.as_str(), "callback recorded"),
     }
     Ok(Json(CallbackAnswer { status: "ok" }))
-}
-
-/// The credentials accepted now. Built per request from the configuration: parsing the key is cheap
-/// and this keeps rotation a config reload, not a restart of a cached value.
-fn callback_auth(config: &Config) -> CallbackAuth {
-    let tokens = config.callbacks.bearer_tokens(&config.notify);
-    // The API key was validated at startup in live mode; sandbox mode has no key and so no signatures.
-    let secret = (config.notify.mode == NotifyMode::Live)
-        .then(|| crate::notify::api_key_secret(&config.notify.api_key).ok())
-        .flatten();
-    CallbackAuth::new(tokens, secret)
 }
 
 fn rejected(reason: &'static str, error: ApiError) -> ApiError {

@@ -14,6 +14,7 @@ use crate::auth::{AuthError, ServiceAccount, bearer_token};
 use crate::error::ApiError;
 use crate::input::{self, InputError, Location};
 use crate::state::AppState;
+use crate::toggles::store::AuditContext;
 
 /// A caller holding a valid service-account token whose scope is exactly this route's URL.
 pub struct ServiceAccountAuth(pub Arc<ServiceAccount>);
@@ -71,16 +72,59 @@ impl FromRequestParts<AppState> for AdminReadAuth {
     }
 }
 
+/// An audited admin write: the admin token's holder (401 otherwise), the `x-request-id` and the
+/// `X-Reason` header (400 when it is not valid text). The one way an http handler gets the
+/// [`AuditContext`] it writes with; the `reason` parameter is read from the body or query once the
+/// handler has it, by [`AdminAudit::context`].
+pub struct AdminAudit {
+    actor: String,
+    meta: RequestMeta,
+}
+
+impl AdminAudit {
+    /// The admin token's name (the audit log's actor).
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// The audit context; its reason is `X-Reason`, else the `reason` parameter (checked like the header).
+    pub fn context(self, params: &Params) -> Result<AuditContext, ApiError> {
+        let reason = self.meta.reason_or(params)?;
+        Ok(AuditContext { actor: self.actor, reason, request_id: self.meta.request_id })
+    }
+
+    /// Like [`AdminAudit::context`] for a change that needs a reason: without one, a 422 naming `reason`
+    /// with `detail` as its message.
+    pub fn context_with_reason(self, params: &Params, detail: &'static str) -> Result<AuditContext, ApiError> {
+        let ctx = self.context(params)?;
+        if ctx.reason.is_none() {
+            return Err(ApiError::Unprocessable { field: "reason", detail: detail.into() });
+        }
+        Ok(ctx)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminAudit {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // Authentication first: a caller without a token learns nothing about how its headers were judged.
+        let AdminAuth { name } = AdminAuth::from_request_parts(parts, state).await?;
+        let meta = RequestMeta::from_request_parts(parts, state).await?;
+        Ok(Self { actor: name, meta })
+    }
+}
+
 /// What the audit log records about a request besides who made it: the `X-Reason` header and the
 /// `x-request-id` (set by the request-id layer when the caller sent none).
-pub struct RequestMeta {
-    pub reason: Option<String>,
-    pub request_id: Option<String>,
+struct RequestMeta {
+    reason: Option<String>,
+    request_id: Option<String>,
 }
 
 impl RequestMeta {
     /// The reason from `X-Reason`, else from the `reason` parameter.
-    pub fn reason_or(&self, params: &Params) -> Result<Option<String>, ApiError> {
+    fn reason_or(&self, params: &Params) -> Result<Option<String>, ApiError> {
         match &self.reason {
             Some(r) => Ok(Some(r.clone())),
             None => match params.string("reason")? {
@@ -233,4 +277,47 @@ impl FromRequest<AppState> for Params {
 /// `application/json; charset=utf-8` -> `application/json`.
 fn media_type(value: &str) -> String {
     value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn audit(header_reason: Option<&str>) -> AdminAudit {
+        let meta = RequestMeta { reason: header_reason.map(str::to_owned), request_id: Some("req-1".into()) };
+        AdminAudit { actor: "ops".into(), meta }
+    }
+
+    fn params(reason: Option<Value>) -> Params {
+        Params(reason.into_iter().map(|r| ("reason".to_owned(), r)).collect())
+    }
+
+    #[test]
+    fn the_header_reason_wins_over_the_parameter() {
+        let ctx = audit(Some("from header")).context(&params(Some(json!("from body")))).unwrap();
+        assert_eq!(ctx.reason.as_deref(), Some("from header"));
+        assert_eq!((ctx.actor.as_str(), ctx.request_id.as_deref()), ("ops", Some("req-1")));
+        let ctx = audit(None).context(&params(Some(json!("from body")))).unwrap();
+        assert_eq!(ctx.reason.as_deref(), Some("from body"));
+        assert_eq!(audit(None).context(&params(None)).unwrap().reason, None);
+    }
+
+    #[test]
+    fn a_reason_parameter_is_checked_like_the_header() {
+        let nul = audit(None).context(&params(Some(json!("a\u{0}b")))).expect_err("NUL is refused");
+        assert_eq!(nul.status_code(), axum::http::StatusCode::BAD_REQUEST);
+        let number = audit(None).context(&params(Some(json!(5)))).expect_err("not a string");
+        assert!(matches!(number, ApiError::InvalidParameter { field: "reason", .. }), "{number:?}");
+    }
+
+    #[test]
+    fn a_required_reason_that_is_missing_is_a_422_naming_reason() {
+        let err = audit(None).context_with_reason(&params(None), "say why").expect_err("a reason is required");
+        assert!(
+            matches!(err, ApiError::Unprocessable { field: "reason", ref detail } if detail == "say why"),
+            "{err:?}"
+        );
+        assert!(audit(Some("because")).context_with_reason(&params(None), "say why").is_ok());
+    }
 }

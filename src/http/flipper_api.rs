@@ -30,12 +30,12 @@ use axum::routing::{delete, get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::extract::{AdminAuth, AdminReadAuth, Params, PathText, RequestMeta};
+use super::extract::{AdminAudit, AdminReadAuth, Params, PathText};
 use super::openapi::{AdminUnauthorized, InputRejections, ReadRejections};
 use crate::error::ApiError;
 use crate::input;
 use crate::state::AppState;
-use crate::toggles::store::{self, AuditContext, Change, FeatureRecord, StoreError};
+use crate::toggles::store::{self, Change, FeatureRecord, StoreError};
 
 /// Where the API is mounted.
 pub const MOUNT: &str = "/flipper/api";
@@ -271,12 +271,11 @@ pub async fn list_features(
     security(("admin" = [])))]
 pub async fn add_feature(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     params: Params,
 ) -> Result<Json<FeatureBody>, FlipperError> {
     let name = params.text("name").ok_or(FlipperError::NameInvalid)?;
-    write(&state, admin, meta, &params, &name, Change::AddFeature).await
+    write(&state, audit, &params, &name, Change::AddFeature).await
 }
 
 /// `POST /features` body.
@@ -332,13 +331,12 @@ pub async fn get_feature(
     security(("admin" = [])))]
 pub async fn remove_feature(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<StatusCode, FlipperError> {
     // Flipper answers 204 without a body; the feature JSON is not sent.
-    let _removed = write(&state, admin, meta, &params, &name, Change::RemoveFeature).await?;
+    let _removed = write(&state, audit, &params, &name, Change::RemoveFeature).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -354,12 +352,11 @@ pub async fn remove_feature(
     security(("admin" = [])))]
 pub async fn clear_feature(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<StatusCode, FlipperError> {
-    let _cleared = write(&state, admin, meta, &params, &name, Change::Clear).await?;
+    let _cleared = write(&state, audit, &params, &name, Change::Clear).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -375,12 +372,11 @@ pub async fn clear_feature(
     security(("admin" = [])))]
 pub async fn enable_boolean(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<Json<FeatureBody>, FlipperError> {
-    write(&state, admin, meta, &params, &name, Change::EnableBoolean).await
+    write(&state, audit, &params, &name, Change::EnableBoolean).await
 }
 
 /// Turns the feature off by clearing all gates (Flipper's semantics; use pause to keep the stage).
@@ -395,12 +391,11 @@ pub async fn enable_boolean(
     security(("admin" = [])))]
 pub async fn disable_boolean(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<Json<FeatureBody>, FlipperError> {
-    write(&state, admin, meta, &params, &name, Change::DisableBoolean).await
+    write(&state, audit, &params, &name, Change::DisableBoolean).await
 }
 
 /// Sets the percentage of actors.
@@ -416,13 +411,12 @@ pub async fn disable_boolean(
     security(("admin" = [])))]
 pub async fn set_percentage_of_actors(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<Json<FeatureBody>, FlipperError> {
     let pct = percentage(&params)?;
-    write(&state, admin, meta, &params, &name, Change::SetPercentageOfActors(pct)).await
+    write(&state, audit, &params, &name, Change::SetPercentageOfActors(pct)).await
 }
 
 /// Sets the percentage of actors to `"0"`.
@@ -437,12 +431,11 @@ pub async fn set_percentage_of_actors(
     security(("admin" = [])))]
 pub async fn reset_percentage_of_actors(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<Json<FeatureBody>, FlipperError> {
-    write(&state, admin, meta, &params, &name, Change::SetPercentageOfActors(0.0)).await
+    write(&state, audit, &params, &name, Change::SetPercentageOfActors(0.0)).await
 }
 
 /// Sets the percentage of time.
@@ -458,13 +451,12 @@ pub async fn reset_percentage_of_actors(
     security(("admin" = [])))]
 pub async fn set_percentage_of_time(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<Json<FeatureBody>, FlipperError> {
     let pct = percentage(&params)?;
-    write(&state, admin, meta, &params, &name, Change::SetPercentageOfTime(pct)).await
+    write(&state, audit, &params, &name, Change::SetPercentageOfTime(pct)).await
 }
 
 /// Sets the percentage of time to `"0"`.
@@ -479,12 +471,11 @@ pub async fn set_percentage_of_time(
     security(("admin" = [])))]
 pub async fn reset_percentage_of_time(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<Json<FeatureBody>, FlipperError> {
-    write(&state, admin, meta, &params, &name, Change::SetPercentageOfTime(0.0)).await
+    write(&state, audit, &params, &name, Change::SetPercentageOfTime(0.0)).await
 }
 
 /// Adds an actor (a participant id for the emails toggle).
@@ -500,13 +491,12 @@ pub async fn reset_percentage_of_time(
     security(("admin" = [])))]
 pub async fn add_actor(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<Json<FeatureBody>, FlipperError> {
     let id = params.text("flipper_id").ok_or(FlipperError::FlipperIdInvalid)?;
-    write(&state, admin, meta, &params, &name, Change::AddActor(id)).await
+    write(&state, audit, &params, &name, Change::AddActor(id)).await
 }
 
 /// Removes an actor.
@@ -522,13 +512,12 @@ pub async fn add_actor(
     security(("admin" = [])))]
 pub async fn remove_actor(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(name): PathText,
     params: Params,
 ) -> Result<Json<FeatureBody>, FlipperError> {
     let id = params.text("flipper_id").ok_or(FlipperError::FlipperIdInvalid)?;
-    write(&state, admin, meta, &params, &name, Change::RemoveActor(id)).await
+    write(&state, audit, &params, &name, Change::RemoveActor(id)).await
 }
 
 /// Whether each feature (or those named in `keys`) is enabled for one actor now, kill switch included.
@@ -622,13 +611,12 @@ fn percentage(params: &Params) -> Result<f64, FlipperError> {
 /// Applies one change as the admin token's holder through the shared write path ([`crate::toggles::Toggles::apply`]).
 async fn write(
     state: &AppState,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     params: &Params,
     name: &str,
     change: Change,
 ) -> Result<Json<FeatureBody>, FlipperError> {
-    let ctx = AuditContext { actor: admin.name, reason: meta.reason_or(params)?, request_id: meta.request_id };
+    let ctx = audit.context(params)?;
     let record = state.toggles.apply(name, &change, &ctx).await?;
     Ok(Json(feature_json(&record, true, true)))
 }

@@ -28,7 +28,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Level;
 
-pub use extract::{AdminAuth, AdminReadAuth, Params, RequestMeta, ServiceAccountAuth};
+pub use extract::{AdminAudit, AdminAuth, AdminReadAuth, Params, ServiceAccountAuth};
 
 use crate::error::Outcome;
 use crate::metrics as m;
@@ -40,7 +40,7 @@ pub const SEND_EMAIL_PATH: &str = "/v0/event_bus_gateway/send_email";
 /// Builds the router with every route and layer.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.http.body_limit_bytes;
-    let timeout = Duration::from_secs(state.config.http.request_timeout_seconds);
+    let timeout = state.config.http.request_timeout();
     let console = if state.config.console.enabled { crate::console::routes() } else { Router::new() };
     Router::new()
         .merge(console)

@@ -10,7 +10,7 @@ use super::AdminAuth;
 use super::extract::StrictQuery;
 use super::openapi::{AdminUnauthorized, ReadRejections};
 use crate::error::ApiError;
-use crate::report::{self, ReportError, ReportRequest};
+use crate::report::{self, ReportRequest};
 use crate::state::AppState;
 use crate::toggles::EMAILS_ENABLED;
 
@@ -73,11 +73,7 @@ pub async fn rollout_report(
             });
         }
     };
-    let built = report::build(&state.db, &request).await.map_err(|e| match e {
-        ReportError::UnknownFeature => ApiError::InvalidParameter { field: "feature", detail: e.to_string() },
-        ReportError::EmptyRange => ApiError::InvalidParameter { field: "from", detail: e.to_string() },
-        ReportError::Database(e) => e.into(),
-    })?;
+    let built = report::build(&state.db, &request).await?;
     Ok(if markdown {
         ([(CONTENT_TYPE, "text/markdown; charset=utf-8")], report::markdown(&built)).into_response()
     } else {

@@ -9,14 +9,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::extract::{AdminAuth, AdminReadAuth, Params, PathText, RequestMeta, StrictQuery};
+use super::extract::{AdminAudit, AdminAuth, AdminReadAuth, Params, PathText, StrictQuery};
 use super::openapi::{AdminUnauthorized, InputRejections, ReadRejections};
 use crate::error::ApiError;
 use crate::error::ErrorBody;
-use crate::rollout::{self, Action, NewPlan, Plan, PlanDetail, RolloutError};
+use crate::rollout::{self, Action, NewPlan, Plan, PlanDetail};
 use crate::state::AppState;
 use crate::toggles::EMAILS_ENABLED;
-use crate::toggles::store::AuditContext;
 
 /// Plans per page when `limit` is not given, and the most one page returns.
 const DEFAULT_LIST_LIMIT: i64 = 50;
@@ -55,20 +54,6 @@ pub struct OverrideParams {
     pub reason: Option<String>,
 }
 
-fn map_error(e: RolloutError) -> ApiError {
-    match e {
-        RolloutError::Invalid { field, detail } => ApiError::InvalidParameter { field, detail: detail.to_owned() },
-        RolloutError::NotFound => ApiError::NotFound { what: "rollout plan" },
-        // Conflicts with the current state of the plan or the feature: the request itself was fine.
-        RolloutError::AlreadyLive | RolloutError::Feature(_) => {
-            ApiError::Conflict { field: "feature", detail: e.to_string() }
-        }
-        RolloutError::InvalidTransition { .. } => ApiError::Conflict { field: "state", detail: e.to_string() },
-        RolloutError::Store(e) => ApiError::Internal(e.into()),
-        RolloutError::Database(e) => e.into(),
-    }
-}
-
 fn plan_id(raw: &str) -> Result<Uuid, ApiError> {
     // An id that is not a UUID names no plan.
     raw.parse().map_err(|_| ApiError::NotFound { what: "rollout plan" })
@@ -103,7 +88,7 @@ pub async fn create(
     body.entry("feature").or_insert_with(|| Value::String(EMAILS_ENABLED.to_owned()));
     let new: NewPlan = serde_json::from_value(Value::Object(body))
         .map_err(|e| ApiError::MalformedBody(format!("not a rollout plan: {e}")))?;
-    let plan = rollout::create(&state.db, &new, &admin.name).await.map_err(map_error)?;
+    let plan = rollout::create(&state.db, &new, &admin.name).await?;
     Ok((StatusCode::CREATED, Json(detail(&state, plan.id).await?)))
 }
 
@@ -147,25 +132,23 @@ pub async fn show(
 
 async fn apply(
     state: &AppState,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     id: &str,
     params: &Params,
     action: Action,
 ) -> Result<Json<PlanDetail>, ApiError> {
     let id = plan_id(id)?;
-    let reason = meta.reason_or(params)?;
-    if reason.is_none() && matches!(action, Action::Pause | Action::Abort) {
-        return Err(ApiError::Unprocessable {
-            field: "reason",
-            detail: "a reason is required to pause or abort a rollout (X-Reason header or reason field)".into(),
-        });
-    }
-    let ctx = AuditContext { actor: admin.name, reason, request_id: meta.request_id };
-    rollout::override_plan(&state.db, id, action, &ctx, Utc::now()).await.map_err(map_error)?;
-    if let Err(e) = state.toggles.refresh().await {
-        tracing::warn!(error = %e, "toggle snapshot refresh after a rollout override failed");
-    }
+    let ctx = if matches!(action, Action::Pause | Action::Abort) {
+        audit.context_with_reason(
+            params,
+            "a reason is required to pause or abort a rollout (X-Reason header or reason field)",
+        )?
+    } else {
+        audit.context(params)?
+    };
+    rollout::override_plan(&state.db, id, action, &ctx, Utc::now()).await?;
+    // The override may have changed the feature's gates in its transaction.
+    state.toggles.refresh_after_write().await;
     Ok(Json(detail(state, id).await?))
 }
 
@@ -185,12 +168,11 @@ async fn apply(
     security(("admin" = [])))]
 pub async fn pause(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(id): PathText,
     params: Params,
 ) -> Result<Json<PlanDetail>, ApiError> {
-    apply(&state, admin, meta, &id, &params, Action::Pause).await
+    apply(&state, audit, &id, &params, Action::Pause).await
 }
 
 /// Resumes a paused plan (and the feature); the current stage starts over, so the numbers that paused
@@ -208,12 +190,11 @@ pub async fn pause(
     security(("admin" = [])))]
 pub async fn resume(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(id): PathText,
     params: Params,
 ) -> Result<Json<PlanDetail>, ApiError> {
-    apply(&state, admin, meta, &id, &params, Action::Resume).await
+    apply(&state, audit, &id, &params, Action::Resume).await
 }
 
 /// Moves to the next stage now, whatever the numbers (after the last stage: completes the plan).
@@ -230,12 +211,11 @@ pub async fn resume(
     security(("admin" = [])))]
 pub async fn advance(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(id): PathText,
     params: Params,
 ) -> Result<Json<PlanDetail>, ApiError> {
-    apply(&state, admin, meta, &id, &params, Action::Advance).await
+    apply(&state, audit, &id, &params, Action::Advance).await
 }
 
 /// Stops the plan for good; the gates stay as they are.
@@ -253,10 +233,9 @@ pub async fn advance(
     security(("admin" = [])))]
 pub async fn abort(
     State(state): State<AppState>,
-    admin: AdminAuth,
-    meta: RequestMeta,
+    audit: AdminAudit,
     PathText(id): PathText,
     params: Params,
 ) -> Result<Json<PlanDetail>, ApiError> {
-    apply(&state, admin, meta, &id, &params, Action::Abort).await
+    apply(&state, audit, &id, &params, Action::Abort).await
 }

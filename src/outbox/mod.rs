@@ -366,6 +366,9 @@ static OLDEST_DUE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
 });
 
 fn pg_interval(d: Duration) -> sqlx::postgres::types::PgInterval {
-    // Only fails for durations with sub-microsecond precision, which config never produces.
-    sqlx::postgres::types::PgInterval::try_from(d).unwrap_or_default()
+    // Whole microseconds, never a zero interval for a non-zero duration: a zero duplicate window would
+    // silently turn the duplicate check off. The durations come from configuration, whose ranges
+    // (`Config::validate`) are far inside an i64 of microseconds; saturating only guards the type.
+    let microseconds = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+    sqlx::postgres::types::PgInterval { months: 0, days: 0, microseconds }
 }

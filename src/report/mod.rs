@@ -271,37 +271,6 @@ pub async fn build(pool: &PgPool, request: &ReportRequest) -> Result<Report, Rep
     })
 }
 
-/// `ebg-notify report`: builds the report against the configured database and prints it.
-pub async fn print(
-    config: &crate::config::Config,
-    feature: String,
-    from: Option<&str>,
-    to: Option<&str>,
-    format: &str,
-) -> anyhow::Result<()> {
-    let bound = |name: &str, value: Option<&str>| -> anyhow::Result<Option<DateTime<Utc>>> {
-        value
-            .map(|v| parse_time(v).ok_or_else(|| anyhow::anyhow!("--{name}: expected an RFC 3339 time or YYYY-MM-DD")))
-            .transpose()
-    };
-    let request = ReportRequest {
-        feature,
-        from: bound("from", from)?,
-        to: bound("to", to)?,
-        max_error_rate: config.report.max_error_rate,
-        min_sample: config.report.min_sample,
-        click_tracking: config.clicks.enabled,
-    };
-    let pool = crate::db::connect(&config.database).await?;
-    let report = build(&pool, &request).await?;
-    if format == "json" {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", markdown(&report));
-    }
-    Ok(())
-}
-
 /// The SQL behind one stage: a range scan of `notifications_created`, one probe of `clicks`
 /// per row. Exposed so a test can EXPLAIN it against a large table.
 pub const STAGE_SQL: &str = "

@@ -144,7 +144,6 @@ impl Toggles {
         Ok(())
     }
 
-    /// Time since the snapshot was last loaded successfully.
     /// Applies one change through [`store::apply`] (gates and audit row in one transaction), then
     /// refreshes this replica's snapshot at once; the others hear about it through NOTIFY. The one write
     /// path of the Flipper API, the admin routes and the console.
@@ -155,13 +154,20 @@ impl Toggles {
         ctx: &store::AuditContext,
     ) -> Result<store::FeatureRecord, store::StoreError> {
         let record = store::apply(&self.pool, feature, change, ctx).await?;
-        if let Err(e) = self.refresh().await {
-            // Committed all the same; the watcher retries within the refresh interval.
-            tracing::warn!(error = %e, "toggle snapshot refresh after a write failed");
-        }
+        self.refresh_after_write().await;
         Ok(record)
     }
 
+    /// After a committed toggle write (by [`Toggles::apply`], or inside a rollout override's
+    /// transaction): reloads this replica's snapshot now. A failure is logged, not returned: the write
+    /// stands, and the watcher reloads within the refresh interval.
+    pub async fn refresh_after_write(&self) {
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "toggle snapshot refresh after a write failed");
+        }
+    }
+
+    /// Time since the snapshot was last loaded successfully.
     pub fn snapshot_age(&self) -> Duration {
         self.refreshed_at.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
     }

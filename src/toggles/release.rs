@@ -76,7 +76,11 @@ pub async fn release_suppressed(
     request: &ReleaseRequest,
     ctx: &AuditContext,
 ) -> Result<ReleaseOutcome, sqlx::Error> {
-    let window = chrono::Duration::from_std(request.duplicate_window).unwrap_or(chrono::Duration::zero());
+    // `accept.duplicate_window_seconds` is bounded at startup, so this cannot fail for a configured
+    // window; an out-of-range one is refused rather than turned into no window at all.
+    let window = chrono::Duration::from_std(request.duplicate_window).map_err(|_| {
+        sqlx::Error::InvalidArgument(format!("duplicate window {:?} is out of range", request.duplicate_window))
+    })?;
     let toggle = snapshot.features.get(&request.feature).cloned().unwrap_or_default();
 
     let mut tx = pool.begin().await?;

@@ -3,11 +3,13 @@
 //! and a TCP proxy that can cut a link (the database, in outage tests).
 
 pub mod bgs;
+#[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod tcp_proxy;
 pub mod va_notify;
 
 pub use bgs::FakeBgs;
+#[cfg(feature = "mpi")]
 pub use mpi::{FakeMpi, TestPki};
 pub use tcp_proxy::TcpProxy;
 pub use va_notify::FakeVaNotify;

@@ -63,6 +63,20 @@ pub enum Reply {
     Timeout(Duration),
 }
 
+/// Behaviour beyond the script, for long runs that cannot list every reply up front (`ebg-notify
+/// simulate` spreads failures over thousands of sends and reports back like VA does). Both methods are
+/// called from the request handler, so they must not block: spawn anything slow.
+pub trait Behaviour: Send + Sync + 'static {
+    /// The reply to a request that passed auth, validation and the rate limit, once the script is empty.
+    fn reply(&self, _endpoint: Endpoint, _body: &Value) -> Reply {
+        Reply::Created
+    }
+
+    /// VA created a notification with this id for this request (before the answer is sent, as VA
+    /// persists first).
+    fn created(&self, _endpoint: Endpoint, _id: Uuid, _body: &Value) {}
+}
+
 /// The VA Notify endpoint a request went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -112,6 +126,8 @@ struct Shared {
     /// Scripted answers for list requests; empty means answer from `notifications`.
     lookup_script: Mutex<VecDeque<Reply>>,
     lookups_total: AtomicU64,
+    /// Set with [`FakeVaNotify::set_behaviour`]; none answers [`Reply::Created`] after the script.
+    behaviour: Mutex<Option<Arc<dyn Behaviour>>>,
 }
 
 /// A notification the fake created.
@@ -182,6 +198,7 @@ impl FakeVaNotify {
             notifications: Mutex::new(Vec::new()),
             lookup_script: Mutex::new(VecDeque::new()),
             lookups_total: AtomicU64::new(0),
+            behaviour: Mutex::new(None),
         });
         let app = Router::new()
             .route("/v2/notifications/email", post(send_email))
@@ -237,6 +254,11 @@ impl FakeVaNotify {
     /// Queues replies for the next valid requests, after any already queued.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         lock(&self.shared.script).extend(replies);
+    }
+
+    /// Replies (after the script) and hears of created notifications through `behaviour`.
+    pub fn set_behaviour(&self, behaviour: Arc<dyn Behaviour>) {
+        *lock(&self.shared.behaviour) = Some(behaviour);
     }
 
     /// Delay added before every answer, like VA's own processing time.
@@ -574,7 +596,10 @@ async fn notification(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMa
                 shared.rate_limited_total.fetch_add(1, Ordering::Relaxed);
                 Decision::Reply(Reply::RateLimit)
             }
-            Ok(()) => Decision::Reply(lock(&shared.script).pop_front().unwrap_or(Reply::Created)),
+            Ok(()) => Decision::Reply(lock(&shared.script).pop_front().unwrap_or_else(|| {
+                let behaviour = lock(&shared.behaviour).clone();
+                behaviour.map_or(Reply::Created, |b| b.reply(endpoint, value))
+            })),
         },
     };
 
@@ -585,6 +610,12 @@ async fn notification(shared: Arc<Shared>, endpoint: Endpoint, headers: HeaderMa
     // VA persists the notification before answering: it exists even if the client hangs up now.
     let created = (response == StatusCode::CREATED && endpoint != Endpoint::Push)
         .then(|| shared.create(endpoint, parsed.as_ref()));
+    if let (Some(created), Some(body)) = (&created, &parsed) {
+        let behaviour = lock(&shared.behaviour).clone();
+        if let Some(behaviour) = behaviour {
+            behaviour.created(endpoint, created.id, body);
+        }
+    }
     if response == StatusCode::CREATED {
         shared.created_total.fetch_add(1, Ordering::Relaxed);
     }

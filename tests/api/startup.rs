@@ -313,6 +313,29 @@ async fn every_configuration_problem_is_listed_with_its_source() {
     assert!(!text.contains("figment") && !text.contains("alloc::"), "{text}");
 }
 
+#[tokio::test]
+async fn a_bad_address_or_duration_stops_startup_naming_the_setting() {
+    let dir = TempDir::new("config-typed");
+    let output = binary(dir.path())
+        .args(["token", "--participant-id", PARTICIPANT_ID])
+        .env("EBG_HTTP__ADDR", "localhost:3000")
+        // Too large for a PostgreSQL interval: this used to become no duplicate window at all.
+        .env("EBG_ACCEPT__DUPLICATE_WINDOW_SECONDS", u64::MAX.to_string())
+        .env("EBG_WORKER__POLL_INTERVAL_MS", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    for needle in [
+        "EBG_HTTP__ADDR: expected host:port, e.g. 0.0.0.0:3000, found text",
+        "accept.duplicate_window_seconds: must be from 0 to 604800",
+        "worker.poll_interval_ms: must be from 1 to 3600000",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(!text.contains("localhost:3000"), "values are never echoed: {text}");
+}
+
 /// The `scopes` claim of a JWT printed by `ebg-notify token`.
 fn printed_scopes(output: &std::process::Output) -> Vec<String> {
     use base64::Engine;
