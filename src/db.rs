@@ -136,13 +136,14 @@ pub fn connect_accept_pool(
 pub async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), DbError> {
     let name = options.get_database().unwrap_or("postgres").to_owned();
     let mut admin = options.clone().database("postgres").connect().await.map_err(connect_error(options))?;
-    let exists: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await
-        .map_err(connect_error(options))?;
+    let exists =
+        sqlx::query_scalar!(r#"select exists(select 1 from pg_database where datname = $1) as "exists!""#, name)
+            .fetch_one(&mut admin)
+            .await
+            .map_err(connect_error(options))?;
     if !exists {
-        // Identifiers cannot be bound as parameters; quote it the way PostgreSQL does.
+        // Identifiers cannot be bound as parameters; quote it the way PostgreSQL does. Dynamic by
+        // necessity, so not checked at build time.
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
         let created = sqlx::query(&format!("create database {quoted}")).execute(&mut admin).await;
         // Another replica may have created it between the check and here.
@@ -168,6 +169,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 /// A database never migrated has applied none.
 pub async fn migrations_applied(pool: &PgPool) -> (usize, usize) {
     let embedded: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    // Not checked at build time: `_sqlx_migrations` is sqlx's own table, absent from a database never
+    // migrated (this answers 0 then), and not part of `migrations/`.
     let applied: Vec<i64> = sqlx::query_scalar("select version from _sqlx_migrations where success")
         .fetch_all(pool)
         .await
@@ -178,6 +181,7 @@ pub async fn migrations_applied(pool: &PgPool) -> (usize, usize) {
 /// True when the database answers and every embedded migration has been applied.
 pub async fn is_ready(pool: &PgPool) -> bool {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    // Not checked at build time, like `migrations_applied`: a missing table means "not ready".
     let applied: Result<Option<i64>, _> =
         sqlx::query_scalar("select max(version) from _sqlx_migrations where success").fetch_one(pool).await;
     matches!(applied, Ok(Some(v)) if v >= latest)

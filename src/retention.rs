@@ -19,30 +19,35 @@ pub struct Purged {
     pub notifications: u64,
 }
 
-/// Each table's batch delete: picks at most `$2` old rows through an index on the age column.
-/// Notifications are deleted by [`crate::outbox::purge`], their only writer.
-const PURGES: [(&str, &str); 2] = [
-    (
-        "notification_events",
-        "delete from notification_events where id in
-             (select id from notification_events where received_at < $1 limit $2)",
-    ),
-    (
-        "clicks",
-        "delete from clicks where notification_id in
-             (select notification_id from clicks where last_at < $1 limit $2)",
-    ),
-];
-
 /// The tables in purge order: events and clicks first, then the notifications they hang off.
 const TABLES: [&str; 3] = ["notification_events", "clicks", "notifications"];
 
-/// One batch delete from `table`; returns the rows deleted.
+/// One batch delete from `table`: picks at most `batch` old rows through an index on the age column;
+/// returns the rows deleted. Notifications are deleted by [`crate::outbox::purge`], their only writer.
 async fn purge_batch(pool: &PgPool, table: &str, cutoff: DateTime<Utc>, batch: u32) -> Result<u64, sqlx::Error> {
-    match PURGES.iter().find(|(t, _)| *t == table) {
-        Some((_, sql)) => Ok(sqlx::query(sql).bind(cutoff).bind(i64::from(batch)).execute(pool).await?.rows_affected()),
-        None => crate::outbox::purge::purge_notifications(pool, cutoff, batch).await,
-    }
+    let limit = i64::from(batch);
+    let done = match table {
+        "notification_events" => sqlx::query!(
+            "delete from notification_events where id in
+                 (select id from notification_events where received_at < $1 limit $2)",
+            cutoff,
+            limit
+        )
+        .execute(pool)
+        .await?
+        .rows_affected(),
+        "clicks" => sqlx::query!(
+            "delete from clicks where notification_id in
+                 (select notification_id from clicks where last_at < $1 limit $2)",
+            cutoff,
+            limit
+        )
+        .execute(pool)
+        .await?
+        .rows_affected(),
+        _ => crate::outbox::purge::purge_notifications(pool, cutoff, batch).await?,
+    };
+    Ok(done)
 }
 
 impl Purged {

@@ -171,29 +171,35 @@ pub async fn handle(
         return Ok(Handled::Known(effect));
     }
 
-    sqlx::query(
+    sqlx::query!(
         "insert into notification_events (notification_id, va_notify_id, status, status_reason, created_at,
              completed_at, sent_at, notification_type, provider, effect)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        id,
+        payload.id,
+        stored_text(Some(&payload.status)),
+        stored_text(payload.status_reason.as_deref()),
+        va_time(payload.created_at.as_deref()),
+        va_time(payload.completed_at.as_deref()),
+        va_time(payload.sent_at.as_deref()),
+        stored_text(payload.notification_type.as_deref()),
+        stored_text(payload.provider.as_deref()),
+        effect.as_str(),
     )
-    .bind(id)
-    .bind(payload.id)
-    .bind(stored_text(Some(&payload.status)))
-    .bind(stored_text(payload.status_reason.as_deref()))
-    .bind(va_time(payload.created_at.as_deref()))
-    .bind(va_time(payload.completed_at.as_deref()))
-    .bind(va_time(payload.sent_at.as_deref()))
-    .bind(stored_text(payload.notification_type.as_deref()))
-    .bind(stored_text(payload.provider.as_deref()))
-    .bind(effect.as_str())
     .execute(&mut *tx)
     .await?;
 
     let reason = stored_text(payload.status_reason.as_deref());
     let resend_delay = std::time::Duration::from_secs(config.resend_delay_seconds);
-    outbox::callbacks::apply_callback(&mut tx, id, effect, reason, payload.id, resend_delay).await?;
+    let applied = outbox::callbacks::apply_callback(&mut tx, id, effect, reason, payload.id, resend_delay).await?;
     tx.commit().await?;
-    count(effect);
+    if applied {
+        count(effect);
+    } else {
+        // The row is locked and `decide` read it, so only a rule in `decide` that the lifecycle does
+        // not allow gets here: the event is kept, the row left as it is.
+        tracing::error!(notification_id = %id, from = status.as_str(), effect = effect.as_str(), "callback effect refused by the lifecycle");
+    }
     Ok(Handled::Known(effect))
 }
 

@@ -130,7 +130,8 @@ fn sibling_database_url(configured: &str, name: &str) -> anyhow::Result<String> 
 async fn drop_database(config: &Config, name: &str) -> anyhow::Result<()> {
     let options = crate::db::connect_options(&config.database)?.database("postgres");
     let mut conn = options.connect().await?;
-    // The name is ours (`ebg_simulate_` + hex), so quoting it is enough.
+    // The name is ours (`ebg_simulate_` + hex), so quoting it is enough. An identifier cannot be a
+    // parameter, so this statement stays dynamic (not checked at build time).
     sqlx::query(&format!("drop database if exists \"{name}\" with (force)")).execute(&mut conn).await?;
     let _ = conn.close().await;
     Ok(())

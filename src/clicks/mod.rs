@@ -119,7 +119,7 @@ pub fn classify(is_head: bool, user_agent: Option<&str>, scanners: &[String]) ->
 #[tracing::instrument(skip_all, fields(kind))]
 pub async fn record(pool: &PgPool, notification_id: Uuid, kind: &'static str) -> Result<bool, sqlx::Error> {
     let counted = i32::from(kind == "counted");
-    let after: Option<i32> = sqlx::query_scalar(
+    let after: Option<i32> = sqlx::query_scalar!(
         "insert into clicks as c (notification_id, total, counted, first_counted_at)
          select $1, 1, $2, case when $2 > 0 then now() end
          where exists (select 1 from notifications where id = $1)
@@ -127,9 +127,9 @@ pub async fn record(pool: &PgPool, notification_id: Uuid, kind: &'static str) ->
              counted = c.counted + excluded.counted,
              first_counted_at = coalesce(c.first_counted_at, excluded.first_counted_at)
          returning counted",
+        notification_id,
+        counted,
     )
-    .bind(notification_id)
-    .bind(counted)
     .fetch_optional(pool)
     .await?;
     let first = counted == 1 && after == Some(1);

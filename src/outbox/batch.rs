@@ -322,11 +322,12 @@ async fn resolve_in_doubt(pool: PgPool, in_doubt: InDoubt, queue: mpsc::WeakSend
 async fn withdraw(pool: &PgPool, ids: Vec<Uuid>) -> Vec<Uuid> {
     let mut unresolved = Vec::new();
     for id in ids {
-        let answer: Result<String, _> =
-            sqlx::query_scalar("select resolution from withdraw_unacknowledged(array[$1]::uuid[])")
-                .bind(id)
-                .fetch_one(pool)
-                .await;
+        let answer = sqlx::query_scalar!(
+            r#"select resolution as "resolution!" from withdraw_unacknowledged(array[$1]::uuid[])"#,
+            id
+        )
+        .fetch_one(pool)
+        .await;
         let resolution = match answer.as_deref() {
             Ok("absent") => "absent",
             Ok("withdrawn") => "withdrawn",
@@ -400,28 +401,27 @@ async fn accept_many(
     let templates: Vec<Uuid> = batch.iter().map(|j| j.new.template_id).collect();
     let keys: Vec<Option<&str>> = batch.iter().map(|j| j.new.idempotency_key.as_deref()).collect();
     let enabled: Vec<bool> = batch.iter().map(|j| j.new.enabled).collect();
-    let rows: Vec<(i64, Uuid, String, bool, bool)> = sqlx::query_as(
-        "select r.ord, a.id, a.status, a.replayed, a.key_conflict
+    // The function's columns are never null (see `accept_notification` in migrations/).
+    let rows = sqlx::query!(
+        r#"select r.ord as "ord!", a.id as "id!", a.status as "status!", a.replayed as "replayed!",
+                  a.key_conflict as "key_conflict!"
          from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::bool[])
               with ordinality as r(id, channel, participant_id, template_id, idempotency_key, enabled, ord)
          cross join lateral accept_notification(r.id, r.channel, r.participant_id, r.template_id,
                                                 r.idempotency_key, r.enabled, $7) a
-         order by r.ord",
+         order by r.ord"#,
+        ids,
+        &channels as &[&str],
+        &participants as &[&str],
+        &templates,
+        &keys as &[Option<&str>],
+        &enabled,
+        pg_interval(duplicate_window),
     )
-    .bind(ids)
-    .bind(&channels)
-    .bind(&participants)
-    .bind(&templates)
-    .bind(&keys)
-    .bind(&enabled)
-    .bind(pg_interval(duplicate_window))
     .fetch_all(&mut *conn)
     .await?;
     if rows.len() != batch.len() {
         return Err(sqlx::Error::Protocol(format!("batched accept returned {} rows for {}", rows.len(), batch.len())));
     }
-    Ok(rows
-        .into_iter()
-        .map(|(_, id, status, replayed, key_conflict)| super::to_accepted(id, &status, replayed, key_conflict))
-        .collect())
+    Ok(rows.into_iter().map(|r| super::to_accepted(r.id, &r.status, r.replayed, r.key_conflict)).collect())
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::lifecycle::{Effect, Requeue, Status};
+use super::lifecycle::{self, Effect, Requeue, Status};
 
 /// A notification as a callback finds it, locked until the transaction ends.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -24,25 +24,34 @@ pub async fn lock_for_callback(
     reference: Option<Uuid>,
     va_id: Option<Uuid>,
 ) -> Result<Option<Locked>, sqlx::Error> {
-    let select = "select id, status, sends, va_notify_id from notifications";
     let mut row = None;
     if let Some(reference) = reference {
-        row = sqlx::query_as(&format!("{select} where id = $1 for update"))
-            .bind(reference)
-            .fetch_optional(&mut *conn)
-            .await?;
+        row = sqlx::query_as!(
+            Locked,
+            "select id, status, sends, va_notify_id from notifications where id = $1 for update",
+            reference
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
     }
     if let (None, Some(va_id)) = (&row, va_id) {
-        row = sqlx::query_as(&format!("{select} where va_notify_id = $1 limit 1 for update"))
-            .bind(va_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+        row = sqlx::query_as!(
+            Locked,
+            "select id, status, sends, va_notify_id from notifications where va_notify_id = $1 limit 1 for update",
+            va_id
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
     }
     Ok(row)
 }
 
 /// Applies `effect` to the locked notification `id`. `reason` is VA Notify's (stored trimmed),
 /// `va_notify_id` the callback's id, `resend_delay` `callbacks.resend_delay_seconds`.
+///
+/// Every statement is guarded by the lifecycle ([`lifecycle::sources`], [`Requeue`]): a row whose
+/// state does not allow the move is left as it is, and the answer is false (refused). [`Effect::Record`]
+/// and [`Effect::NotYet`] change nothing and answer true.
 pub async fn apply_callback(
     conn: &mut PgConnection,
     id: Uuid,
@@ -50,37 +59,40 @@ pub async fn apply_callback(
     reason: Option<String>,
     va_notify_id: Option<Uuid>,
     resend_delay: Duration,
-) -> Result<(), sqlx::Error> {
-    match effect {
+) -> Result<bool, sqlx::Error> {
+    let changed = match effect {
         Effect::Move(next) => {
-            sqlx::query(
+            let reason = if next == Status::Delivered { None } else { reason };
+            sqlx::query!(
                 "update notifications set status = $2, status_reason = $3, next_attempt_at = null, updated_at = now(),
                      delivered_at = case when $2 = 'delivered' then now() else delivered_at end,
                      va_notify_id = coalesce(va_notify_id, $4)
-                 where id = $1",
+                 where id = $1 and status = any($5)",
+                id,
+                next.as_str(),
+                reason,
+                va_notify_id,
+                &lifecycle::names(&lifecycle::sources(next)) as &[&str],
             )
-            .bind(id)
-            .bind(next.as_str())
-            .bind(if next == Status::Delivered { None } else { reason })
-            .bind(va_notify_id)
             .execute(conn)
-            .await?;
+            .await?
+            .rows_affected()
         }
         Effect::Resend => {
             // Same row, same reference; the worker's retry budget starts afresh for the new send.
-            super::requeue::requeue(conn, &[id], &Requeue::resend(reason, resend_delay)).await?;
+            super::requeue::requeue(conn, &[id], &Requeue::resend(reason, resend_delay)).await?.len() as u64
         }
-        Effect::Dead => {
-            sqlx::query(
-                "update notifications set status = 'dead', status_reason = $2, next_attempt_at = null, updated_at = now()
-                 where id = $1",
-            )
-            .bind(id)
-            .bind(reason)
-            .execute(conn)
-            .await?;
-        }
-        Effect::Record | Effect::NotYet => {}
-    }
-    Ok(())
+        Effect::Dead => sqlx::query!(
+            "update notifications set status = 'dead', status_reason = $2, next_attempt_at = null, updated_at = now()
+                 where id = $1 and status = any($3)",
+            id,
+            reason,
+            &lifecycle::names(&lifecycle::sources(Status::Dead)) as &[&str],
+        )
+        .execute(conn)
+        .await?
+        .rows_affected(),
+        Effect::Record | Effect::NotYet => return Ok(true),
+    };
+    Ok(changed > 0)
 }

@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::batch::spawn_writers;
+use super::lifecycle;
 use super::{CallRecord, Claimed, PriorCall, Transition, finish_try, prior_columns};
 
 /// Outcomes waiting for a writer; at most one per delivery slot is ever queued.
@@ -111,21 +112,24 @@ async fn finish_many(pool: &PgPool, batch: &[Job]) -> Result<Vec<Uuid>, sqlx::Er
         error_classes.push(job.call.as_ref().and_then(|c| c.error_class));
         call_va_ids.push(job.call.as_ref().and_then(|c| c.va_notify_id));
     }
-    sqlx::query_scalar(super::FINISH_MANY_SQL.as_str())
-        .bind(&ids)
-        .bind(&leases)
-        .bind(&statuses)
-        .bind(&reasons)
-        .bind(&next_at)
-        .bind(&va_ids)
-        .bind(&deltas)
-        .bind(&attempts)
-        .bind(&outcomes)
-        .bind(&http_statuses)
-        .bind(&error_classes)
-        .bind(&call_va_ids)
-        .bind(&prior_outcomes)
-        .bind(&prior_ids)
-        .fetch_all(pool)
-        .await
+    sqlx::query_file_scalar!(
+        "src/outbox/sql/finish.sql",
+        &ids,
+        &leases,
+        &statuses as &[&str],
+        &reasons as &[Option<&str>],
+        &next_at as &[Option<DateTime<Utc>>],
+        &va_ids as &[Option<Uuid>],
+        &deltas,
+        &attempts,
+        &outcomes as &[Option<&str>],
+        &http_statuses as &[Option<i32>],
+        &error_classes as &[Option<&str>],
+        &call_va_ids as &[Option<Uuid>],
+        &prior_outcomes as &[Option<&str>],
+        &prior_ids as &[Option<Uuid>],
+        &lifecycle::names(&lifecycle::OUTCOME_FROM) as &[&str],
+    )
+    .fetch_all(pool)
+    .await
 }

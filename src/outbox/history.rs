@@ -121,36 +121,40 @@ pub async fn history(
     hasher: &PiiHasher,
     reveal_participant: bool,
 ) -> Result<Option<NotificationHistory>, sqlx::Error> {
-    let row: Option<Row> = sqlx::query_as(
+    let row: Option<Row> = sqlx::query_as!(
+        Row,
         "select id, channel, template_id, status, status_reason, participant_id, duplicate_of, va_notify_id,
                 attempts, sends, created_at, updated_at, sent_at, delivered_at, next_attempt_at
          from notifications where id = $1",
+        id
     )
-    .bind(id)
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let attempts: Vec<Attempt> = sqlx::query_as(
-        "select attempt, started_at, finished_at,
-                (extract(epoch from finished_at - started_at) * 1000)::bigint as duration_ms,
+    let attempts: Vec<Attempt> = sqlx::query_as!(
+        Attempt,
+        r#"select attempt, started_at, finished_at,
+                (extract(epoch from finished_at - started_at) * 1000)::bigint as "duration_ms?",
                 outcome, http_status, error_class, va_notify_id
-         from notification_attempts where notification_id = $1 order by attempt",
+         from notification_attempts where notification_id = $1 order by attempt"#,
+        id
     )
-    .bind(id)
     .fetch_all(pool)
     .await?;
-    let callbacks: Vec<CallbackEvent> = sqlx::query_as(
+    let callbacks: Vec<CallbackEvent> = sqlx::query_as!(
+        CallbackEvent,
         "select received_at, status, status_reason, va_notify_id, effect, sent_at, completed_at, provider
          from notification_events where notification_id = $1 order by received_at, id",
+        id
     )
-    .bind(id)
     .fetch_all(pool)
     .await?;
-    let clicks: Option<Clicks> = sqlx::query_as(
+    let clicks: Option<Clicks> = sqlx::query_as!(
+        Clicks,
         "select total, counted as by_people, first_at, last_at, first_counted_at as first_by_person_at
          from clicks where notification_id = $1",
+        id
     )
-    .bind(id)
     .fetch_optional(pool)
     .await?;
     Ok(Some(NotificationHistory {

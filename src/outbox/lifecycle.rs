@@ -210,6 +210,16 @@ pub fn allowed(from: Status, to: Status) -> bool {
     }
 }
 
+/// The states in which a try's outcome may be written (the worker's finish statement refuses others):
+/// only a row a worker leased. Each outcome's move from here is [`allowed`] (a test checks).
+pub const OUTCOME_FROM: [Status; 1] = [Status::Sending];
+
+/// The states a row may move to `to` from, by [`allowed`]: what the statements that move a row to
+/// a fixed state bind as their `status = any(...)` guard, so a disallowed move changes nothing.
+pub fn sources(to: Status) -> Vec<Status> {
+    Status::ALL.into_iter().filter(|from| allowed(*from, to)).collect()
+}
+
 /// How many VA Notify calls a requeued row may make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Budget {
@@ -265,9 +275,10 @@ impl Requeue {
         Self { reason, at: Due::After(delay), budget: Budget::Fresh, from: vec![Status::Sent] }
     }
 
-    /// The stored names of [`Requeue::from`].
+    /// The stored names of [`Requeue::from`], less any state the lifecycle does not let requeue:
+    /// the requeue statement's guard.
     pub fn from_names(&self) -> Vec<&'static str> {
-        names(&self.from)
+        self.from.iter().filter(|s| allowed(**s, Status::Queued)).map(|s| s.as_str()).collect()
     }
 }
 
@@ -408,6 +419,19 @@ mod tests {
         }
         assert!(!allowed(Status::Delivered, Status::Queued));
         assert!(!allowed(Status::Delivered, Status::PermanentFailure));
+    }
+
+    #[test]
+    fn guards_follow_the_allowed_moves() {
+        for to in [Status::Sent, Status::RetryWait, Status::Queued, Status::Failed, Status::Dead, Status::Skipped] {
+            assert!(OUTCOME_FROM.iter().all(|from| allowed(*from, to)), "an outcome {to}");
+        }
+        assert!(!sources(Status::PermanentFailure).contains(&Status::Delivered));
+        assert!(sources(Status::Delivered).contains(&Status::Dead));
+        assert_eq!(sources(Status::Sending), [Status::Queued, Status::Sending, Status::RetryWait]);
+        let mut bogus = Requeue::release();
+        bogus.from.push(Status::Delivered);
+        assert_eq!(bogus.from_names(), ["suppressed"], "requeue never takes a delivered row");
     }
 
     #[test]

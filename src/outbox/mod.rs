@@ -126,60 +126,21 @@ pub async fn claim(
     lease: Duration,
     owner: Option<i32>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as(CLAIM_SQL.as_str())
-        .bind(limit)
-        .bind(pg_interval(lease))
-        .bind(owner)
-        .bind(owner::OWNER_LOCK_CLASS)
+    sqlx::query_file_as!(Claimed, "src/outbox/sql/claim.sql", limit, pg_interval(lease), owner, owner::OWNER_LOCK_CLASS)
         .fetch_all(pool)
         .await
 }
 
 /// Calls whose outcome is unknown: no answer was recorded (`in_flight`), or the call timed out or lost
-/// its connection after the request was sent. Kept in step with `notify::outcome_in_doubt`.
+/// its connection after the request was sent. Kept in step with `notify::outcome_in_doubt`; spelled
+/// out in `sql/claim.sql` and `sql/finish.sql` (a test pins both to this).
+#[cfg(test)]
 const IN_DOUBT_ATTEMPT: &str =
     "(a.outcome = 'in_flight' or (a.outcome = 'retryable' and a.error_class in ('timeout', 'transport')))";
 
-static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "with live_owners as materialized (
-             select l.objid::int8 as owner from pg_locks l
-             where l.locktype = 'advisory' and l.classid = $4::int4::oid and l.objsubid = 2 and l.granted
-               and l.database = (select oid from pg_database where datname = current_database())
-         ), orphaned as (
-             select id, next_attempt_at from notifications
-             where status = 'sending' and lease_owner is not null and next_attempt_at > now()
-               and lease_owner is distinct from $3
-               and lease_owner::int8 not in (select owner from live_owners)
-             limit $1
-             for update skip locked
-         ), due as (
-             select id, next_attempt_at from notifications
-             where status in {pending} and next_attempt_at <= now()
-             order by next_attempt_at
-             limit $1
-             for update skip locked
-         ), picked as (
-             select id from (select id, 0 as first, next_attempt_at from orphaned
-                             union all select id, 1, next_attempt_at from due) p
-             order by first, next_attempt_at
-             limit $1
-         ), claimed as (
-             update notifications n
-             set status = 'sending', lease_token = gen_random_uuid(), lease_owner = $3, attempts = n.attempts + 1,
-                 next_attempt_at = now() + $2, updated_at = now()
-             from picked where n.id = picked.id
-             returning n.id, n.participant_id, n.template_id, n.attempts, n.lease_token, n.sends, n.attempts_before_send
-         ), in_flight as (
-             insert into notification_attempts (notification_id, attempt) select id, attempts from claimed
-         )
-         select c.*, (select max(a.started_at) from notification_attempts a
-                      where a.notification_id = c.id and a.attempt > c.attempts_before_send
-                        and a.attempt < c.attempts and {IN_DOUBT_ATTEMPT}) as in_doubt_since
-         from claimed c",
-        pending = lifecycle::sql_list(&lifecycle::PENDING),
-    )
-});
+/// The claim statement's text, for the tests that pin it to the lifecycle.
+#[cfg(test)]
+const CLAIM_SQL: &str = include_str!("sql/claim.sql");
 
 /// How an earlier call whose outcome was unknown turned out, learned by looking it up.
 #[derive(Clone, Copy, Debug)]
@@ -252,56 +213,15 @@ impl Transition {
     }
 }
 
-/// Writes outcomes, fenced by lease tokens: each row and its attempt record change together, in
-/// one statement for any number of rows. `outcome` null means no VA Notify call was made (the
-/// in-flight record is then removed); `prior_outcome` closes earlier calls whose outcome was unknown.
-/// Returns the ids whose lease was still held (those written).
-static FINISH_MANY_SQL: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| FINISH_MANY_TEMPLATE.replace("IN_DOUBT", IN_DOUBT_ATTEMPT));
+/// The finish statement's text (`sql/finish.sql`): writes outcomes, fenced by lease tokens and by the
+/// lifecycle (a row must still be in [`lifecycle::OUTCOME_FROM`]): each row and its attempt record
+/// change together, in one statement for any number of rows. `outcome` null means no VA Notify call
+/// was made (the in-flight record is then removed); `prior_outcome` closes earlier calls whose outcome
+/// was unknown. Returns the ids whose lease was still held (those written).
+#[cfg(test)]
+const FINISH_SQL: &str = include_str!("sql/finish.sql");
 
-const FINISH_MANY_TEMPLATE: &str = "
-    with input as (
-        select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::uuid[],
-                             $7::int4[], $8::int4[], $9::text[], $10::int4[], $11::text[], $12::uuid[],
-                             $13::text[], $14::uuid[])
-            as i(id, lease_token, status, reason, next_attempt_at, va_notify_id, attempts_delta, attempt,
-                 outcome, http_status, error_class, call_va_notify_id, prior_outcome, prior_va_notify_id)
-    ), moved as (
-        update notifications n set
-            status = case when i.status = 'defer'
-                          then (case when n.attempts > 1 then 'retry_wait' else 'queued' end) else i.status end,
-            status_reason = i.reason,
-            next_attempt_at = i.next_attempt_at,
-            va_notify_id = coalesce(i.va_notify_id, n.va_notify_id),
-            sent_at = case when i.status = 'sent' then now() else n.sent_at end,
-            sends = n.sends + (case when i.status = 'sent' then 1 else 0 end),
-            attempts = n.attempts + i.attempts_delta,
-            lease_token = null,
-            lease_owner = null,
-            updated_at = now()
-        from input i
-        where n.id = i.id and n.lease_token = i.lease_token
-        returning n.id
-    ), resolved as (
-        update notification_attempts a set outcome = i.prior_outcome, finished_at = coalesce(a.finished_at, now()),
-            va_notify_id = coalesce(i.prior_va_notify_id, a.va_notify_id)
-        from input i
-        where a.notification_id = i.id and a.attempt < i.attempt and i.prior_outcome is not null
-          and i.id in (select id from moved) and IN_DOUBT
-    ), recorded as (
-        update notification_attempts a set finished_at = now(), outcome = i.outcome, http_status = i.http_status,
-            error_class = i.error_class, va_notify_id = i.call_va_notify_id
-        from input i
-        where a.notification_id = i.id and a.attempt = i.attempt and i.outcome is not null
-          and i.id in (select id from moved)
-    ), removed as (
-        delete from notification_attempts a using input i
-        where a.notification_id = i.id and a.attempt = i.attempt and i.outcome is null
-          and i.id in (select id from moved)
-    )
-    select id from moved";
-
-/// Writes the outcome of one try (see [`FINISH_MANY_SQL`]). Returns false if the lease was lost
+/// Writes the outcome of one try (`sql/finish.sql`). Returns false if the lease was lost
 /// (another worker reclaimed the row); nothing is written then and the caller drops its result.
 #[tracing::instrument(skip_all, fields(notification_id = %row.id))]
 pub async fn finish_try(
@@ -313,27 +233,30 @@ pub async fn finish_try(
 ) -> Result<bool, sqlx::Error> {
     let change = transition.row_change();
     let (prior_outcome, prior_id) = prior_columns(prior);
-    let written: Vec<Uuid> = sqlx::query_scalar(FINISH_MANY_SQL.as_str())
-        .bind(vec![row.id])
-        .bind(vec![row.lease_token])
-        .bind(vec![change.status])
-        .bind(vec![change.reason])
-        .bind(vec![change.next_attempt_at])
-        .bind(vec![change.va_notify_id])
-        .bind(vec![change.attempts_delta])
-        .bind(vec![row.attempts])
-        .bind(vec![call.map(|c| c.outcome)])
-        .bind(vec![call.and_then(|c| c.http_status.map(i32::from))])
-        .bind(vec![call.and_then(|c| c.error_class)])
-        .bind(vec![call.and_then(|c| c.va_notify_id)])
-        .bind(vec![prior_outcome])
-        .bind(vec![prior_id])
-        .fetch_all(pool)
-        .await?;
+    let written: Vec<Uuid> = sqlx::query_file_scalar!(
+        "src/outbox/sql/finish.sql",
+        &[row.id] as &[Uuid],
+        &[row.lease_token] as &[Uuid],
+        &[change.status] as &[&str],
+        &[change.reason] as &[Option<&str>],
+        &[change.next_attempt_at] as &[Option<DateTime<Utc>>],
+        &[change.va_notify_id] as &[Option<Uuid>],
+        &[change.attempts_delta] as &[i32],
+        &[row.attempts] as &[i32],
+        &[call.map(|c| c.outcome)] as &[Option<&str>],
+        &[call.and_then(|c| c.http_status.map(i32::from))] as &[Option<i32>],
+        &[call.and_then(|c| c.error_class)] as &[Option<&str>],
+        &[call.and_then(|c| c.va_notify_id)] as &[Option<Uuid>],
+        &[prior_outcome] as &[Option<&str>],
+        &[prior_id] as &[Option<Uuid>],
+        &lifecycle::names(&lifecycle::OUTCOME_FROM) as &[&str],
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(!written.is_empty())
 }
 
-/// The `prior_outcome` and `prior_va_notify_id` inputs of [`FINISH_MANY_SQL`].
+/// The `prior_outcome` and `prior_va_notify_id` inputs of the finish statement.
 fn prior_columns(prior: Option<PriorCall>) -> (Option<&'static str>, Option<Uuid>) {
     match prior {
         Some(PriorCall::Received(id)) => (Some("sent"), Some(id)),
@@ -345,25 +268,15 @@ fn prior_columns(prior: Option<PriorCall>) -> (Option<&'static str>, Option<Uuid
 /// Rows waiting for delivery by state, and the age of the oldest due one. Walks only the small
 /// partial index of pending rows, so it is cheap to run on every scrape.
 pub async fn queue_depth(pool: &PgPool) -> Result<(Vec<(String, i64)>, f64), sqlx::Error> {
-    let depth: Vec<(String, i64)> = sqlx::query_as(QUEUE_DEPTH_SQL.as_str()).fetch_all(pool).await?;
-    let oldest: Option<f64> = sqlx::query_scalar(OLDEST_DUE_SQL.as_str()).fetch_one(pool).await?;
+    let depth = sqlx::query_file!("src/outbox/sql/queue_depth.sql").fetch_all(pool).await?;
+    let depth = depth.into_iter().map(|r| (r.status, r.count)).collect();
+    let oldest = sqlx::query_file_scalar!("src/outbox/sql/oldest_due.sql").fetch_one(pool).await?;
     Ok((depth, oldest.unwrap_or(0.0).max(0.0)))
 }
 
-static QUEUE_DEPTH_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "select status, count(*) from notifications where status in {} group by status",
-        lifecycle::sql_list(&lifecycle::PENDING)
-    )
-});
-
-static OLDEST_DUE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "select extract(epoch from now() - min(next_attempt_at))::float8 from notifications
-         where status in {} and next_attempt_at <= now()",
-        lifecycle::sql_list(&lifecycle::PENDING)
-    )
-});
+/// The queue gauges' statements, for the tests that pin them to the lifecycle.
+#[cfg(test)]
+const QUEUE_SQL: [&str; 2] = [include_str!("sql/queue_depth.sql"), include_str!("sql/oldest_due.sql")];
 
 fn pg_interval(d: Duration) -> sqlx::postgres::types::PgInterval {
     // Whole microseconds, never a zero interval for a non-zero duration: a zero duplicate window would
@@ -371,4 +284,26 @@ fn pg_interval(d: Duration) -> sqlx::postgres::types::PgInterval {
     // (`Config::validate`) are far inside an i64 of microseconds; saturating only guards the type.
     let microseconds = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
     sqlx::postgres::types::PgInterval { months: 0, days: 0, microseconds }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lifecycle::{PENDING, sql_list};
+    use super::{CLAIM_SQL, FINISH_SQL, IN_DOUBT_ATTEMPT, QUEUE_SQL};
+
+    #[test]
+    fn statements_on_the_due_index_spell_pending_literally() {
+        // The planner proves the partial index predicate only from the same literal list.
+        let predicate = format!("status in {}", sql_list(&PENDING));
+        for sql in [CLAIM_SQL].iter().chain(&QUEUE_SQL) {
+            assert!(sql.contains(&predicate), "{sql}");
+        }
+    }
+
+    #[test]
+    fn claim_and_finish_agree_on_calls_in_doubt() {
+        for sql in [CLAIM_SQL, FINISH_SQL] {
+            assert!(sql.contains(IN_DOUBT_ATTEMPT), "{sql}");
+        }
+    }
 }

@@ -97,9 +97,7 @@ async fn try_lock_new(options: &PgConnectOptions, owner: &Owner) -> Option<PgCon
     // Ids are positive so they compare equal as oid (pg_locks.objid) and as integer.
     for _ in 0..8 {
         let id = rand::random::<i32>().checked_abs().unwrap_or(1).max(1);
-        let locked: Result<bool, _> = sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
-            .bind(OWNER_LOCK_CLASS)
-            .bind(id)
+        let locked = sqlx::query_scalar!(r#"select pg_try_advisory_lock($1, $2) as "locked!""#, OWNER_LOCK_CLASS, id)
             .fetch_one(&mut conn)
             .await;
         match locked {

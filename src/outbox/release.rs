@@ -28,25 +28,26 @@ pub async fn lock_suppressed(
     to: Option<DateTime<Utc>>,
     window: Duration,
 ) -> Result<Vec<Suppressed>, sqlx::Error> {
-    sqlx::query_as(
-        "select n.id, n.participant_id, n.template_id, n.created_at,
+    sqlx::query_as!(
+        Suppressed,
+        r#"select n.id, n.participant_id, n.template_id, n.created_at,
                 exists (
                     select 1 from notifications p
                     where p.participant_id = n.participant_id and p.template_id = n.template_id
                       and p.channel = n.channel and p.id <> n.id
                       and p.status not in ('suppressed', 'duplicate')
-                      and p.created_at > n.created_at - $4 and p.created_at < n.created_at + $4
-                ) as covered
+                      and p.created_at > n.created_at - $4::interval and p.created_at < n.created_at + $4::interval
+                ) as "covered!"
          from notifications n
          where n.status = 'suppressed' and n.channel = $1 and n.created_at >= $2
            and ($3::timestamptz is null or n.created_at < $3)
          order by n.created_at, n.id
-         for update of n",
+         for update of n"#,
+        channel,
+        from,
+        to,
+        super::pg_interval(window),
     )
-    .bind(channel)
-    .bind(from)
-    .bind(to)
-    .bind(window)
     .fetch_all(conn)
     .await
 }

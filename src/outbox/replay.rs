@@ -21,15 +21,15 @@ pub struct ReplayFilter {
 
 /// The ids a replay would requeue now, oldest first.
 pub async fn replay_candidates(pool: &PgPool, filter: &ReplayFilter) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "select id from notifications
          where status = $1 and ($2::timestamptz is null or created_at >= $2)
                and (cardinality($3::uuid[]) = 0 or id = any($3))
          order by created_at, id",
+        filter.status,
+        filter.since,
+        &filter.ids,
     )
-    .bind(&filter.status)
-    .bind(filter.since)
-    .bind(&filter.ids)
     .fetch_all(pool)
     .await
 }
@@ -63,13 +63,14 @@ pub struct Summary {
 
 /// The `failed` and `dead` notifications created since `since`, newest first, at most `limit`.
 pub async fn ended_since(pool: &PgPool, since: DateTime<Utc>, limit: i64) -> Result<Vec<Summary>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        Summary,
         "select id, status, status_reason, channel, template_id, attempts, created_at, updated_at
          from notifications where status in ('failed', 'dead') and created_at >= $1
          order by created_at desc limit $2",
+        since,
+        limit,
     )
-    .bind(since)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }

@@ -13,18 +13,18 @@ pub async fn requeue<'e>(
     ids: &[Uuid],
     requeue: &Requeue,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "update notifications set status = 'queued', status_reason = $3, updated_at = now(),
              next_attempt_at = now() + make_interval(secs => $4),
              attempts_before_send = case when $5 then attempts else attempts_before_send end
          where id = any($1) and status = any($2)
          returning id",
+        ids,
+        &requeue.from_names() as &[&str],
+        requeue.reason.as_deref(),
+        requeue.at.seconds(),
+        requeue.budget == Budget::Fresh,
     )
-    .bind(ids)
-    .bind(requeue.from_names())
-    .bind(requeue.reason.as_deref())
-    .bind(requeue.at.seconds())
-    .bind(requeue.budget == Budget::Fresh)
     .fetch_all(executor)
     .await
 }

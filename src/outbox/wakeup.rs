@@ -54,8 +54,7 @@ impl Wakeup {
         if due {
             let (pool, replica) = (self.inner.pool.clone(), self.inner.replica.clone());
             tokio::spawn(async move {
-                let sent =
-                    sqlx::query("select pg_notify($1, $2)").bind(DUE_CHANNEL).bind(&replica).execute(&pool).await;
+                let sent = sqlx::query!("select pg_notify($1, $2)", DUE_CHANNEL, replica).execute(&pool).await;
                 // A lost announcement only means the other replicas find the rows at their next poll.
                 if let Err(e) = sent {
                     tracing::debug!(error = %e, "could not announce queued notifications to other replicas");

@@ -267,10 +267,11 @@ impl Deliverer {
         }
         // A resend's earlier sends carry the same reference: only an id we do not know yet is news.
         let known: Vec<uuid::Uuid> = if row.sends > 0 {
-            sqlx::query_scalar(
-                "select va_notify_id from notification_attempts where notification_id = $1 and va_notify_id is not null",
+            sqlx::query_scalar!(
+                r#"select va_notify_id as "va_notify_id!" from notification_attempts
+                   where notification_id = $1 and va_notify_id is not null"#,
+                row.id
             )
-            .bind(row.id)
             .fetch_all(&self.pool)
             .await?
         } else {
@@ -361,6 +362,7 @@ impl Deliverer {
 const CLAIM_GATHER: Duration = Duration::from_millis(2);
 
 fn lease_lost() -> Result<(), sqlx::Error> {
+    // Also where the finish statement refused the move (the row is no longer `sending`).
     tracing::warn!("lease expired before the outcome was recorded; another worker owns the row now");
     Ok(())
 }

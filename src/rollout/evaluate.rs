@@ -15,164 +15,19 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{PgPool, Postgres};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{ACTOR, Mode, Plan, Record, RolloutError, State, audit_decision, count, lock_plan, log_decision};
-use crate::report::{self, Counts, Verdict};
+pub use super::plan::{Decision, Evidence, decide};
+use super::storage::{self, lock_plan, operator_changed_gates};
+use super::{ACTOR, Mode, Plan, Record, RolloutError, State, audit_decision, count, log_decision};
+use crate::report;
 use crate::toggles::format_percentage;
 use crate::toggles::store::{self, AuditContext, Change};
 
 /// Key of the advisory lock that elects the one evaluating replica.
 const EVALUATOR_LOCK: &str = "ebg_rollout/evaluator";
-
-/// What the evaluator decided for a plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decision {
-    /// The first stage was applied.
-    Start,
-    /// The stage passed: the next percentage applies.
-    Advance,
-    /// The last stage passed.
-    Complete,
-    /// The error rate broke the threshold with enough sample: the feature is paused (kill switch).
-    Pause,
-    /// The stage's dwell is not over yet.
-    Hold,
-    /// The dwell is over but the evidence is not enough to pass (too few sends, or clicks short of the
-    /// criterion): wait, never pass.
-    Halt,
-    /// An operator changed the gates; the plan stops acting.
-    Interrupted,
-    /// An operator resumed a paused plan.
-    Resume,
-    /// An operator aborted the plan.
-    Abort,
-}
-
-impl Decision {
-    /// The decision's name (the `decision` metric label).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::Advance => "advance",
-            Self::Complete => "complete",
-            Self::Pause => "pause",
-            Self::Hold => "hold",
-            Self::Halt => "halt",
-            Self::Interrupted => "interrupted",
-            Self::Resume => "resume",
-            Self::Abort => "abort",
-        }
-    }
-
-    /// The `feature_audit` operation recording it.
-    pub fn audit_operation(self) -> &'static str {
-        match self {
-            Self::Start => "rollout_start",
-            Self::Advance => "rollout_advance",
-            Self::Complete => "rollout_complete",
-            Self::Pause => "rollout_pause",
-            Self::Hold => "rollout_hold",
-            Self::Halt => "rollout_halt",
-            Self::Interrupted => "rollout_interrupted",
-            Self::Resume => "rollout_resume",
-            Self::Abort => "rollout_abort",
-        }
-    }
-}
-
-/// The numbers a stage is judged on, and the thresholds: recorded with every decision.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Evidence {
-    /// 0-based stage index, and how many stages the plan has.
-    pub stage: usize,
-    pub stages: usize,
-    pub percentage: f64,
-    /// The window counted: notifications requested in `[from, to)`.
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub dwell_seconds: i64,
-    pub min_dwell_seconds: u64,
-    pub min_sends: u64,
-    pub max_error_rate: f64,
-    /// failed / attempted, as in the rollout report.
-    pub error_rate: Option<f64>,
-    pub click_through_rate: Option<f64>,
-    pub previous_click_through_rate: Option<f64>,
-    pub min_ctr_ratio: Option<f64>,
-    #[serde(flatten)]
-    pub counts: Counts,
-}
-
-impl Evidence {
-    fn new(plan: &Plan, started: DateTime<Utc>, now: DateTime<Utc>, counts: Counts) -> Option<Self> {
-        let stage = plan.stage()?;
-        Some(Self {
-            stage: usize::try_from(plan.current_stage).ok()?,
-            stages: plan.stages.len(),
-            percentage: stage.percentage,
-            from: started,
-            to: now,
-            dwell_seconds: (now - started).num_seconds(),
-            min_dwell_seconds: stage.min_dwell_seconds,
-            min_sends: stage.min_sends,
-            max_error_rate: plan.max_error_rate,
-            error_rate: counts.error_rate(),
-            click_through_rate: counts.click_through_rate(),
-            previous_click_through_rate: plan.previous_ctr,
-            min_ctr_ratio: plan.min_ctr_ratio,
-            counts,
-        })
-    }
-
-    fn is_last_stage(&self) -> bool {
-        self.stage + 1 >= self.stages
-    }
-}
-
-/// Decides a running stage, with a fixed reason code. Pure: the unit tests state the rules.
-///
-/// The stage's verdict is the rollout report's ([`report::judge`] with the stage's `min_sends` as the
-/// minimum sample), so the report and the plan cannot disagree about a stage:
-///
-/// 1. FAIL (enough sample, error rate ≥ the threshold): **pause**, even before the dwell is over: a
-///    failing canary is stopped early.
-/// 2. Dwell not over: **hold**.
-/// 3. NOT ENOUGH DATA (too few attempted sends): **halt**; never pass. Passing also needs `min_sends`
-///    sends with a final outcome (delivered or failed): a send still awaiting its delivery status is no
-///    evidence of success yet, and may yet turn out a failure.
-/// 4. With `min_ctr_ratio` and a previous click-through rate above 0: no deliveries to measure clicks on,
-///    or a rate below ratio × previous: **halt**.
-/// 5. Otherwise the stage passed: **advance**, or **complete** after the last stage.
-pub fn decide(e: &Evidence) -> (Decision, &'static str) {
-    let verdict = report::judge(&e.counts, e.min_sends, e.max_error_rate);
-    if verdict == Verdict::Fail {
-        return (Decision::Pause, "error_rate_exceeded");
-    }
-    if e.dwell_seconds < 0 || (e.dwell_seconds as u64) < e.min_dwell_seconds {
-        return (Decision::Hold, "dwell_not_met");
-    }
-    if verdict == Verdict::NotEnoughData {
-        return (Decision::Halt, "insufficient_sample");
-    }
-    let settled = e.counts.delivered + e.counts.failed;
-    if u64::try_from(settled).map_or(true, |s| s < e.min_sends) {
-        return (Decision::Halt, "awaiting_delivery_status");
-    }
-    if let (Some(ratio), Some(previous)) = (e.min_ctr_ratio, e.previous_click_through_rate) {
-        if previous > 0.0 {
-            match e.click_through_rate {
-                None => return (Decision::Halt, "no_click_data"),
-                Some(ctr) if ctr < ratio * previous => return (Decision::Halt, "ctr_below_ratio"),
-                Some(_) => {}
-            }
-        }
-    }
-    if e.is_last_stage() { (Decision::Complete, "criteria_met") } else { (Decision::Advance, "criteria_met") }
-}
 
 /// One plan's decision in a pass.
 #[derive(Clone, Debug, Serialize)]
@@ -204,11 +59,7 @@ pub async fn evaluate_once(pool: &PgPool, now: DateTime<Utc>) -> Result<Evaluati
     let Some(lock) = EvaluatorLock::try_acquire(pool).await? else {
         return Ok(EvaluationRun { skipped: true, ..EvaluationRun::default() });
     };
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "select id from rollout_plans where state in ('pending', 'running', 'halted') order by created_at, id",
-    )
-    .fetch_all(pool)
-    .await?;
+    let ids = storage::evaluated_ids(pool).await?;
     let mut run = EvaluationRun::default();
     for id in ids {
         match evaluate_plan(pool, id, now).await {
@@ -268,17 +119,7 @@ async fn evaluate_plan(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<Op
         .ok_or(RolloutError::Invalid { field: "current_stage", detail: "the plan has no such stage" })?;
     let (decision, reason) = decide(&evidence);
     let evidence_json = serde_json::to_value(&evidence).unwrap_or(Value::Null);
-    let (state, change, next) = match decision {
-        Decision::Advance => {
-            let next = plan.current_stage + 1;
-            let pct = plan.next_stage().map(|s| s.percentage).unwrap_or(stage.percentage);
-            (State::Running, Some(Change::SetPercentageOfActors(pct)), Some(next))
-        }
-        Decision::Pause => (State::Paused, Some(Change::Pause), None),
-        Decision::Complete => (State::Completed, None, None),
-        Decision::Halt => (State::Halted, None, None),
-        _ => (State::Running, None, None),
-    };
+    let (state, change, next) = super::plan::after_decision(&plan, decision);
     let step = Step { decision, reason, state };
     finish(tx, &plan, step, change.as_ref(), next, &evidence_json, Some(evidence), &ctx, now).await.map(Some)
 }
@@ -336,25 +177,18 @@ async fn finish(
     } else {
         plan.previous_ctr
     };
-    sqlx::query(
-        "update rollout_plans set state = $2, current_stage = $3,
-             stage_started_at = case when $4 then $5 else stage_started_at end,
-             previous_ctr = $6, last_audit_id = greatest(last_audit_id, $7),
-             last_decision = $8, last_reason = $9, last_evaluation = $10, last_evaluated_at = $5, updated_at = $5
-         where id = $1",
-    )
-    .bind(plan.id)
-    .bind(state.as_str())
-    .bind(stage)
-    .bind(restart)
-    .bind(now)
-    .bind(previous_ctr)
-    .bind(audit_id)
-    .bind(decision.as_str())
-    .bind(reason)
-    .bind(evidence_json)
-    .execute(&mut *tx)
-    .await?;
+    let evaluated = storage::Evaluated {
+        state,
+        stage,
+        restart,
+        at: now,
+        previous_ctr,
+        audit_id,
+        decision: decision.as_str(),
+        reason,
+        evidence: evidence_json,
+    };
+    storage::save_evaluation(&mut tx, plan.id, &evaluated).await?;
     tx.commit().await?;
     count(decision, plan.mode);
     if !repeat {
@@ -371,18 +205,6 @@ async fn finish(
     Ok(Outcome { plan_id: plan.id, decision, reason, applied, state, evidence })
 }
 
-/// Whether a gate change was audited after the plan's last own row: someone else moved the gates.
-async fn operator_changed_gates(conn: &mut PgConnection, plan: &Plan) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "select exists (select 1 from feature_audit
-                        where feature_key = $1 and id > $2 and before is distinct from after)",
-    )
-    .bind(&plan.feature)
-    .bind(plan.last_audit_id)
-    .fetch_one(conn)
-    .await
-}
-
 /// The evaluator's election: a session-level advisory lock held on one pooled connection for one pass.
 struct EvaluatorLock {
     conn: Option<PoolConnection<Postgres>>,
@@ -391,19 +213,13 @@ struct EvaluatorLock {
 impl EvaluatorLock {
     async fn try_acquire(pool: &PgPool) -> Result<Option<Self>, sqlx::Error> {
         let mut conn = pool.acquire().await?;
-        let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(EVALUATOR_LOCK)
-            .fetch_one(&mut *conn)
-            .await?;
+        let locked = storage::try_session_lock(&mut conn, EVALUATOR_LOCK).await?;
         Ok(locked.then_some(Self { conn: Some(conn) }))
     }
 
     async fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
-            let unlocked: Result<bool, _> = sqlx::query_scalar("select pg_advisory_unlock(hashtextextended($1, 0))")
-                .bind(EVALUATOR_LOCK)
-                .fetch_one(&mut *conn)
-                .await;
+            let unlocked = storage::session_unlock(&mut conn, EVALUATOR_LOCK).await;
             if !matches!(unlocked, Ok(true)) {
                 // Never hand a connection that may still hold the lock back to the pool: closing it is
                 // what releases a session lock for certain.
@@ -438,83 +254,6 @@ pub async fn run(pool: PgPool, interval: Duration, cancel: CancellationToken) {
         };
         if let Err(e) = pass {
             tracing::warn!(error = %e, "rollout evaluation pass failed; retrying on the next tick");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn evidence(attempted: i64, failed: i64, dwell_seconds: i64) -> Evidence {
-        let counts = Counts { attempted, failed, delivered: attempted - failed, ..Counts::default() };
-        let now = Utc::now();
-        Evidence {
-            stage: 0,
-            stages: 5,
-            percentage: 2.0,
-            from: now - chrono::Duration::seconds(dwell_seconds),
-            to: now,
-            dwell_seconds,
-            min_dwell_seconds: 3600,
-            min_sends: 100,
-            max_error_rate: 0.05,
-            error_rate: counts.error_rate(),
-            click_through_rate: counts.click_through_rate(),
-            previous_click_through_rate: None,
-            min_ctr_ratio: None,
-            counts,
-        }
-    }
-
-    #[test]
-    fn a_stage_that_meets_dwell_sample_and_criteria_advances() {
-        assert_eq!(decide(&evidence(100, 4, 3600)), (Decision::Advance, "criteria_met"));
-        let last = Evidence { stage: 4, ..evidence(100, 0, 3600) };
-        assert_eq!(decide(&last), (Decision::Complete, "criteria_met"));
-    }
-
-    #[test]
-    fn a_failing_stage_with_enough_sample_pauses_even_before_its_dwell() {
-        assert_eq!(decide(&evidence(100, 6, 10)), (Decision::Pause, "error_rate_exceeded"));
-        // At the threshold the report says FAIL ("below 5%" is the criterion), so it pauses too.
-        assert_eq!(decide(&evidence(100, 5, 3600)), (Decision::Pause, "error_rate_exceeded"));
-    }
-
-    #[test]
-    fn too_little_data_never_passes() {
-        assert_eq!(decide(&evidence(0, 0, 3600)), (Decision::Halt, "insufficient_sample"));
-        assert_eq!(decide(&evidence(99, 0, 86_400)), (Decision::Halt, "insufficient_sample"));
-        // Even a terrible small sample only halts: it is not enough evidence to pause either.
-        assert_eq!(decide(&evidence(10, 10, 3600)), (Decision::Halt, "insufficient_sample"));
-        assert_eq!(decide(&evidence(10, 0, 60)), (Decision::Hold, "dwell_not_met"));
-        // 100 sent, but only 99 know their outcome: the last one may still fail.
-        let mut waiting = evidence(100, 0, 3600);
-        waiting.counts.delivered = 99;
-        assert_eq!(decide(&waiting), (Decision::Halt, "awaiting_delivery_status"));
-    }
-
-    #[test]
-    fn the_click_through_criterion_compares_with_the_previous_stage() {
-        let mut e = evidence(100, 0, 3600);
-        e.counts.unique_clicks = 30;
-        e.click_through_rate = e.counts.click_through_rate();
-        e.previous_click_through_rate = Some(0.4);
-        e.min_ctr_ratio = Some(0.8);
-        assert_eq!(decide(&e), (Decision::Halt, "ctr_below_ratio"));
-        e.counts.unique_clicks = 33;
-        e.click_through_rate = e.counts.click_through_rate();
-        assert_eq!(decide(&e), (Decision::Advance, "criteria_met"));
-        e.previous_click_through_rate = Some(0.0);
-        e.counts.unique_clicks = 0;
-        e.click_through_rate = Some(0.0);
-        assert_eq!(decide(&e), (Decision::Advance, "criteria_met"), "no yardstick without previous clicks");
-    }
-
-    #[test]
-    fn audit_operations_are_prefixed() {
-        for d in [Decision::Advance, Decision::Pause, Decision::Hold] {
-            assert_eq!(d.audit_operation(), format!("rollout_{}", d.as_str()));
         }
     }
 }

@@ -102,8 +102,7 @@ impl Toggles {
     /// Registers the features this service uses, off, if they are not there yet.
     pub async fn register_known_features(pool: &PgPool) -> Result<(), sqlx::Error> {
         for key in KNOWN_FEATURES {
-            sqlx::query("insert into flipper_features (key) values ($1) on conflict (key) do nothing")
-                .bind(key)
+            sqlx::query!("insert into flipper_features (key) values ($1) on conflict (key) do nothing", key)
                 .execute(pool)
                 .await?;
         }

@@ -84,7 +84,7 @@ pub async fn release_suppressed(
     let toggle = snapshot.features.get(&request.feature).cloned().unwrap_or_default();
 
     let mut tx = pool.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended('ebg_release_suppressed', 0))")
+    sqlx::query!("select pg_advisory_xact_lock(hashtextextended('ebg_release_suppressed', 0))")
         .execute(&mut *tx)
         .await?;
     let rows = crate::outbox::release::lock_suppressed(

@@ -419,8 +419,7 @@ fn validate(feature: &str, change: &Change) -> Result<(), StoreError> {
 
 /// Serialises writers of one feature until the transaction ends.
 pub(crate) async fn lock_feature(conn: &mut PgConnection, feature: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended('ebg_toggles/' || $1, 0))")
-        .bind(feature)
+    sqlx::query!("select pg_advisory_xact_lock(hashtextextended('ebg_toggles/' || $1, 0))", feature)
         .execute(conn)
         .await?;
     Ok(())
@@ -429,8 +428,7 @@ pub(crate) async fn lock_feature(conn: &mut PgConnection, feature: &str) -> Resu
 async fn write(conn: &mut PgConnection, feature: &str, change: &Change, ctx: &AuditContext) -> Result<(), sqlx::Error> {
     // Flipper's `Feature#enable`/`#disable` call `adapter.add` first: every gate write registers the feature.
     if !matches!(change, Change::RemoveFeature | Change::Clear | Change::Pause | Change::Resume) {
-        sqlx::query("insert into flipper_features (key) values ($1) on conflict (key) do nothing")
-            .bind(feature)
+        sqlx::query!("insert into flipper_features (key) values ($1) on conflict (key) do nothing", feature)
             .execute(&mut *conn)
             .await?;
     }
@@ -438,11 +436,8 @@ async fn write(conn: &mut PgConnection, feature: &str, change: &Change, ctx: &Au
         Change::AddFeature => {}
         Change::RemoveFeature => {
             delete_gates(conn, feature, None).await?;
-            sqlx::query("delete from feature_controls where feature_key = $1")
-                .bind(feature)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("delete from flipper_features where key = $1").bind(feature).execute(&mut *conn).await?;
+            sqlx::query!("delete from feature_controls where feature_key = $1", feature).execute(&mut *conn).await?;
+            sqlx::query!("delete from flipper_features where key = $1", feature).execute(&mut *conn).await?;
         }
         Change::Clear | Change::DisableBoolean => delete_gates(conn, feature, None).await?,
         Change::EnableBoolean => {
@@ -456,12 +451,14 @@ async fn write(conn: &mut PgConnection, feature: &str, change: &Change, ctx: &Au
         }
         Change::AddActor(id) => insert_gate(conn, feature, gate_key::ACTORS, id).await?,
         Change::RemoveActor(id) => {
-            sqlx::query("delete from flipper_gates where feature_key = $1 and key = $2 and value = $3")
-                .bind(feature)
-                .bind(gate_key::ACTORS)
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query!(
+                "delete from flipper_gates where feature_key = $1 and key = $2 and value = $3",
+                feature,
+                gate_key::ACTORS,
+                id
+            )
+            .execute(&mut *conn)
+            .await?;
         }
         Change::Restore { snapshot, .. } => {
             for key in
@@ -497,39 +494,37 @@ async fn set_paused(
     paused: bool,
     ctx: &AuditContext,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "insert into feature_controls (feature_key, paused, reason, changed_by, changed_at)
          values ($1, $2, $3, $4, now())
          on conflict (feature_key) do update
          set paused = excluded.paused, reason = excluded.reason, changed_by = excluded.changed_by,
              changed_at = excluded.changed_at",
+        feature,
+        paused,
+        ctx.reason.as_deref(),
+        ctx.actor,
     )
-    .bind(feature)
-    .bind(paused)
-    .bind(ctx.reason.as_deref())
-    .bind(&ctx.actor)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
 async fn delete_gates(conn: &mut PgConnection, feature: &str, key: Option<&str>) -> Result<(), sqlx::Error> {
-    sqlx::query("delete from flipper_gates where feature_key = $1 and ($2::text is null or key = $2)")
-        .bind(feature)
-        .bind(key)
+    sqlx::query!("delete from flipper_gates where feature_key = $1 and ($2::text is null or key = $2)", feature, key)
         .execute(conn)
         .await?;
     Ok(())
 }
 
 async fn insert_gate(conn: &mut PgConnection, feature: &str, key: &str, value: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "insert into flipper_gates (feature_key, key, value) values ($1, $2, $3)
          on conflict (feature_key, key, value) do nothing",
+        feature,
+        key,
+        value
     )
-    .bind(feature)
-    .bind(key)
-    .bind(value)
     .execute(conn)
     .await?;
     Ok(())
@@ -564,21 +559,21 @@ pub(crate) async fn insert_audit(
 }
 
 async fn insert_audit_row(conn: &mut PgConnection, row: &AuditRow<'_>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "insert into feature_audit (feature_key, operation, gate, value, before, after, actor, reason, request_id, at)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, now()))
          returning id",
+        row.feature,
+        row.operation,
+        row.gate,
+        row.value,
+        row.before.audit_snapshot(),
+        row.after.audit_snapshot(),
+        row.ctx.actor,
+        row.ctx.reason.as_deref(),
+        row.ctx.request_id.as_deref(),
+        row.at,
     )
-    .bind(row.feature)
-    .bind(row.operation)
-    .bind(row.gate)
-    .bind(row.value)
-    .bind(row.before.audit_snapshot())
-    .bind(row.after.audit_snapshot())
-    .bind(&row.ctx.actor)
-    .bind(row.ctx.reason.as_deref())
-    .bind(row.ctx.request_id.as_deref())
-    .bind(row.at)
     .fetch_one(conn)
     .await
 }
@@ -586,22 +581,19 @@ async fn insert_audit_row(conn: &mut PgConnection, row: &AuditRow<'_>) -> Result
 /// Whether `feature` is registered, and its gates and kill switch (gates are read even for an
 /// unregistered key, as Flipper does).
 pub(crate) async fn fetch(conn: &mut PgConnection, feature: &str) -> Result<(bool, FeatureRecord), sqlx::Error> {
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from flipper_features where key = $1)")
-        .bind(feature)
-        .fetch_one(&mut *conn)
-        .await?;
-    let rows: Vec<(String, Option<String>)> =
-        sqlx::query_as("select key, value from flipper_gates where feature_key = $1 order by id")
-            .bind(feature)
-            .fetch_all(&mut *conn)
+    let exists =
+        sqlx::query_scalar!(r#"select exists (select 1 from flipper_features where key = $1) as "exists!""#, feature)
+            .fetch_one(&mut *conn)
             .await?;
-    let paused: Option<bool> = sqlx::query_scalar("select paused from feature_controls where feature_key = $1")
-        .bind(feature)
+    let rows = sqlx::query!("select key, value from flipper_gates where feature_key = $1 order by id", feature)
+        .fetch_all(&mut *conn)
+        .await?;
+    let paused = sqlx::query_scalar!("select paused from feature_controls where feature_key = $1", feature)
         .fetch_optional(&mut *conn)
         .await?;
     let mut record = FeatureRecord::empty(feature);
-    for (gate, value) in rows {
-        record.apply_gate_row(&gate, value);
+    for row in rows {
+        record.apply_gate_row(&row.key, row.value);
     }
     record.paused = paused.unwrap_or(false);
     Ok((exists, record))
@@ -635,20 +627,28 @@ type AllRows = (Vec<String>, Vec<(String, String, Option<String>)>, Vec<(String,
 /// Reads the three tables in one repeatable-read transaction, so a snapshot never mixes two states.
 async fn read_all(pool: &PgPool) -> Result<AllRows, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read read only").execute(&mut *tx).await?;
-    let features = sqlx::query_scalar("select key from flipper_features").fetch_all(&mut *tx).await?;
-    let gates =
-        sqlx::query_as("select feature_key, key, value from flipper_gates order by id").fetch_all(&mut *tx).await?;
-    let controls = sqlx::query_as("select feature_key, paused from feature_controls").fetch_all(&mut *tx).await?;
+    sqlx::query!("set transaction isolation level repeatable read read only").execute(&mut *tx).await?;
+    let features = sqlx::query_scalar!("select key from flipper_features").fetch_all(&mut *tx).await?;
+    let gates = sqlx::query!("select feature_key, key, value from flipper_gates order by id")
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| (r.feature_key, r.key, r.value))
+        .collect();
+    let controls = sqlx::query!("select feature_key, paused from feature_controls")
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| (r.feature_key, r.paused))
+        .collect();
     tx.commit().await?;
     Ok((features, gates, controls))
 }
 
 /// Every feature's description (set in the console), by key.
 pub async fn descriptions(pool: &PgPool) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("select feature_key, description from feature_descriptions").fetch_all(pool).await?;
-    Ok(rows.into_iter().collect())
+    let rows = sqlx::query!("select feature_key, description from feature_descriptions").fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|r| (r.feature_key, r.description)).collect())
 }
 
 /// Sets a registered feature's description (blank removes it) and records a `describe` audit row
@@ -661,17 +661,17 @@ pub async fn describe(pool: &PgPool, feature: &str, description: &str, ctx: &Aud
     }
     let description = description.trim();
     if description.is_empty() {
-        sqlx::query("delete from feature_descriptions where feature_key = $1").bind(feature).execute(&mut *tx).await?;
+        sqlx::query!("delete from feature_descriptions where feature_key = $1", feature).execute(&mut *tx).await?;
     } else {
-        sqlx::query(
+        sqlx::query!(
             "insert into feature_descriptions (feature_key, description, updated_by, updated_at)
              values ($1, $2, $3, now())
              on conflict (feature_key) do update
              set description = excluded.description, updated_by = excluded.updated_by, updated_at = now()",
+            feature,
+            description,
+            ctx.actor,
         )
-        .bind(feature)
-        .bind(description)
-        .bind(&ctx.actor)
         .execute(&mut *tx)
         .await?;
     }
@@ -683,12 +683,13 @@ pub async fn describe(pool: &PgPool, feature: &str, description: &str, ctx: &Aud
 
 /// One audit row of `feature`, by id.
 pub async fn audit_entry(pool: &PgPool, feature: &str, id: i64) -> Result<Option<AuditEntry>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        AuditEntry,
         "select id, at, feature_key, operation, gate, value, before, after, actor, reason, request_id
          from feature_audit where feature_key = $1 and id = $2",
+        feature,
+        id
     )
-    .bind(feature)
-    .bind(id)
     .fetch_optional(pool)
     .await
 }
@@ -700,16 +701,17 @@ pub async fn audit_log(
     limit: i64,
     before_id: Option<i64>,
 ) -> Result<Vec<AuditEntry>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        AuditEntry,
         "select id, at, feature_key, operation, gate, value, before, after, actor, reason, request_id
          from feature_audit
          where feature_key = $1 and ($2::bigint is null or id < $2)
          order by id desc
          limit $3",
+        feature,
+        before_id,
+        limit
     )
-    .bind(feature)
-    .bind(before_id)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }

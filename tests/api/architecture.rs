@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// Every `.rs` file under `dir`, with its text.
+/// Every `.rs` and `.sql` file under `dir` (statements live in both: `query_file!`), with its text.
 fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
@@ -11,7 +11,7 @@ fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "sql") {
                 let text = std::fs::read_to_string(&path).unwrap();
                 found.push((path, text));
             }
@@ -142,4 +142,14 @@ fn handlers_depend_on_the_state_not_on_the_composition_root() {
         }
     }
     assert!(offenders.is_empty(), "http/ and console/ use crate::state, not app or cli:\n{}", offenders.join("\n"));
+}
+
+#[test]
+fn the_rule_modules_need_no_database() {
+    // The lifecycle and the rollout plan rules are unit-tested without PostgreSQL; their statements live
+    // beside them (src/outbox/*, src/rollout/storage.rs).
+    for module in ["outbox/lifecycle.rs", "rollout/plan.rs"] {
+        let text = std::fs::read_to_string(src().join(module)).unwrap();
+        assert!(!text.contains("sqlx") && !text.contains("PgPool"), "{module} must not touch the database");
+    }
 }

@@ -17,6 +17,7 @@ mod fuzz;
 mod helpers;
 mod history;
 mod hostile_input;
+mod lifecycle;
 mod metrics;
 mod mpi_client;
 mod notify_channels;
