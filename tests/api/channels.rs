@@ -393,3 +393,31 @@ async fn the_duplicate_window_applies_per_channel() {
     let metrics = w.app.metrics().await;
     assert!(metrics.contains(r#"ebg_requests_total{api="send_push",outcome="duplicate"}"#), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_push_whose_call_was_in_flight_at_a_crash_is_sent_again_at_least_once() {
+    let w = wired().await;
+    enable(&w.app, PUSH_FEATURE).await;
+    let push = single(post(&w.app, PUSH_PATH, PARTICIPANT_ID, json!({"template_id": PUSH_TEMPLATE}), None).await).await;
+    // A worker claims it (the claim writes the in_flight attempt) and dies before recording anything.
+    let claimed = ebg_notify::outbox::claim(&w.app.db, 1, std::time::Duration::from_secs(60), None).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    sqlx::query("update notifications set next_attempt_at = now() where id = $1")
+        .bind(push)
+        .execute(&w.app.db)
+        .await
+        .unwrap();
+
+    w.app.deliver_all().await;
+
+    assert_eq!(row(&w.app, push).await.1, "sent");
+    let outcomes: Vec<String> =
+        sqlx::query_scalar("select outcome from notification_attempts where notification_id = $1 order by attempt")
+            .bind(push)
+            .fetch_all(&w.app.db)
+            .await
+            .unwrap();
+    assert_eq!(outcomes, ["unverifiable", "sent"], "no lookup by reference for a push: sent again");
+    assert_eq!(w.notify.requests_to(Endpoint::Push).len(), 1);
+    assert_eq!(w.notify.lookups_total(), 0, "pushes are never looked up");
+}
