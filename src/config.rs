@@ -979,6 +979,17 @@ mod tests {
     }
 
     #[test]
+    fn production_refuses_sandbox_mpi_and_a_missing_push_key() {
+        let err = Config::load_from(env(&[("EBG_PROFILE", "production"), ("EBG_MPI__MODE", "sandbox")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("mpi.mode: production refuses `sandbox`"), "{text}");
+        assert!(text.contains("notify.push_api_key: required in production"), "{text}");
+        // The production profile itself asks for MPI FHIR, so its settings are required.
+        let err = Config::load_from(env(&[("EBG_PROFILE", "production")])).unwrap_err().to_string();
+        assert!(err.contains("mpi.url") && !err.contains("mpi.mode: production refuses"), "{err}");
+    }
+
+    #[test]
     fn the_database_target_leaves_out_credentials() {
         let c = Config::load_from(env(&[(
             "EBG_DATABASE__URL",

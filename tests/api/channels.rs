@@ -421,3 +421,23 @@ async fn a_push_whose_call_was_in_flight_at_a_crash_is_sent_again_at_least_once(
     assert_eq!(w.notify.requests_to(Endpoint::Push).len(), 1);
     assert_eq!(w.notify.lookups_total(), 0, "pushes are never looked up");
 }
+
+#[tokio::test]
+async fn the_participant_keyed_email_toggle_is_decided_at_accept_for_the_email_part_only() {
+    let w = wired().await;
+    sqlx::query("delete from flipper_gates where feature_key = 'event_bus_gateway_emails_enabled'")
+        .execute(&w.app.db)
+        .await
+        .unwrap();
+    w.app.state.toggles.refresh().await.unwrap();
+    enable(&w.app, SMS_FEATURE).await;
+    let body = json!({"email_template_id": TEMPLATE_ID, "sms_template_id": SMS_TEMPLATE});
+    let answered = channels(post(&w.app, ALL_PATH, PARTICIPANT_ID, body, None).await).await;
+    assert_eq!(answered[0].2, "suppressed", "email toggle off: recorded suppressed at accept, as send_email does");
+    assert_eq!(answered[1].2, "queued");
+    w.app.deliver_all().await;
+    assert_eq!(row(&w.app, answered[0].1).await.2.as_deref(), Some("toggle_disabled"));
+    assert_eq!(row(&w.app, answered[1].1).await.1, "sent");
+    assert!(w.notify.requests_to(Endpoint::Email).is_empty());
+    assert_eq!(w.notify.requests_to(Endpoint::Sms).len(), 1);
+}
