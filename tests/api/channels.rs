@@ -441,3 +441,26 @@ async fn the_participant_keyed_email_toggle_is_decided_at_accept_for_the_email_p
     assert!(w.notify.requests_to(Endpoint::Email).is_empty());
     assert_eq!(w.notify.requests_to(Endpoint::Sms).len(), 1);
 }
+
+#[tokio::test]
+async fn mpi_outages_are_retried_and_deceased_veterans_are_never_notified() {
+    let w = wired().await;
+    enable(&w.app, SMS_FEATURE).await;
+    enable(&w.app, PUSH_FEATURE).await;
+    const DECEASED: &str = "600088888";
+    w.mpi.add_deceased(DECEASED, "1098765432V654321", "2025-06-01");
+    let push = single(post(&w.app, PUSH_PATH, DECEASED, json!({"template_id": PUSH_TEMPLATE}), None).await).await;
+    w.app.deliver_all().await;
+    let (_, status, reason, ..) = row(&w.app, push).await;
+    assert_eq!((status.as_str(), reason.as_deref()), ("skipped", Some("deceased")));
+
+    // A 503 from MPI is a retry (backoff is 0 in tests), then the SMS goes.
+    w.mpi.script([ebg_testkit::mpi::MpiReply::Status(503)]);
+    let sms = single(post(&w.app, SMS_PATH, PARTICIPANT_ID, json!({"template_id": SMS_TEMPLATE}), None).await).await;
+    assert_eq!(w.app.deliver_due().await, 1);
+    assert_eq!(row(&w.app, sms).await.1, "retry_wait");
+    w.app.deliver_all().await;
+    assert_eq!(row(&w.app, sms).await.1, "sent");
+    assert!(w.notify.requests_to(Endpoint::Push).is_empty());
+    assert_eq!(w.notify.requests_to(Endpoint::Sms).len(), 1);
+}
