@@ -644,6 +644,16 @@ impl Config {
         if self.profile == Profile::Production {
             check(self.notify.mode == NotifyMode::Live, "notify.mode: production refuses `sandbox`");
             check(self.contacts.mode == ContactsMode::Bgs, "contacts.mode: production refuses `sandbox`");
+            // SMS and push are switched on by toggles, at run time: production must be able to serve them
+            // whenever a toggle opens, so MPI and the push key are required up front.
+            check(
+                self.mpi.mode == MpiMode::Fhir,
+                "mpi.mode: production refuses `sandbox` (SMS and push need real ICNs)",
+            );
+            check(
+                !self.notify.push_api_key.is_empty(),
+                "notify.push_api_key: required in production (EBG_NOTIFY__PUSH_API_KEY)",
+            );
             check(
                 !self.auth.public_key_path.contains("config/dev/")
                     && !self.auth.public_key_path.starts_with(BUILTIN_KEY_PREFIX),
@@ -1162,11 +1172,27 @@ mod tests {
         let err =
             Config::load_from(env(&[("EBG_PROFILE", "production"), ("EBG_NOTIFY__MODE", "sandbox")])).unwrap_err();
         let text = err.to_string();
-        for needle in
-            ["notify.mode", "auth.public_key_path", "notify.callback_token", "admin.token", "telemetry.pii_hash_key"]
-        {
+        for needle in [
+            "notify.mode",
+            "auth.public_key_path",
+            "notify.callback_token",
+            "admin.token",
+            "telemetry.pii_hash_key",
+            "notify.push_api_key",
+        ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
+    }
+
+    #[test]
+    fn production_refuses_sandbox_mpi_and_a_missing_push_key() {
+        let err = Config::load_from(env(&[("EBG_PROFILE", "production"), ("EBG_MPI__MODE", "sandbox")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("mpi.mode: production refuses `sandbox`"), "{text}");
+        assert!(text.contains("notify.push_api_key: required in production"), "{text}");
+        // The production profile itself asks for MPI FHIR, so its settings are required.
+        let err = Config::load_from(env(&[("EBG_PROFILE", "production")])).unwrap_err().to_string();
+        assert!(err.contains("mpi.url") && !err.contains("mpi.mode: production refuses"), "{err}");
     }
 
     #[test]

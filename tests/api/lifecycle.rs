@@ -18,7 +18,7 @@ async fn row_in(app: &TestApp, status: &str) -> Claimed {
     sqlx::query(
         "insert into notifications (id, channel, participant_id, template_id, status, attempts, sends, lease_token,
              va_notify_id)
-         values ($1, 'email', '796111863', $2::uuid, $3, 1, 1, $4, gen_random_uuid())",
+         values ($1, 'email', '796111863', $2, $3, 1, 1, $4, gen_random_uuid())",
     )
     .bind(id)
     .bind(TEMPLATE_ID)
@@ -34,8 +34,9 @@ async fn row_in(app: &TestApp, status: &str) -> Claimed {
         .unwrap();
     Claimed {
         id,
+        channel: "email".into(),
         participant_id: "796111863".into(),
-        template_id: TEMPLATE_ID.parse().unwrap(),
+        template_id: TEMPLATE_ID.into(),
         attempts: 1,
         lease_token,
         sends: 1,

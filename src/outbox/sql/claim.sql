@@ -27,11 +27,11 @@ with live_owners as materialized (
     set status = 'sending', lease_token = gen_random_uuid(), lease_owner = $3, attempts = n.attempts + 1,
         next_attempt_at = now() + $2::interval, updated_at = now()
     from picked where n.id = picked.id
-    returning n.id, n.participant_id, n.template_id, n.attempts, n.lease_token, n.sends, n.attempts_before_send
+    returning n.id, n.channel, n.participant_id, n.template_id, n.attempts, n.lease_token, n.sends, n.attempts_before_send
 ), in_flight as (
     insert into notification_attempts (notification_id, attempt) select id, attempts from claimed
 )
-select c.id as "id!", c.participant_id as "participant_id!", c.template_id as "template_id!",
+select c.id as "id!", c.channel as "channel!", c.participant_id as "participant_id!", c.template_id as "template_id!",
        c.attempts as "attempts!", c.lease_token as "lease_token!", c.sends as "sends!",
        c.attempts_before_send as "attempts_before_send!",
        (select max(a.started_at) from notification_attempts a
