@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AdminTokens, ServiceAccountVerifier};
 use crate::clicks::ClickLinks;
-use crate::config::{Config, ContactsMode, NotifyMode};
-use crate::contacts::Contacts;
+use crate::config::{Config, ContactsMode, MpiMode, NotifyMode};
+use crate::contacts::{Contacts, Mpi};
 use crate::notify::{NotifyClient, SandboxCallback};
 use crate::outbox::worker::Deliverer;
 use crate::outbox::{AcceptLimits, AcceptQueue, Wakeup};
@@ -33,6 +33,8 @@ pub enum StartupError {
     Notify(#[from] crate::notify::NotifyInitError),
     #[error(transparent)]
     Contacts(#[from] crate::contacts::ContactsInitError),
+    #[error(transparent)]
+    Mpi(#[from] crate::contacts::MpiInitError),
     #[error("could not listen on {addr}: {cause} (is another ebg-notify running? set EBG_HTTP__ADDR)")]
     Bind { addr: String, cause: std::io::Error },
 }
@@ -79,8 +81,18 @@ impl Application {
         });
         let notify = NotifyClient::from_config(&config.notify, sandbox_callback)?;
         let contacts = Contacts::from_config(&config.contacts)?;
+        let mpi = Mpi::from_config(&config.mpi)?;
         let pii = PiiHasher::new(config.telemetry.pii_hash_key.expose());
-        let mut deliverer = Deliverer::new(pool.clone(), contacts, notify, pii.clone(), &config.worker, &config.notify);
+        let mut deliverer = Deliverer::new(
+            pool.clone(),
+            contacts,
+            mpi,
+            toggles.clone(),
+            notify,
+            pii.clone(),
+            &config.worker,
+            &config.notify,
+        );
         if config.clicks.enabled {
             deliverer = deliverer.with_click_tracking(ClickLinks::from_config(&config.clicks));
         }
@@ -198,6 +210,7 @@ fn log_started(config: &Config, addr: std::net::SocketAddr, (applied, embedded):
         database = %config.database.target(),
         va_notify = %upstream(config.notify.mode == NotifyMode::Live),
         bgs = %upstream(config.contacts.mode == ContactsMode::Bgs),
+        mpi = %upstream(config.mpi.mode == MpiMode::Fhir),
         click_tracking = %if config.clicks.enabled { "on" } else { "off" },
         migrations = %format!("{applied}/{embedded} applied"),
         "ebg-notify started"

@@ -578,6 +578,16 @@ impl Config {
         if self.profile == Profile::Production {
             check(self.notify.mode == NotifyMode::Live, "notify.mode: production refuses `sandbox`");
             check(self.contacts.mode == ContactsMode::Bgs, "contacts.mode: production refuses `sandbox`");
+            // SMS and push are switched on by toggles, at run time: production must be able to serve them
+            // whenever a toggle opens, so MPI and the push key are required up front.
+            check(
+                self.mpi.mode == MpiMode::Fhir,
+                "mpi.mode: production refuses `sandbox` (SMS and push need real ICNs)",
+            );
+            check(
+                !self.notify.push_api_key.is_empty(),
+                "notify.push_api_key: required in production (EBG_NOTIFY__PUSH_API_KEY)",
+            );
             check(
                 !self.auth.public_key_path.contains("config/dev/")
                     && !self.auth.public_key_path.starts_with(BUILTIN_KEY_PREFIX),
@@ -1050,9 +1060,14 @@ mod tests {
         let err =
             Config::load_from(env(&[("EBG_PROFILE", "production"), ("EBG_NOTIFY__MODE", "sandbox")])).unwrap_err();
         let text = err.to_string();
-        for needle in
-            ["notify.mode", "auth.public_key_path", "notify.callback_token", "admin.token", "telemetry.pii_hash_key"]
-        {
+        for needle in [
+            "notify.mode",
+            "auth.public_key_path",
+            "notify.callback_token",
+            "admin.token",
+            "telemetry.pii_hash_key",
+            "notify.push_api_key",
+        ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
     }

@@ -30,6 +30,22 @@ pub struct ErrorItem {
     pub source: Option<ErrorSource>,
 }
 
+/// vets-api's answer to `send_notifications` without any template id:
+/// `{"errors":[{"title":"Bad Request","detail":"At least one of …","status":"400"}]}` exactly.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BareErrorBody {
+    pub errors: Vec<BareErrorItem>,
+}
+
+/// One error of [`BareErrorBody`]: no code, no source.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BareErrorItem {
+    pub title: String,
+    pub detail: String,
+    pub status: String,
+}
+
 /// What an error is about: `{"parameter": "template_id"}`, `{"header": "Content-Type"}` or `{"pointer": "/"}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -61,6 +77,10 @@ pub struct UnauthorizedBody {
     pub message: String,
 }
 
+/// vets-api's detail for `send_notifications` without any template id (CHANNELS.md §1).
+pub const NO_TEMPLATES_DETAIL: &str =
+    "At least one of email_template_id, push_template_id, or sms_template_id is required";
+
 /// A request outcome label for `ebg_requests_total` (bounded set), carried as a response extension.
 #[derive(Clone, Copy, Debug)]
 pub struct Outcome(pub &'static str);
@@ -77,6 +97,9 @@ pub enum ApiError {
     /// A required parameter is missing or blank (400).
     #[error("missing parameter {field}")]
     MissingParameter { field: &'static str },
+    /// `send_notifications` without any template id (400, vets-api's exact body).
+    #[error("no template id")]
+    NoTemplates,
     /// A parameter is present but invalid (400).
     #[error("invalid parameter {field}: {detail}")]
     InvalidParameter { field: &'static str, detail: String },
@@ -149,6 +172,7 @@ impl ApiError {
             Self::ServiceAccount(AuthError::Expired) => StatusCode::FORBIDDEN,
             Self::ServiceAccount(_) | Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::MissingParameter { .. }
+            | Self::NoTemplates
             | Self::InvalidParameter { .. }
             | Self::MalformedBody(_)
             | Self::BadInput(_) => StatusCode::BAD_REQUEST,
@@ -171,11 +195,12 @@ impl ApiError {
             | Self::InvalidParameter { field, .. }
             | Self::Unprocessable { field, .. }
             | Self::Conflict { field, .. } => match *field {
-                "template_id" => "rejected_template_id",
+                "template_id" | "email_template_id" | "sms_template_id" | "push_template_id" => "rejected_template_id",
                 "participant_id" => "rejected_participant_id",
                 "Idempotency-Key" => "rejected_idempotency_key",
                 _ => "rejected_other",
             },
+            Self::NoTemplates => "rejected_template_id",
             Self::NotFound { .. } => "not_found",
             Self::UnsupportedMediaType => "rejected_content_type",
             Self::PayloadTooLarge => "rejected_too_large",
@@ -207,6 +232,14 @@ impl ApiError {
             // vets-api's service-account errors are a bare string under `errors`.
             Self::ServiceAccount(e) => Json(ServiceAccountErrorBody { errors: e.to_string() }).into_response(),
             Self::Unauthorized => Json(UnauthorizedBody { message: "Unauthorized".into() }).into_response(),
+            Self::NoTemplates => Json(BareErrorBody {
+                errors: vec![BareErrorItem {
+                    title: "Bad Request".into(),
+                    detail: NO_TEMPLATES_DETAIL.into(),
+                    status: "400".into(),
+                }],
+            })
+            .into_response(),
             Self::MissingParameter { field } => error(
                 "Missing parameter",
                 format!("The required parameter \"{field}\", is missing"),

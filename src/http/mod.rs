@@ -11,6 +11,7 @@ mod notifications;
 pub mod openapi;
 mod report;
 pub mod rollouts;
+mod send_channels;
 mod send_email;
 
 use std::time::{Duration, Instant};
@@ -34,8 +35,11 @@ use crate::error::Outcome;
 use crate::metrics as m;
 use crate::state::AppState;
 
-/// The path EBG calls; also the suffix of the scope its token must carry.
+/// The paths EBG calls; each is also the suffix of the scope its token must carry.
 pub const SEND_EMAIL_PATH: &str = "/v0/event_bus_gateway/send_email";
+pub const SEND_SMS_PATH: &str = "/v0/event_bus_gateway/send_sms";
+pub const SEND_PUSH_PATH: &str = "/v0/event_bus_gateway/send_push";
+pub const SEND_NOTIFICATIONS_PATH: &str = "/v0/event_bus_gateway/send_notifications";
 
 /// Builds the router with every route and layer.
 pub fn router(state: AppState) -> Router {
@@ -45,6 +49,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(console)
         .route(SEND_EMAIL_PATH, post(send_email::send_email))
+        .route(SEND_SMS_PATH, post(send_channels::send_sms))
+        .route(SEND_PUSH_PATH, post(send_channels::send_push))
+        .route(SEND_NOTIFICATIONS_PATH, post(send_channels::send_notifications))
         .route("/va_notify/callbacks", post(callbacks::receive))
         // `/c/{token}` and `/c/{token}/` carry an empty path; the wildcard needs at least one character.
         .route("/c/{token}", get(clicks::follow_bare))
@@ -99,6 +106,9 @@ fn on_response(response: &Response, latency: Duration, span: &tracing::Span) {
 async fn count_requests(req: Request, next: Next) -> Response {
     let api = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
         Some(SEND_EMAIL_PATH) => "send_email",
+        Some(SEND_SMS_PATH) => "send_sms",
+        Some(SEND_PUSH_PATH) => "send_push",
+        Some(SEND_NOTIFICATIONS_PATH) => "send_notifications",
         _ => return next.run(req).await,
     };
     let response = next.run(req).await;

@@ -6,13 +6,41 @@ use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-pub use crate::error::{ErrorBody, ErrorItem, ErrorSource, ServiceAccountErrorBody, UnauthorizedBody};
+pub use crate::error::{
+    BareErrorBody, BareErrorItem, ErrorBody, ErrorItem, ErrorSource, ServiceAccountErrorBody, UnauthorizedBody,
+};
 
 /// `send_email` body parameters (JSON or form).
 #[derive(Serialize, ToSchema)]
 pub struct TemplateParams {
     /// VA Notify template UUID.
     pub template_id: uuid::Uuid,
+}
+
+/// `send_push` body parameters (JSON or form).
+#[derive(Serialize, ToSchema)]
+pub struct PushTemplateParams {
+    /// VEText template id (a string, not a UUID).
+    pub template_id: String,
+}
+
+/// `send_notifications` body parameters (JSON or form): at least one of the three.
+#[derive(Serialize, ToSchema)]
+pub struct NotificationsParams {
+    /// VA Notify email template UUID.
+    pub email_template_id: Option<uuid::Uuid>,
+    /// VA Notify SMS template UUID.
+    pub sms_template_id: Option<uuid::Uuid>,
+    /// VEText push template id.
+    pub push_template_id: Option<String>,
+}
+
+/// `send_notifications`' 400: vets-api's bare body when no template id is given, else the usual one.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum NotificationsBadRequest {
+    NoTemplates(BareErrorBody),
+    Invalid(ErrorBody),
 }
 
 /// Answers any route that reads parameters, a path segment or a body may give.
@@ -58,6 +86,9 @@ pub enum AdminUnauthorized {
     info(title = "ebg-notify", description = "Notification gateway for the VA Event Bus Gateway."),
     paths(
         super::send_email::send_email,
+        super::send_channels::send_sms,
+        super::send_channels::send_push,
+        super::send_channels::send_notifications,
         super::callbacks::receive,
         super::clicks::follow,
         super::clicks::follow_bare,
@@ -99,7 +130,8 @@ pub enum AdminUnauthorized {
         super::rollouts::abort,
     ),
     components(schemas(
-        TemplateParams, ErrorBody, ErrorItem, ErrorSource, ServiceAccountErrorBody, UnauthorizedBody,
+        TemplateParams, PushTemplateParams, NotificationsParams, BareErrorBody, BareErrorItem, NotificationsBadRequest,
+        super::send_channels::ChannelAccepted, super::send_channels::NotificationsAccepted, ErrorBody, ErrorItem, ErrorSource, ServiceAccountErrorBody, UnauthorizedBody,
         super::send_email::AcceptedBody, super::callbacks::CallbackAnswer, super::health::Liveness, super::health::Readiness,
         super::flipper_api::FeatureBody, super::flipper_api::GateBody, super::flipper_api::FeaturesBody,
         super::flipper_api::ActorBody, super::flipper_api::ActorFeature, super::flipper_api::FlipperErrorBody, super::flipper_api::FeatureName,

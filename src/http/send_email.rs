@@ -8,8 +8,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::extract::{Params, ServiceAccountAuth};
+use crate::auth::ServiceAccount;
 use crate::error::{ApiError, Outcome};
-use crate::outbox::{CHANNEL_EMAIL, NewNotification, Status};
+use crate::outbox::{Accepted, CHANNEL_EMAIL, NewNotification, Status};
 use crate::state::AppState;
 use crate::toggles::EMAILS_ENABLED;
 
@@ -66,52 +67,89 @@ pub async fn send_email(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let template_id = template_id(&params)?;
-    let participant_id = participant_id(account.participant_id.as_deref())?;
-    let idempotency_key = idempotency_key(&headers)?;
+    let template_id =
+        uuid_template(&params, "template_id")?.ok_or(ApiError::MissingParameter { field: "template_id" })?;
+    let accepted = accept_channels(&state, &account, &headers, vec![(CHANNEL_EMAIL, template_id)]).await?;
+    let outcome = accepted_outcome(&accepted);
+    let (_, email) =
+        accepted.into_iter().next().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("accept returned no row")))?;
+    Ok(answer(&headers, outcome, AcceptedBody { id: email.id, status: email.status.to_string() }))
+}
 
-    let enabled = state.toggles.is_enabled(EMAILS_ENABLED, participant_id);
-    let new = NewNotification {
-        channel: CHANNEL_EMAIL,
-        participant_id: participant_id.to_owned(),
-        template_id,
-        idempotency_key,
-        enabled,
-    };
-    let accepted = state.accept.accept(new).await?;
-    if accepted.status == Status::Queued && !accepted.replayed {
+/// The shared accept path of every send_* route: reads the participant from the token and the
+/// Idempotency-Key, decides the email toggle (participant-keyed, at accept), and records one row per
+/// channel of `channels` in one transaction. SMS and push toggles are keyed by ICN, so the worker
+/// decides them once the ICN is known. Returns each channel's outcome, in order, and attaches the
+/// request's outcome label (for `ebg_requests_total`) through [`accepted_outcome`].
+pub(super) async fn accept_channels(
+    state: &AppState,
+    account: &ServiceAccount,
+    headers: &HeaderMap,
+    channels: Vec<(&'static str, String)>,
+) -> Result<Vec<(&'static str, Accepted)>, ApiError> {
+    let participant_id = participant_id(account.participant_id.as_deref())?;
+    let idempotency_key = idempotency_key(headers)?;
+    let rows: Vec<NewNotification> = channels
+        .iter()
+        .map(|&(channel, ref template_id)| NewNotification {
+            channel,
+            participant_id: participant_id.to_owned(),
+            template_id: template_id.clone(),
+            idempotency_key: idempotency_key.clone(),
+            enabled: channel != CHANNEL_EMAIL || state.toggles.is_enabled(EMAILS_ENABLED, participant_id),
+        })
+        .collect();
+    let accepted = state.accept.accept_request(rows).await?;
+    if accepted.iter().any(|a| a.status == Status::Queued && !a.replayed) {
         state.wake_workers.wake();
     }
-    tracing::info!(
-        notification_id = %accepted.id,
-        participant = %state.pii.participant(participant_id),
-        status = %accepted.status,
-        replayed = accepted.replayed,
-        "send_email accepted"
-    );
+    for (&(channel, _), a) in channels.iter().zip(&accepted) {
+        tracing::info!(
+            notification_id = %a.id,
+            channel,
+            participant = %state.pii.participant(participant_id),
+            status = %a.status,
+            replayed = a.replayed,
+            "send accepted"
+        );
+    }
+    Ok(channels.into_iter().map(|(c, _)| c).zip(accepted).collect())
+}
 
-    let outcome = match (accepted.replayed, accepted.status) {
-        (true, _) => "idempotent_replay",
-        (false, Status::Suppressed) => "suppressed",
-        (false, Status::Duplicate) => "duplicate",
-        (false, _) => "accepted",
-    };
-    let mut response = if wants_json(&headers) {
-        Json(AcceptedBody { id: accepted.id, status: accepted.status.to_string() }).into_response()
+/// The request's outcome label: a replay, else `accepted` if any channel was queued, else
+/// `suppressed` if any was, else `duplicate`.
+pub(super) fn accepted_outcome(accepted: &[(&'static str, Accepted)]) -> &'static str {
+    let any = |status: Status| accepted.iter().any(|(_, a)| a.status == status);
+    if accepted.iter().all(|(_, a)| a.replayed) {
+        "idempotent_replay"
+    } else if any(Status::Queued) {
+        "accepted"
+    } else if any(Status::Suppressed) {
+        "suppressed"
+    } else {
+        "duplicate"
+    }
+}
+
+/// 200 with an empty body (vets-api parity), or `body` as JSON with `Accept: application/json`;
+/// carries the outcome label.
+pub(super) fn answer<T: Serialize>(headers: &HeaderMap, outcome: &'static str, body: T) -> Response {
+    let mut response = if wants_json(headers) {
+        Json(body).into_response()
     } else {
         // vets-api parity: 200 with an empty body (labelled, so no client has to guess what it is).
         (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")]).into_response()
     };
     response.extensions_mut().insert(Outcome(outcome));
-    Ok(response)
+    response
 }
 
-fn template_id(params: &Params) -> Result<Uuid, ApiError> {
-    let raw = params.string("template_id")?.ok_or(ApiError::MissingParameter { field: "template_id" })?;
-    Uuid::parse_str(raw).map_err(|_| ApiError::InvalidParameter {
-        field: "template_id",
-        detail: "template_id must be a VA Notify template UUID".into(),
-    })
+/// A VA Notify template UUID parameter (`field`), in canonical text form; `None` when absent.
+pub(super) fn uuid_template(params: &Params, field: &'static str) -> Result<Option<String>, ApiError> {
+    let Some(raw) = params.string(field)? else { return Ok(None) };
+    Uuid::parse_str(raw)
+        .map(|id| Some(id.to_string()))
+        .map_err(|_| ApiError::InvalidParameter { field, detail: format!("{field} must be a VA Notify template UUID") })
 }
 
 fn participant_id(from_token: Option<&str>) -> Result<&str, ApiError> {

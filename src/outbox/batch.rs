@@ -69,14 +69,15 @@ impl Drop for AbandonOnDrop {
     }
 }
 
+/// One request: its rows (one per channel) are recorded in one transaction, and answered together.
 struct Job {
-    new: NewNotification,
-    reply: oneshot::Sender<Result<Accepted, AcceptError>>,
+    rows: Vec<NewNotification>,
+    reply: oneshot::Sender<Result<Vec<Accepted>, AcceptError>>,
     claim: Claim,
 }
 
 impl Job {
-    fn answer(self, result: Result<Accepted, AcceptError>) {
+    fn answer(self, result: Result<Vec<Accepted>, AcceptError>) {
         let _ = self.reply.send(result);
     }
 }
@@ -115,14 +116,21 @@ impl AcceptQueue {
         Self { jobs, deadline: limits.deadline }
     }
 
-    /// Records one request; returns once it is committed, or with an error once it is certain it
-    /// never will be (except [`AcceptError::CommitUnknown`]).
+    /// Records one single-channel request (see [`AcceptQueue::accept_request`]).
     pub async fn accept(&self, new: NewNotification) -> Result<Accepted, AcceptError> {
+        let mut accepted = self.accept_request(vec![new]).await?;
+        accepted.pop().ok_or_else(|| AcceptError::NotRecorded("no row returned".into()))
+    }
+
+    /// Records one request: a row per channel (`rows`, channels distinct, one participant and
+    /// Idempotency-Key), all in one transaction. Returns once it is committed, in the order of `rows`,
+    /// or with an error once it is certain it never will be (except [`AcceptError::CommitUnknown`]).
+    pub async fn accept_request(&self, rows: Vec<NewNotification>) -> Result<Vec<Accepted>, AcceptError> {
         let deadline = Instant::now() + self.deadline;
         let claim = Claim::default();
         let _abandon_on_drop = AbandonOnDrop(claim.clone());
         let (reply, mut answer) = oneshot::channel();
-        match tokio::time::timeout_at(deadline, self.jobs.send(Job { new, reply, claim: claim.clone() })).await {
+        match tokio::time::timeout_at(deadline, self.jobs.send(Job { rows, reply, claim: claim.clone() })).await {
             Err(_) => return Err(deadline_passed(&claim)),
             Ok(Err(_)) => return Err(AcceptError::Closed),
             Ok(Ok(())) => {}
@@ -189,14 +197,11 @@ async fn commit(pool: &PgPool, batch: Vec<Job>, limits: AcceptLimits, in_doubt: 
             return;
         }
     };
-    let mut taken: Vec<Job> = batch.into_iter().filter(|job| job.claim.take()).collect();
+    let taken: Vec<Job> = batch.into_iter().filter(|job| job.claim.take()).collect();
     if taken.is_empty() {
         return;
     }
     metrics::histogram!(m::ACCEPT_BATCH_SIZE).record(taken.len() as f64);
-    // A single global lock order (keyed requests by key, then the rest by participant and template)
-    // makes concurrent batches, here or on other replicas, unable to deadlock on each other's locks.
-    taken.sort_by(|a, b| lock_order(&a.new).cmp(&lock_order(&b.new)));
     let deadline = Instant::now() + limits.transaction_timeout;
     if !write(&mut conn, taken, limits.duplicate_window, deadline, in_doubt).await {
         // Possibly mid-transaction or wedged: never hand it back to the pool.
@@ -248,7 +253,7 @@ async fn write(
         }
         match transaction(conn, std::slice::from_ref(&job), window, deadline).await {
             Tx::Committed(mut results) => {
-                let result = results.pop().unwrap_or(Err(AcceptError::NotRecorded("no row returned".into())));
+                let result = results.pop().unwrap_or_else(|| Err(AcceptError::NotRecorded("no row returned".into())));
                 job.answer(result);
             }
             Tx::Unknown(ids) => {
@@ -344,7 +349,7 @@ async fn withdraw(pool: &PgPool, ids: Vec<Uuid>) -> Vec<Uuid> {
 
 enum Tx {
     /// One result per job, in order.
-    Committed(Vec<Result<Accepted, AcceptError>>),
+    Committed(Vec<Result<Vec<Accepted>, AcceptError>>),
     /// Rolled back, or never started: nothing was recorded.
     Failed { error: sqlx::Error, connection_ok: bool },
     /// COMMIT was sent but not acknowledged in time; these ids may or may not exist.
@@ -358,7 +363,7 @@ fn bound_reached() -> sqlx::Error {
 /// One explicit transaction, every step bounded by `deadline`. The server never commits unless it
 /// receives COMMIT, so any failure before that point is a clean "not recorded".
 async fn transaction(conn: &mut PgConnection, jobs: &[Job], window: Duration, deadline: Instant) -> Tx {
-    let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::new_v4()).collect();
+    let ids: Vec<Uuid> = jobs.iter().flat_map(|job| job.rows.iter().map(|_| Uuid::new_v4())).collect();
     let mut tx = match tokio::time::timeout_at(deadline, conn.begin()).await {
         Ok(Ok(tx)) => tx,
         Ok(Err(error)) => return Tx::Failed { error, connection_ok: false },
@@ -382,46 +387,82 @@ async fn transaction(conn: &mut PgConnection, jobs: &[Job], window: Duration, de
     }
 }
 
-fn lock_order(new: &NewNotification) -> (bool, &str, &str, Uuid) {
+/// A single global lock order (keyed rows by key, then the rest by channel, participant and template)
+/// makes concurrent batches, here or on other replicas, unable to deadlock on each other's locks. It is
+/// an order of rows, not of requests: a request's rows may take several locks.
+fn lock_order(new: &NewNotification) -> (bool, &str, &str, &str) {
     match &new.idempotency_key {
-        Some(key) => (false, key.as_str(), "", Uuid::nil()),
-        None => (true, new.channel, &new.participant_id, new.template_id),
+        Some(key) => (false, key.as_str(), "", ""),
+        None => (true, new.channel, &new.participant_id, &new.template_id),
     }
 }
 
+/// Records every row of `batch` in one statement (`accept_notification` per row, in lock order) and
+/// answers per job: its rows in its own order, or `KeyConflict` if its key belongs to another request.
 async fn accept_many(
     conn: &mut PgConnection,
     ids: &[Uuid],
     batch: &[Job],
     duplicate_window: Duration,
-) -> Result<Vec<Result<Accepted, AcceptError>>, sqlx::Error> {
-    let channels: Vec<&str> = batch.iter().map(|j| j.new.channel).collect();
-    let participants: Vec<&str> = batch.iter().map(|j| j.new.participant_id.as_str()).collect();
-    let templates: Vec<Uuid> = batch.iter().map(|j| j.new.template_id).collect();
-    let keys: Vec<Option<&str>> = batch.iter().map(|j| j.new.idempotency_key.as_deref()).collect();
-    let enabled: Vec<bool> = batch.iter().map(|j| j.new.enabled).collect();
-    let rows: Vec<(i64, Uuid, String, bool, bool)> = sqlx::query_as(
+) -> Result<Vec<Result<Vec<Accepted>, AcceptError>>, sqlx::Error> {
+    // (job, row within the job, row, the job's request id and sorted channel list)
+    let mut rows: Vec<(usize, usize, &NewNotification, Uuid, String)> = Vec::with_capacity(ids.len());
+    for (j, job) in batch.iter().enumerate() {
+        let request_id = Uuid::new_v4();
+        let mut channels: Vec<&str> = job.rows.iter().map(|r| r.channel).collect();
+        channels.sort_unstable();
+        let channels = channels.join(",");
+        for (k, row) in job.rows.iter().enumerate() {
+            rows.push((j, k, row, request_id, channels.clone()));
+        }
+    }
+    rows.sort_by(|a, b| lock_order(a.2).cmp(&lock_order(b.2)));
+    let requests: Vec<Uuid> = rows.iter().map(|r| r.3).collect();
+    let channels: Vec<&str> = rows.iter().map(|r| r.2.channel).collect();
+    let participants: Vec<&str> = rows.iter().map(|r| r.2.participant_id.as_str()).collect();
+    let templates: Vec<&str> = rows.iter().map(|r| r.2.template_id.as_str()).collect();
+    let keys: Vec<Option<&str>> = rows.iter().map(|r| r.2.idempotency_key.as_deref()).collect();
+    let request_channels: Vec<&str> = rows.iter().map(|r| r.4.as_str()).collect();
+    let enabled: Vec<bool> = rows.iter().map(|r| r.2.enabled).collect();
+    let answers: Vec<(i64, Uuid, String, bool, bool)> = sqlx::query_as(
         "select r.ord, a.id, a.status, a.replayed, a.key_conflict
-         from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::bool[])
-              with ordinality as r(id, channel, participant_id, template_id, idempotency_key, enabled, ord)
-         cross join lateral accept_notification(r.id, r.channel, r.participant_id, r.template_id,
-                                                r.idempotency_key, r.enabled, $7) a
+         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[])
+              with ordinality as r(id, request_id, channel, participant_id, template_id, idempotency_key,
+                                   request_channels, enabled, ord)
+         cross join lateral accept_notification(r.id, r.request_id, r.channel, r.participant_id, r.template_id,
+                                                r.idempotency_key, string_to_array(r.request_channels, ','),
+                                                r.enabled, $9) a
          order by r.ord",
     )
     .bind(ids)
+    .bind(&requests)
     .bind(&channels)
     .bind(&participants)
     .bind(&templates)
     .bind(&keys)
+    .bind(&request_channels)
     .bind(&enabled)
     .bind(pg_interval(duplicate_window))
     .fetch_all(&mut *conn)
     .await?;
-    if rows.len() != batch.len() {
-        return Err(sqlx::Error::Protocol(format!("batched accept returned {} rows for {}", rows.len(), batch.len())));
+    if answers.len() != rows.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "batched accept returned {} rows for {}",
+            answers.len(),
+            rows.len()
+        )));
     }
-    Ok(rows
+    let mut results: Vec<Vec<Option<Result<Accepted, AcceptError>>>> =
+        batch.iter().map(|job| job.rows.iter().map(|_| None).collect()).collect();
+    for ((j, k, ..), (_, id, status, replayed, key_conflict)) in rows.iter().zip(answers) {
+        results[*j][*k] = Some(super::to_accepted(id, &status, replayed, key_conflict));
+    }
+    Ok(results
         .into_iter()
-        .map(|(_, id, status, replayed, key_conflict)| super::to_accepted(id, &status, replayed, key_conflict))
+        .map(|job| {
+            job.into_iter()
+                .map(|row| row.unwrap_or_else(|| Err(AcceptError::NotRecorded("no row returned".into()))))
+                .collect()
+        })
         .collect())
 }

@@ -17,7 +17,8 @@ use crate::telemetry::PiiHasher;
 pub struct NotificationHistory {
     pub id: Uuid,
     pub channel: String,
-    pub template_id: Uuid,
+    /// The template requested: a UUID for email and SMS, a VEText id for push.
+    pub template_id: String,
     /// queued, sending, retry_wait, sent, delivered, temporary_failure, permanent_failure, failed, dead,
     /// skipped, suppressed or duplicate.
     pub status: String,
@@ -98,7 +99,7 @@ pub struct Clicks {
 struct Row {
     id: Uuid,
     channel: String,
-    template_id: Uuid,
+    template_id: String,
     status: String,
     status_reason: Option<String>,
     participant_id: String,
@@ -271,7 +272,7 @@ mod tests {
         let mut h = NotificationHistory {
             id: Uuid::nil(),
             channel: "email".into(),
-            template_id: Uuid::nil(),
+            template_id: Uuid::nil().to_string(),
             status: "delivered".into(),
             status_reason: None,
             participant_hash: "abcdef0123456789".into(),

@@ -31,15 +31,20 @@ pub use lifecycle::{Requeue, Status};
 pub use requeue::requeue;
 pub use wakeup::Wakeup;
 
-/// Delivery channel of a notification.
+/// Delivery channels of a notification (`notifications.channel`, and a bounded metric label).
 pub const CHANNEL_EMAIL: &str = "email";
+pub const CHANNEL_SMS: &str = "sms";
+pub const CHANNEL_PUSH: &str = "push";
+/// Every channel, for zero-initialised metric series.
+pub const CHANNELS: [&str; 3] = [CHANNEL_EMAIL, CHANNEL_SMS, CHANNEL_PUSH];
 
-/// A request to record.
+/// One channel of a request to record.
 #[derive(Clone, Debug)]
 pub struct NewNotification {
     pub channel: &'static str,
     pub participant_id: String,
-    pub template_id: Uuid,
+    /// A VA Notify template UUID (email, SMS; canonical lowercase text) or a VEText template id (push).
+    pub template_id: String,
     pub idempotency_key: Option<String>,
     /// The toggle's answer for this participant; `false` records the row as `suppressed`.
     pub enabled: bool,
@@ -89,8 +94,11 @@ fn to_accepted(id: Uuid, status: &str, replayed: bool, key_conflict: bool) -> Re
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Claimed {
     pub id: Uuid,
+    /// `email`, `sms` or `push`.
+    pub channel: String,
     pub participant_id: String,
-    pub template_id: Uuid,
+    /// As requested (see [`NewNotification::template_id`]).
+    pub template_id: String,
     pub attempts: i32,
     /// Proves the lease is still ours when the result is written.
     pub lease_token: Uuid,
@@ -169,7 +177,7 @@ static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              set status = 'sending', lease_token = gen_random_uuid(), lease_owner = $3, attempts = n.attempts + 1,
                  next_attempt_at = now() + $2, updated_at = now()
              from picked where n.id = picked.id
-             returning n.id, n.participant_id, n.template_id, n.attempts, n.lease_token, n.sends, n.attempts_before_send
+             returning n.id, n.channel, n.participant_id, n.template_id, n.attempts, n.lease_token, n.sends, n.attempts_before_send
          ), in_flight as (
              insert into notification_attempts (notification_id, attempt) select id, attempts from claimed
          )
@@ -188,6 +196,9 @@ pub enum PriorCall {
     Received(Uuid),
     /// VA Notify holds none: the earlier calls are closed `not_received`.
     NotReceived,
+    /// A push: VA Notify keeps no reference to look it up by, so the earlier calls are closed
+    /// `unverifiable` and the push is sent again (push is at least once, SPEC §14).
+    Unverifiable,
 }
 
 /// What a finished VA Notify call returned, for `notification_attempts`.
@@ -204,6 +215,8 @@ pub struct CallRecord {
 pub enum Transition {
     /// VA Notify accepted it.
     Sent { va_notify_id: Uuid },
+    /// VA Notify accepted a push: final, with no id (pushes have no callbacks).
+    Pushed,
     /// VA Notify already held it from an earlier call whose answer was lost: adopted, not sent again.
     Adopted { va_notify_id: Uuid },
     /// Try again at `at`.
@@ -221,7 +234,8 @@ impl Transition {
         match self {
             // The lookup is not a send; the earlier call it resolved was counted when it was made.
             Self::Defer { .. } | Self::Adopted { .. } => false,
-            Self::Finish { status, .. } => !matches!(status, Status::Skipped),
+            // Skipped (an answer about the person) and suppressed (a toggle) are not VA Notify's doing.
+            Self::Finish { status, .. } => !matches!(status, Status::Skipped | Status::Suppressed),
             _ => true,
         }
     }
@@ -242,6 +256,7 @@ impl Transition {
     fn row_change(&self) -> RowChange<'_> {
         let (status, reason, next_attempt_at, va_notify_id) = match self {
             Self::Sent { va_notify_id } => ("sent", None, None, Some(*va_notify_id)),
+            Self::Pushed => ("sent", Some("push_accepted"), None, None),
             Self::Adopted { va_notify_id } => ("sent", Some("reconciled"), None, Some(*va_notify_id)),
             Self::Retry { at, reason } => ("retry_wait", Some(reason.as_str()), Some(*at), None),
             Self::Finish { status, reason } => (status.as_str(), Some(reason.as_str()), None, None),
@@ -338,6 +353,7 @@ fn prior_columns(prior: Option<PriorCall>) -> (Option<&'static str>, Option<Uuid
     match prior {
         Some(PriorCall::Received(id)) => (Some("sent"), Some(id)),
         Some(PriorCall::NotReceived) => (Some("not_received"), None),
+        Some(PriorCall::Unverifiable) => (Some("unverifiable"), None),
         None => (None, None),
     }
 }

@@ -12,7 +12,8 @@ use uuid::Uuid;
 pub struct Suppressed {
     pub id: Uuid,
     pub participant_id: String,
-    pub template_id: Uuid,
+    /// As requested (a UUID in text form for email).
+    pub template_id: String,
     pub created_at: DateTime<Utc>,
     /// A live (not suppressed, not duplicate) row exists for the same participant and template
     /// within `window` on either side.

@@ -55,7 +55,7 @@ pub struct Summary {
     pub status: String,
     pub status_reason: Option<String>,
     pub channel: String,
-    pub template_id: Uuid,
+    pub template_id: String,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -14,19 +14,29 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::owner::Owner;
-use super::{CallRecord, Claimed, FinishQueue, PriorCall, Status, Transition, Wakeup, backoff};
+use super::{
+    CHANNEL_EMAIL, CHANNEL_PUSH, CHANNEL_SMS, CallRecord, Claimed, FinishQueue, PriorCall, Status, Transition, Wakeup,
+    backoff,
+};
 use crate::clicks::ClickLinks;
 use crate::config::{NotifyConfig, WorkerConfig};
-use crate::contacts::{ContactError, Contacts};
+use crate::contacts::{ContactError, Contacts, Identity, Mpi, MpiError};
 use crate::metrics as m;
-use crate::notify::{Admits, BreakerState, EmailRequest, ErrorClass, NotifyClient, NotifyError, web_host};
+use crate::notify::{
+    Admits, BreakerState, EmailRequest, ErrorClass, NotifyClient, NotifyError, PushRequest, SmsRequest, web_host,
+};
 use crate::telemetry::PiiHasher;
+use crate::toggles::Toggles;
 
 /// Everything a delivery needs; cheap to clone into each delivery task.
 #[derive(Clone)]
 pub struct Deliverer {
     pool: PgPool,
     contacts: Contacts,
+    /// ICNs for SMS and push (and their ICN-keyed toggles).
+    mpi: Mpi,
+    /// The SMS and push toggles are decided here, once the ICN is known.
+    toggles: Toggles,
     notify: NotifyClient,
     pii: PiiHasher,
     config: WorkerConfig,
@@ -45,9 +55,12 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: PgPool,
         contacts: Contacts,
+        mpi: Mpi,
+        toggles: Toggles,
         notify: NotifyClient,
         pii: PiiHasher,
         config: &WorkerConfig,
@@ -57,6 +70,8 @@ impl Deliverer {
             finish: FinishQueue::start(pool.clone()),
             pool,
             contacts,
+            mpi,
+            toggles,
             notify,
             pii,
             config: config.clone(),
@@ -178,9 +193,10 @@ impl Deliverer {
         self.notify.push_breaker_state();
     }
 
-    /// Sets the contact cache's size gauges.
+    /// Sets the contact and MPI caches' size gauges.
     pub async fn record_cache_size(&self) {
         self.contacts.record_cache_size().await;
+        self.mpi.record_cache_size().await;
     }
 
     fn lease(&self) -> Duration {
@@ -197,45 +213,126 @@ impl Deliverer {
     }
 
     async fn try_deliver(&self, row: &Claimed) -> Result<(), sqlx::Error> {
-        let prior = match row.in_doubt_since {
-            None => None,
-            Some(since) => match self.reconcile(row, since).await? {
+        let prior = match (row.in_doubt_since, row.channel.as_str()) {
+            (None, _) => None,
+            // A push has no reference to look it up by: sent again (push is at least once, SPEC §14).
+            (Some(_), CHANNEL_PUSH) => Some(PriorCall::Unverifiable),
+            (Some(since), _) => match self.reconcile(row, since).await? {
                 Some(prior) => Some(prior),
                 None => return Ok(()),
             },
         };
+        match row.channel.as_str() {
+            CHANNEL_EMAIL => self.deliver_email(row, prior).await,
+            CHANNEL_SMS => self.deliver_sms(row, prior).await,
+            CHANNEL_PUSH => self.deliver_push(row, prior).await,
+            _ => {
+                let failed = Transition::Finish { status: Status::Failed, reason: "unknown_channel".into() };
+                self.conclude(row, None, failed, prior).await
+            }
+        }
+    }
+
+    /// Email: the first name from BGS, then VA Notify by participant id.
+    async fn deliver_email(&self, row: &Claimed, prior: Option<PriorCall>) -> Result<(), sqlx::Error> {
+        let Some(template_id) = self.template_uuid(row) else { return self.bad_template(row, prior).await };
         let contact = match self.contacts.lookup(&row.participant_id).await {
             Ok(contact) => contact,
             Err(e) => return self.contact_failed(row, &e, prior).await,
         };
-        let attempt = row.attempts;
         let host = self.host_for(row);
         let email = EmailRequest {
-            template_id: row.template_id,
+            template_id,
             participant_id: &row.participant_id,
             first_name: &contact.first_name,
             host: &host,
             reference: row.id,
         };
-        let result = self.notify.send_email(&email).await;
+        let result = self.notify.send_email(&email).await.map(|sent| sent.id);
+        self.after_send(row, result, prior).await
+    }
+
+    /// SMS: the ICN from MPI (for the ICN-keyed toggle; deceased Veterans are skipped), then VA
+    /// Notify by participant id (VA Profile holds the number).
+    async fn deliver_sms(&self, row: &Claimed, prior: Option<PriorCall>) -> Result<(), sqlx::Error> {
+        let Some(template_id) = self.template_uuid(row) else { return self.bad_template(row, prior).await };
+        if self.identity_for(row, prior).await?.is_none() {
+            return Ok(());
+        }
+        let host = self.host_for(row);
+        let sms = SmsRequest { template_id, participant_id: &row.participant_id, host: &host, reference: row.id };
+        let result = self.notify.send_sms(&sms).await.map(|sent| sent.id);
+        self.after_send(row, result, prior).await
+    }
+
+    /// Push: the ICN from MPI, the ICN-keyed toggle, then VA Notify by ICN. An accepted push has no id
+    /// and gets no callback: it ends `sent`.
+    async fn deliver_push(&self, row: &Claimed, prior: Option<PriorCall>) -> Result<(), sqlx::Error> {
+        let Some(identity) = self.identity_for(row, prior).await? else { return Ok(()) };
+        let push = PushRequest { template_id: &row.template_id, icn: &identity.icn };
+        let (call, transition) = match self.notify.send_push(&push).await {
+            Ok(_accepted) => (
+                CallRecord { outcome: "sent", http_status: Some(201), error_class: None, va_notify_id: None },
+                Transition::Pushed,
+            ),
+            Err(e) => self.failed_call(row, &e),
+        };
+        let call = (!matches!(transition, Transition::Defer { .. })).then_some(call);
+        self.conclude(row, call, transition, prior).await
+    }
+
+    /// Resolves the ICN and decides the channel's ICN-keyed toggle. `None` when the try is over
+    /// (skipped, failed, retry, or `suppressed`/`toggle_disabled`), already recorded.
+    async fn identity_for(&self, row: &Claimed, prior: Option<PriorCall>) -> Result<Option<Identity>, sqlx::Error> {
+        let identity = match self.mpi.lookup(&row.participant_id).await {
+            Ok(identity) => identity,
+            Err(e) => return self.mpi_failed(row, &e, prior).await.map(|()| None),
+        };
+        let feature = crate::toggles::feature_for_channel(&row.channel).map(|r| r.key);
+        if feature.is_some_and(|feature| !self.toggles.is_enabled(feature, &identity.icn)) {
+            let suppressed = Transition::Finish { status: Status::Suppressed, reason: "toggle_disabled".into() };
+            return self.conclude(row, None, suppressed, prior).await.map(|()| None);
+        }
+        Ok(Some(identity))
+    }
+
+    /// The row's template as a UUID (email, SMS); `None` if it is not one (never accepted so).
+    fn template_uuid(&self, row: &Claimed) -> Option<uuid::Uuid> {
+        uuid::Uuid::parse_str(&row.template_id).ok()
+    }
+
+    async fn bad_template(&self, row: &Claimed, prior: Option<PriorCall>) -> Result<(), sqlx::Error> {
+        let failed = Transition::Finish { status: Status::Failed, reason: "invalid_template_id".into() };
+        self.conclude(row, None, failed, prior).await
+    }
+
+    /// Records a VA Notify email or SMS call: `sent` with its id, or what the error calls for.
+    async fn after_send(
+        &self,
+        row: &Claimed,
+        result: Result<uuid::Uuid, NotifyError>,
+        prior: Option<PriorCall>,
+    ) -> Result<(), sqlx::Error> {
         let (call, transition) = match result {
-            Ok(sent) => (
-                CallRecord { outcome: "sent", http_status: Some(201), error_class: None, va_notify_id: Some(sent.id) },
-                Transition::Sent { va_notify_id: sent.id },
+            Ok(id) => (
+                CallRecord { outcome: "sent", http_status: Some(201), error_class: None, va_notify_id: Some(id) },
+                Transition::Sent { va_notify_id: id },
             ),
-            Err(e) => (
-                CallRecord {
-                    outcome: outcome_label(e.class),
-                    http_status: e.http_status,
-                    error_class: Some(e.error),
-                    va_notify_id: None,
-                },
-                self.after_notify_error(row.try_in_send(attempt), &e),
-            ),
+            Err(e) => self.failed_call(row, &e),
         };
         // A deferral means the client refused locally: nothing left the process.
         let call = (!matches!(transition, Transition::Defer { .. })).then_some(call);
         self.conclude(row, call, transition, prior).await
+    }
+
+    fn failed_call(&self, row: &Claimed, e: &NotifyError) -> (CallRecord, Transition) {
+        let call = CallRecord {
+            outcome: outcome_label(e.class),
+            http_status: e.http_status,
+            error_class: Some(e.error),
+            va_notify_id: None,
+        };
+        (call, self.after_notify_error(row.try_in_send(row.attempts), e))
     }
 
     /// Writes a try's outcome (and how earlier unknown calls turned out) and counts it.
@@ -329,6 +426,25 @@ impl Deliverer {
         self.conclude(row, None, transition, prior).await
     }
 
+    /// An MPI answer that gives no ICN: `skipped` (not found, no ICN, deceased), a retry (transient),
+    /// else `failed` (misconfiguration logged loudly).
+    async fn mpi_failed(&self, row: &Claimed, e: &MpiError, prior: Option<PriorCall>) -> Result<(), sqlx::Error> {
+        let transition = if e.is_skip() {
+            Transition::Finish { status: Status::Skipped, reason: e.reason().into() }
+        } else if e.is_retryable() {
+            self.retry_or_dead(row.try_in_send(row.attempts), e.reason())
+        } else {
+            if matches!(e, MpiError::Misconfigured(_)) {
+                tracing::error!(
+                    reason = e.reason(),
+                    "MPI client is misconfigured; notification failed (replay it once fixed)"
+                );
+            }
+            Transition::Finish { status: Status::Failed, reason: e.reason().into() }
+        };
+        self.conclude(row, None, transition, prior).await
+    }
+
     /// `attempt` counts tries within the current send.
     fn after_notify_error(&self, attempt: i32, e: &NotifyError) -> Transition {
         let reason = format!("va_notify_{}", e.error);
@@ -376,20 +492,26 @@ fn outcome_label(class: ErrorClass) -> &'static str {
 
 /// Counts the transition; reasons are built from bounded labels only. `sent` and the error-rate
 /// denominator count each notification once (its first send); later sends count as resends.
+/// `ebg_deliveries_total` carries the row's `channel` (email, sms, push).
 fn record(transition: &Transition, row: &Claimed) {
     let first_send = row.sends == 0;
+    let channel = channel_label(&row.channel);
+    let delivered = |status: &'static str, reason: String| {
+        metrics::counter!(m::DELIVERIES, "status" => status, "reason" => reason, "channel" => channel).increment(1);
+    };
     match transition {
-        Transition::Sent { .. } if first_send => {
-            metrics::counter!(m::DELIVERIES, "status" => "sent", "reason" => "va_notify_accepted").increment(1);
+        Transition::Sent { .. } | Transition::Pushed if first_send => {
+            let reason = if matches!(transition, Transition::Pushed) { "push_accepted" } else { "va_notify_accepted" };
+            delivered("sent", reason.into());
             metrics::counter!(m::DELIVERY_ATTEMPTED).increment(1);
-            tracing::info!(status = "sent", "notification sent");
+            tracing::info!(status = "sent", channel, "notification sent");
         }
-        Transition::Sent { .. } => {
+        Transition::Sent { .. } | Transition::Pushed => {
             metrics::counter!(m::RESENDS).increment(1);
-            tracing::info!(status = "sent", sends = row.sends + 1, "notification resent");
+            tracing::info!(status = "sent", channel, sends = row.sends + 1, "notification resent");
         }
         Transition::Adopted { .. } if first_send => {
-            metrics::counter!(m::DELIVERIES, "status" => "sent", "reason" => "reconciled").increment(1);
+            delivered("sent", "reconciled".into());
             metrics::counter!(m::DELIVERY_ATTEMPTED).increment(1);
             tracing::info!(status = "sent", reason = "reconciled", "VA Notify already held the notification; adopted");
         }
@@ -402,16 +524,21 @@ fn record(transition: &Transition, row: &Claimed) {
             tracing::info!(status = "retry_wait", reason = %reason, "notification will be retried");
         }
         Transition::Finish { status, reason } => {
-            metrics::counter!(m::DELIVERIES, "status" => status.as_str(), "reason" => reason.clone()).increment(1);
+            delivered(status.as_str(), reason.clone());
             if first_send && matches!(status, Status::Failed | Status::Dead) {
                 metrics::counter!(m::DELIVERY_ATTEMPTED).increment(1);
             }
             if *status == Status::Dead {
                 metrics::counter!(m::DEAD_LETTERS).increment(1);
             }
-            tracing::info!(status = status.as_str(), reason = %reason, "notification finished");
+            tracing::info!(status = status.as_str(), channel, reason = %reason, "notification finished");
         }
     }
+}
+
+/// The bounded `channel` label of a row's channel.
+fn channel_label(channel: &str) -> &'static str {
+    super::CHANNELS.iter().copied().find(|c| *c == channel).unwrap_or("other")
 }
 
 fn next_utc_midnight(now: DateTime<Utc>) -> DateTime<Utc> {

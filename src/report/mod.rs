@@ -139,10 +139,7 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 
 /// The channel whose notifications a feature gates.
 pub fn channel_for(feature: &str) -> Option<&'static str> {
-    match feature {
-        EMAILS_ENABLED => Some(crate::outbox::CHANNEL_EMAIL),
-        _ => None,
-    }
+    crate::toggles::registration(feature).map(|r| r.channel)
 }
 
 /// A period of constant settings, before clipping to the requested range.

@@ -23,11 +23,50 @@ pub use gates::{Gates, actor_bucket, actor_in_percentage, format_percentage, par
 
 use crate::metrics as m;
 
-/// The toggle that gates `send_email`.
+/// The toggle that gates `send_email` (and the email part of `send_notifications`); actor: participant id.
 pub const EMAILS_ENABLED: &str = "event_bus_gateway_emails_enabled";
+/// The toggle that gates SMS (vets-api's features.yml name); actor: ICN.
+pub const SMS_ENABLED: &str = "event_bus_gateway_letter_ready_sms_notifications";
+/// The toggle that gates push (vets-api's features.yml name); actor: ICN.
+pub const PUSH_ENABLED: &str = "event_bus_gateway_letter_ready_push_notifications";
 
-/// Features this service uses; registered (off) at startup when missing.
-pub const KNOWN_FEATURES: &[&str] = &[EMAILS_ENABLED];
+/// Whose id a feature's actor gates and percentage of actors are evaluated for. Part of a feature's
+/// registration, so percentage-of-actors puts a Veteran in the cohort vets-api's Flipper would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActorKind {
+    /// The BGS participant id (from the token): known at accept, so decided there.
+    ParticipantId,
+    /// The plain ICN (no `^NI^200M^USVHA^P`): known only after MPI, so decided by the worker.
+    Icn,
+}
+
+/// A feature this service uses: its key, the channel it gates and its actor kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub key: &'static str,
+    pub channel: &'static str,
+    pub actor: ActorKind,
+}
+
+/// Every feature this service uses, with its registration; registered (off) at startup when missing.
+pub const REGISTRATIONS: &[Registration] = &[
+    Registration { key: EMAILS_ENABLED, channel: crate::outbox::CHANNEL_EMAIL, actor: ActorKind::ParticipantId },
+    Registration { key: SMS_ENABLED, channel: crate::outbox::CHANNEL_SMS, actor: ActorKind::Icn },
+    Registration { key: PUSH_ENABLED, channel: crate::outbox::CHANNEL_PUSH, actor: ActorKind::Icn },
+];
+
+/// The keys of [`REGISTRATIONS`].
+pub const KNOWN_FEATURES: &[&str] = &[EMAILS_ENABLED, SMS_ENABLED, PUSH_ENABLED];
+
+/// The registration of `feature`, if this service uses it.
+pub fn registration(feature: &str) -> Option<&'static Registration> {
+    REGISTRATIONS.iter().find(|r| r.key == feature)
+}
+
+/// The feature gating `channel`.
+pub fn feature_for_channel(channel: &str) -> Option<&'static Registration> {
+    REGISTRATIONS.iter().find(|r| r.channel == channel)
+}
 
 /// Postgres channel the toggle tables' triggers notify.
 const CHANGED_CHANNEL: &str = "ebg_toggles_changed";

@@ -61,7 +61,7 @@ pub struct ReleaseOutcome {
 struct Candidate {
     id: Uuid,
     participant_id: String,
-    template_id: Uuid,
+    template_id: String,
     created_at: DateTime<Utc>,
     /// A live (not suppressed, not duplicate) row exists for the same participant and template
     /// within the window on either side.
@@ -142,7 +142,7 @@ fn select(
 
     let mut outcome = ReleaseOutcome::default();
     let mut ids = Vec::new();
-    let mut last_released: HashMap<(String, Uuid), DateTime<Utc>> = HashMap::new();
+    let mut last_released: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
     let mut enabled: HashMap<String, bool> = HashMap::new();
     for c in candidates {
         outcome.suppressed += 1;
@@ -175,7 +175,7 @@ mod tests {
         Candidate {
             id: Uuid::new_v4(),
             participant_id: participant.to_owned(),
-            template_id: Uuid::nil(),
+            template_id: Uuid::nil().to_string(),
             created_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, minute, 0).single().unwrap_or_default(),
             covered,
         }

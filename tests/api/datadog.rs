@@ -32,6 +32,18 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
         ("EBG_ROLLOUT__ENABLED", "false"),
     ];
     settings.extend_from_slice(CLICKS_ON);
+    // ICNs come from the fake MPI over mutual TLS, so its request latency family is exposed too.
+    let pki = ebg_testkit::TestPki::generate();
+    let mpi = ebg_testkit::FakeMpi::start(&pki).await;
+    let mpi_settings = [
+        ("EBG_MPI__MODE", "fhir".to_owned()),
+        ("EBG_MPI__URL", mpi.base_url()),
+        ("EBG_MPI__SENDER_ID", "200ENTF".to_owned()),
+        ("EBG_MPI__CLIENT_CERT_PATH", pki.client_cert_path().display().to_string()),
+        ("EBG_MPI__CLIENT_KEY_PATH", pki.client_key_path().display().to_string()),
+        ("EBG_MPI__CA_PATH", pki.ca_path().display().to_string()),
+    ];
+    settings.extend(mpi_settings.iter().map(|(k, v)| (*k, v.as_str())));
     let (app, notify, bgs) = wired_app(&settings).await;
     set_stage(&app).await;
     let (enabled, disabled) = participants(13, 2);
@@ -55,6 +67,15 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
     click(&app, &notify, delivered_earlier[0], "GET", BROWSER).await;
     advise_plan(&app).await;
     ebg_notify::retention::purge_before(&app.db, Utc::now() - chrono::Duration::days(400), 1000).await.unwrap();
+    // An SMS for someone MPI does not know: one MPI call, the row skipped, nothing sent.
+    let sms = app
+        .client
+        .post(format!("{}/v0/event_bus_gateway/send_sms", app.address))
+        .bearer_auth(token_for_every_route(&enabled[0]))
+        .json(&json!({"template_id": TEMPLATE_ID}));
+    assert_eq!(sms.send().await.unwrap().status(), 200);
+    app.deliver_all().await;
+    assert_eq!(mpi.requests().len(), 1);
 
     let from = Utc::now();
     let mut check = Check::start(&venv, &app, from).await;

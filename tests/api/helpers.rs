@@ -329,6 +329,14 @@ pub fn token_for(participant_id: &str) -> String {
     sign(&claims(participant_id))
 }
 
+/// A valid token for `participant_id` scoped to every EBG route (send_email, send_sms, send_push,
+/// send_notifications).
+pub fn token_for_every_route(participant_id: &str) -> String {
+    let mut claims = claims(participant_id);
+    claims["scopes"] = ebg_notify::auth::EBG_PATHS.iter().map(|p| format!("http://localhost:3000{p}")).collect();
+    sign(&claims)
+}
+
 impl TestApp {
     /// `POST send_email` with a JSON body and a valid token for the default participant.
     pub async fn send_email(&self, template_id: &str) -> reqwest::Response {

@@ -4,6 +4,7 @@ mod admin;
 mod architecture;
 mod breaker;
 mod callbacks;
+mod channels;
 mod cli_output;
 mod clicks;
 mod console;

@@ -4,7 +4,7 @@
 //!
 //! Both tools come from the pinned venv `tests/python/venv openapi`. Schemathesis authenticates per
 //! security scheme (tests/python/openapi/schemathesis.toml): a service-account JWT minted with the dev
-//! key for send_email, the callback token for callbacks, the admin token elsewhere.
+//! key for every send_* route, the callback token for callbacks, the admin token elsewhere.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +12,7 @@ use std::process::Command;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{ADMIN_TOKEN, CALLBACK_TOKEN, PARTICIPANT_ID, token_for, wired_app};
+use crate::helpers::{ADMIN_TOKEN, CALLBACK_TOKEN, PARTICIPANT_ID, token_for_every_route, wired_app};
 
 /// Generated cases per operation and phase: enough to exercise every documented answer, small enough
 /// that the whole run stays around a minute on the 2-core CI host (measured: see README).
@@ -119,7 +119,7 @@ async fn schemathesis(bin: &Path, dir: &Path, url: &str) -> Value {
     let mut st = Command::new(bin.join("schemathesis"));
     // The working directory is the temp dir, so Schemathesis' failure cache never replays into a later run.
     st.current_dir(dir)
-        .env("EBG_SERVICE_TOKEN", token_for(PARTICIPANT_ID))
+        .env("EBG_SERVICE_TOKEN", token_for_every_route(PARTICIPANT_ID))
         .env("EBG_CALLBACK_TOKEN", CALLBACK_TOKEN)
         .env("EBG_ADMIN_TOKEN", ADMIN_TOKEN)
         .arg("--config-file")

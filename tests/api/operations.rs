@@ -71,7 +71,10 @@ async fn sandbox_mode_reaches_delivered_end_to_end() {
         app.eventually(Duration::from_secs(10), || async { app.status_of(id).await.0 == "delivered" }).await;
     assert!(delivered, "status is {:?}", app.status_of(id).await);
     let metrics = app.metrics().await;
-    assert!(metrics.contains(r#"ebg_deliveries_total{status="sent",reason="va_notify_accepted"}"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"ebg_deliveries_total{status="sent",reason="va_notify_accepted",channel="email"}"#),
+        "{metrics}"
+    );
     assert!(metrics.contains(r#"ebg_callbacks_total{status="delivered"}"#));
 }
 

@@ -77,7 +77,9 @@ async fn a_201_whose_outcome_was_never_written_is_adopted_by_another_replica_at_
     assert!(va_id.is_some(), "VA's id is adopted as va_notify_id");
     assert_eq!(attempts_of(&second.db, id).await, vec![(1, "sent".to_owned())]);
     assert!(second.metric("ebg_reconciliations_total{result=\"adopted\"}").await >= 1.0);
-    assert!(second.metric("ebg_deliveries_total{status=\"sent\",reason=\"reconciled\"}").await >= 1.0);
+    assert!(
+        second.metric("ebg_deliveries_total{status=\"sent\",reason=\"reconciled\",channel=\"email\"}").await >= 1.0
+    );
     let _second_database = second.stop().await;
 }
 

@@ -30,12 +30,13 @@ async fn accepts_template_id_from_json_form_and_query_with_an_empty_200() {
         assert!(response.text().await.unwrap().is_empty(), "vets-api parity: empty body");
     }
     assert_eq!(app.count("queued").await, 3);
-    let row: (String, String) =
-        sqlx::query_as("select participant_id, template_id::text from notifications where template_id = $1::uuid")
-            .bind(templates[1])
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
+    let row: (String, String) = sqlx::query_as(
+        "select participant_id, template_id::text from notifications where template_id = $1::uuid::text",
+    )
+    .bind(templates[1])
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     assert_eq!(row, (PARTICIPANT_ID.to_owned(), templates[1].to_owned()));
 }
 

@@ -1,0 +1,395 @@
+//! send_sms, send_push and send_notifications end to end (CHANNELS.md §1–§4): the real app, real
+//! PostgreSQL, the fake VA Notify (VA's schemas, separate push key), the fake BGS and the fake MPI over
+//! real mutual TLS.
+
+use ebg_testkit::va_notify::Endpoint;
+use ebg_testkit::{FakeBgs, FakeMpi, FakeVaNotify, TestPki};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{PARTICIPANT_ID, TEMPLATE_ID, TestApp, app, claims, sign, token_for_every_route};
+
+const SMS_PATH: &str = "/v0/event_bus_gateway/send_sms";
+const PUSH_PATH: &str = "/v0/event_bus_gateway/send_push";
+const ALL_PATH: &str = "/v0/event_bus_gateway/send_notifications";
+const SMS_TEMPLATE: &str = "7d0c9a8e-2b3c-4f1d-9e8a-0a1b2c3d4e5f";
+/// A VEText template id: not a UUID.
+const PUSH_TEMPLATE: &str = "0EF7C8C9390847D7B3B521426EFF5814";
+const ICN: &str = "1012345678V123456";
+/// A participant MPI does not know (GCID01), while BGS does.
+const UNKNOWN_TO_MPI: &str = "600099999";
+const SMS_FEATURE: &str = "event_bus_gateway_letter_ready_sms_notifications";
+const PUSH_FEATURE: &str = "event_bus_gateway_letter_ready_push_notifications";
+const NO_TEMPLATES: &str = r#"{"errors":[{"title":"Bad Request","detail":"At least one of email_template_id, push_template_id, or sms_template_id is required","status":"400"}]}"#;
+
+/// The app with every upstream faked: VA Notify (email/SMS key and push key), BGS, MPI over mTLS.
+struct Wired {
+    app: TestApp,
+    notify: FakeVaNotify,
+    mpi: FakeMpi,
+    _bgs: FakeBgs,
+    _pki: TestPki,
+}
+
+async fn wired() -> Wired {
+    let notify = FakeVaNotify::start().await;
+    let bgs = FakeBgs::start().await;
+    bgs.add_person(PARTICIPANT_ID, "JANE");
+    bgs.add_person(UNKNOWN_TO_MPI, "JOHN");
+    let pki = TestPki::generate();
+    let mpi = FakeMpi::start(&pki).await;
+    mpi.add_patient(PARTICIPANT_ID, ICN, Some("JANE"));
+    let app = app()
+        .notify(&notify)
+        .bgs(&bgs)
+        .env("EBG_NOTIFY__PUSH_API_KEY", notify.push_api_key())
+        .env("EBG_MPI__MODE", "fhir")
+        .env("EBG_MPI__URL", mpi.base_url())
+        .env("EBG_MPI__SENDER_ID", "200ENTF")
+        .env("EBG_MPI__CLIENT_CERT_PATH", pki.client_cert_path().display())
+        .env("EBG_MPI__CLIENT_KEY_PATH", pki.client_key_path().display())
+        .env("EBG_MPI__CA_PATH", pki.ca_path().display())
+        .spawn()
+        .await;
+    app.enable_emails().await;
+    Wired { app, notify, mpi, _bgs: bgs, _pki: pki }
+}
+
+fn token(participant: &str) -> String {
+    token_for_every_route(participant)
+}
+
+async fn enable(app: &TestApp, feature: &str) {
+    sqlx::query(
+        "insert into flipper_gates (feature_key, key, value) values ($1, 'boolean', 'true') on conflict do nothing",
+    )
+    .bind(feature)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    app.state.toggles.refresh().await.unwrap();
+}
+
+/// POSTs `body` as JSON to `path` for `participant` (optionally with an Idempotency-Key), asking for JSON.
+async fn post(app: &TestApp, path: &str, participant: &str, body: Value, key: Option<&str>) -> reqwest::Response {
+    let mut request = app
+        .client
+        .post(format!("{}{path}", app.address))
+        .bearer_auth(token(participant))
+        .header("Accept", "application/json")
+        .json(&body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().await.unwrap()
+}
+
+/// The (channel → id, status) of a send_notifications JSON answer.
+async fn channels(response: reqwest::Response) -> Vec<(String, Uuid, String)> {
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["channel"].as_str().unwrap().to_owned(),
+                n["id"].as_str().unwrap().parse().unwrap(),
+                n["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn single(response: reqwest::Response) -> Uuid {
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "queued");
+    body["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// (channel, status, status_reason, va_notify_id is set, template_id) of a row.
+async fn row(app: &TestApp, id: Uuid) -> (String, String, Option<String>, bool, String) {
+    sqlx::query_as(
+        "select channel, status, status_reason, va_notify_id is not null, template_id from notifications where id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+async fn rows(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from notifications").fetch_one(&app.db).await.unwrap()
+}
+
+#[tokio::test]
+async fn send_sms_and_send_push_deliver_with_exactly_vas_bodies() {
+    let w = wired().await;
+    enable(&w.app, SMS_FEATURE).await;
+    enable(&w.app, PUSH_FEATURE).await;
+
+    // Empty 200 without Accept: JSON (vets-api parity), template in the query string this time.
+    let plain = w
+        .app
+        .client
+        .post(format!("{}{SMS_PATH}", w.app.address))
+        .bearer_auth(token(PARTICIPANT_ID))
+        .query(&[("template_id", SMS_TEMPLATE)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    assert!(plain.text().await.unwrap().is_empty());
+    // A form body, with an unknown key that is ignored.
+    let push = w
+        .app
+        .client
+        .post(format!("{}{PUSH_PATH}", w.app.address))
+        .bearer_auth(token(PARTICIPANT_ID))
+        .header("Accept", "application/json")
+        .form(&[("template_id", PUSH_TEMPLATE), ("unknown", "ignored")])
+        .send()
+        .await
+        .unwrap();
+    let push = single(push).await;
+    let sms: Uuid =
+        sqlx::query_scalar("select id from notifications where channel = 'sms'").fetch_one(&w.app.db).await.unwrap();
+    w.app.deliver_all().await;
+
+    assert_eq!(row(&w.app, sms).await, ("sms".into(), "sent".into(), None, true, SMS_TEMPLATE.into()));
+    assert_eq!(
+        row(&w.app, push).await,
+        ("push".into(), "sent".into(), Some("push_accepted".into()), false, PUSH_TEMPLATE.into()),
+        "a push ends sent with no VA Notify id"
+    );
+    let sms_calls = w.notify.requests_to(Endpoint::Sms);
+    assert_eq!(sms_calls.len(), 1);
+    assert_eq!(
+        sms_calls[0].body,
+        Some(json!({
+            "template_id": SMS_TEMPLATE,
+            "recipient_identifier": {"id_type": "PID", "id_value": PARTICIPANT_ID},
+            "personalisation": {"host": "www.va.gov"},
+            "reference": sms.to_string(),
+        }))
+    );
+    let push_calls = w.notify.requests_to(Endpoint::Push);
+    assert_eq!(push_calls.len(), 1);
+    assert!(push_calls[0].auth_ok, "the push key is used for push");
+    assert_eq!(
+        push_calls[0].body,
+        Some(json!({
+            "mobile_app": "VA_FLAGSHIP_APP",
+            "template_id": PUSH_TEMPLATE,
+            "recipient_identifier": {"id_type": "ICN", "id_value": ICN},
+            "personalisation": {},
+        }))
+    );
+    assert!(w.notify.requests_to(Endpoint::Email).is_empty());
+    assert_eq!(w.mpi.lookups_for(PARTICIPANT_ID), 1, "the ICN is looked up once per person (cached)");
+    let metrics = w.app.metrics().await;
+    assert!(
+        metrics.contains(r#"ebg_deliveries_total{status="sent",reason="push_accepted",channel="push"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"ebg_requests_total{api="send_sms",outcome="accepted"}"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn single_channel_routes_check_their_template_ids_and_scopes() {
+    let w = wired().await;
+    let missing = post(&w.app, SMS_PATH, PARTICIPANT_ID, json!({}), None).await;
+    assert_eq!(missing.status(), 400);
+    let not_uuid = post(&w.app, SMS_PATH, PARTICIPANT_ID, json!({"template_id": "letter-ready-sms"}), None).await;
+    assert_eq!(not_uuid.status(), 400);
+    let body: Value = not_uuid.json().await.unwrap();
+    assert_eq!(body["errors"][0]["source"]["parameter"], "template_id");
+    let number = post(&w.app, PUSH_PATH, PARTICIPANT_ID, json!({"template_id": 12}), None).await;
+    assert_eq!(number.status(), 400, "a push template id is a string");
+    let missing_push = post(&w.app, PUSH_PATH, PARTICIPANT_ID, json!({"template_id": "  "}), None).await;
+    assert_eq!(missing_push.status(), 400);
+
+    // Scope = the exact URL of each route: a send_email token does not open send_sms.
+    let email_only = w
+        .app
+        .client
+        .post(format!("{}{SMS_PATH}", w.app.address))
+        .bearer_auth(sign(&claims(PARTICIPANT_ID)))
+        .json(&json!({"template_id": SMS_TEMPLATE}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(email_only.status(), 401);
+    assert_eq!(rows(&w.app).await, 0);
+}
+
+#[tokio::test]
+async fn send_notifications_records_each_channel_given_and_refuses_none_with_vets_apis_body() {
+    let w = wired().await;
+    enable(&w.app, SMS_FEATURE).await;
+    enable(&w.app, PUSH_FEATURE).await;
+
+    let none = w
+        .app
+        .client
+        .post(format!("{}{ALL_PATH}", w.app.address))
+        .bearer_auth(token(PARTICIPANT_ID))
+        .json(&json!({"template_id": TEMPLATE_ID}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 400);
+    assert_eq!(none.text().await.unwrap(), NO_TEMPLATES, "exactly vets-api's body");
+    assert_eq!(rows(&w.app).await, 0);
+
+    // Each subset, from distinct participants' templates so no duplicate window interferes.
+    let subsets: [&[&str]; 7] = [
+        &["email"],
+        &["sms"],
+        &["push"],
+        &["email", "sms"],
+        &["email", "push"],
+        &["sms", "push"],
+        &["email", "sms", "push"],
+    ];
+    let mut all = Vec::new();
+    for (i, subset) in subsets.iter().enumerate() {
+        let mut body = json!({});
+        if subset.contains(&"email") {
+            body["email_template_id"] = json!(Uuid::new_v4());
+        }
+        if subset.contains(&"sms") {
+            body["sms_template_id"] = json!(Uuid::new_v4());
+        }
+        if subset.contains(&"push") {
+            body["push_template_id"] = json!(format!("{PUSH_TEMPLATE}{i}"));
+        }
+        let answered = channels(post(&w.app, ALL_PATH, PARTICIPANT_ID, body, None).await).await;
+        let names: Vec<&str> = answered.iter().map(|(c, ..)| c.as_str()).collect();
+        assert_eq!(names, subset.to_vec());
+        assert!(answered.iter().all(|(_, _, status)| status == "queued"), "{answered:?}");
+        all.extend(answered);
+    }
+    assert_eq!(rows(&w.app).await, 12);
+    w.app.deliver_all().await;
+    for (channel, id, _) in &all {
+        let (_, status, ..) = row(&w.app, *id).await;
+        assert_eq!(status, "sent", "{channel}");
+    }
+    assert_eq!(w.notify.requests_to(Endpoint::Email).len(), 4);
+    assert_eq!(w.notify.requests_to(Endpoint::Sms).len(), 4);
+    assert_eq!(w.notify.requests_to(Endpoint::Push).len(), 4);
+    assert!(w.notify.requests().iter().all(|r| r.status == 201), "VA's schemas accepted every body");
+    let metrics = w.app.metrics().await;
+    assert!(metrics.contains(r#"ebg_requests_total{api="send_notifications",outcome="accepted"}"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_person_mpi_does_not_know_skips_sms_and_push_while_the_email_goes() {
+    let w = wired().await;
+    enable(&w.app, SMS_FEATURE).await;
+    enable(&w.app, PUSH_FEATURE).await;
+    let body =
+        json!({"email_template_id": TEMPLATE_ID, "sms_template_id": SMS_TEMPLATE, "push_template_id": PUSH_TEMPLATE});
+    let answered = channels(post(&w.app, ALL_PATH, UNKNOWN_TO_MPI, body, None).await).await;
+    w.app.deliver_all().await;
+
+    let (email, sms, push) = (answered[0].1, answered[1].1, answered[2].1);
+    assert_eq!(row(&w.app, email).await.1, "sent");
+    for id in [sms, push] {
+        let (_, status, reason, ..) = row(&w.app, id).await;
+        assert_eq!((status.as_str(), reason.as_deref()), ("skipped", Some("person_not_found")));
+    }
+    assert_eq!(w.notify.requests_to(Endpoint::Email).len(), 1);
+    assert!(w.notify.requests_to(Endpoint::Sms).is_empty() && w.notify.requests_to(Endpoint::Push).is_empty());
+    let metrics = w.app.metrics().await;
+    assert!(
+        metrics.contains(r#"ebg_deliveries_total{status="skipped",reason="person_not_found",channel="sms"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_icn_keyed_sms_toggle_off_suppresses_the_sms_while_the_email_sends() {
+    let w = wired().await;
+    // Push on for this ICN only (an actor gate keyed by the plain ICN); SMS off for everyone.
+    sqlx::query("insert into flipper_gates (feature_key, key, value) values ($1, 'actors', $2)")
+        .bind(PUSH_FEATURE)
+        .bind(ICN)
+        .execute(&w.app.db)
+        .await
+        .unwrap();
+    w.app.state.toggles.refresh().await.unwrap();
+    let body =
+        json!({"email_template_id": TEMPLATE_ID, "sms_template_id": SMS_TEMPLATE, "push_template_id": PUSH_TEMPLATE});
+    let answered = channels(post(&w.app, ALL_PATH, PARTICIPANT_ID, body, None).await).await;
+    assert!(answered.iter().all(|(_, _, s)| s == "queued"), "ICN-keyed toggles are decided by the worker");
+    w.app.deliver_all().await;
+
+    assert_eq!(row(&w.app, answered[0].1).await.1, "sent");
+    let (_, status, reason, ..) = row(&w.app, answered[1].1).await;
+    assert_eq!((status.as_str(), reason.as_deref()), ("suppressed", Some("toggle_disabled")));
+    assert_eq!(row(&w.app, answered[2].1).await.1, "sent", "the push toggle's actor is the ICN");
+    assert!(w.notify.requests_to(Endpoint::Sms).is_empty());
+    assert_eq!(w.notify.requests_to(Endpoint::Push).len(), 1);
+    let metrics = w.app.metrics().await;
+    assert!(
+        metrics.contains(r#"ebg_deliveries_total{status="suppressed",reason="toggle_disabled",channel="sms"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn one_idempotency_key_covers_every_channel_of_a_request() {
+    let w = wired().await;
+    let body =
+        json!({"email_template_id": TEMPLATE_ID, "sms_template_id": SMS_TEMPLATE, "push_template_id": PUSH_TEMPLATE});
+    let first = channels(post(&w.app, ALL_PATH, PARTICIPANT_ID, body.clone(), Some("evt-1")).await).await;
+    let replay = channels(post(&w.app, ALL_PATH, PARTICIPANT_ID, body.clone(), Some("evt-1")).await).await;
+    assert_eq!(replay, first, "the replay answers with the first request's row of every channel");
+    assert_eq!(rows(&w.app).await, 3);
+
+    // The same key for another request (other channels, or another template) is refused, and records nothing.
+    let fewer = post(&w.app, ALL_PATH, PARTICIPANT_ID, json!({"email_template_id": TEMPLATE_ID}), Some("evt-1")).await;
+    assert_eq!(fewer.status(), 422);
+    let other =
+        json!({"email_template_id": TEMPLATE_ID, "sms_template_id": Uuid::new_v4(), "push_template_id": PUSH_TEMPLATE});
+    assert_eq!(post(&w.app, ALL_PATH, PARTICIPANT_ID, other, Some("evt-1")).await.status(), 422);
+    let sms_only = post(&w.app, SMS_PATH, PARTICIPANT_ID, json!({"template_id": SMS_TEMPLATE}), Some("evt-1")).await;
+    assert_eq!(sms_only.status(), 422);
+    assert_eq!(rows(&w.app).await, 3);
+
+    // A key is per request, not per channel: the same key on a new single-channel request works once.
+    let push =
+        single(post(&w.app, PUSH_PATH, PARTICIPANT_ID, json!({"template_id": "other"}), Some("evt-2")).await).await;
+    let again = post(&w.app, PUSH_PATH, PARTICIPANT_ID, json!({"template_id": "other"}), Some("evt-2")).await;
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], push.to_string());
+    assert_eq!(rows(&w.app).await, 4);
+}
+
+#[tokio::test]
+async fn the_duplicate_window_applies_per_channel() {
+    let w = wired().await;
+    // The same UUID as the email and the SMS template: different channels are not duplicates of each other.
+    let both = json!({"email_template_id": TEMPLATE_ID, "sms_template_id": TEMPLATE_ID});
+    let first = channels(post(&w.app, ALL_PATH, PARTICIPANT_ID, both, None).await).await;
+    assert!(first.iter().all(|(_, _, s)| s == "queued"), "{first:?}");
+
+    let sms_again = post(&w.app, SMS_PATH, PARTICIPANT_ID, json!({"template_id": TEMPLATE_ID}), None).await;
+    let sms_again: Value = sms_again.json().await.unwrap();
+    assert_eq!(sms_again["status"], "duplicate");
+    let push = post(&w.app, PUSH_PATH, PARTICIPANT_ID, json!({"template_id": TEMPLATE_ID}), None).await;
+    let push: Value = push.json().await.unwrap();
+    assert_eq!(push["status"], "queued", "no earlier push");
+    let push_again = post(&w.app, PUSH_PATH, PARTICIPANT_ID, json!({"template_id": TEMPLATE_ID}), None).await;
+    let push_again: Value = push_again.json().await.unwrap();
+    assert_eq!(push_again["status"], "duplicate");
+    let email_again =
+        channels(post(&w.app, ALL_PATH, PARTICIPANT_ID, json!({"email_template_id": TEMPLATE_ID}), None).await).await;
+    assert_eq!(email_again[0].2, "duplicate");
+    let metrics = w.app.metrics().await;
+    assert!(metrics.contains(r#"ebg_requests_total{api="send_push",outcome="duplicate"}"#), "{metrics}");
+}
