@@ -16,6 +16,8 @@ pub struct Locked {
     pub status: String,
     pub sends: i32,
     pub va_notify_id: Option<Uuid>,
+    /// `email`, `sms` or `push`: whose resend policy applies.
+    pub channel: String,
 }
 
 /// Locks the notification named by `reference` (our id) or else by VA Notify's `va_id`.
@@ -24,7 +26,7 @@ pub async fn lock_for_callback(
     reference: Option<Uuid>,
     va_id: Option<Uuid>,
 ) -> Result<Option<Locked>, sqlx::Error> {
-    let select = "select id, status, sends, va_notify_id from notifications";
+    let select = "select id, status, sends, va_notify_id, channel from notifications";
     let mut row = None;
     if let Some(reference) = reference {
         row = sqlx::query_as(&format!("{select} where id = $1 for update"))
@@ -42,7 +44,8 @@ pub async fn lock_for_callback(
 }
 
 /// Applies `effect` to the locked notification `id`. `reason` is VA Notify's (stored trimmed),
-/// `va_notify_id` the callback's id, `resend_delay` `callbacks.resend_delay_seconds`.
+/// `va_notify_id` the callback's id, `resend_delay` the channel's (`callbacks.resend_delay_seconds` for email,
+/// `sms.resend_delay_seconds` for SMS).
 pub async fn apply_callback(
     conn: &mut PgConnection,
     id: Uuid,
