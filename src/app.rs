@@ -13,7 +13,7 @@ use crate::clicks::ClickLinks;
 use crate::config::{Config, ContactsMode, MpiMode, NotifyMode};
 use crate::contacts::{Contacts, Mpi};
 use crate::notify::{NotifyClient, SandboxCallback};
-use crate::outbox::worker::Deliverer;
+use crate::outbox::worker::{Deliverer, Policies};
 use crate::outbox::{AcceptLimits, AcceptQueue, Wakeup};
 pub use crate::state::AppState;
 use crate::telemetry::PiiHasher;
@@ -25,6 +25,8 @@ use crate::{db, http, metrics, retention, rollout};
 pub enum StartupError {
     #[error(transparent)]
     Database(#[from] db::DbError),
+    #[error("channel policies: {0}")]
+    Policies(String),
     #[error("could not read toggles: {0}")]
     Toggles(#[source] sqlx::Error),
     #[error(transparent)]
@@ -92,6 +94,7 @@ impl Application {
             pii.clone(),
             &config.worker,
             &config.notify,
+            Policies::from_config(&config).map_err(StartupError::Policies)?,
         );
         if config.clicks.enabled {
             deliverer = deliverer.with_click_tracking(ClickLinks::from_config(&config.clicks));

@@ -23,9 +23,11 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::config::{CallbacksConfig, Secret};
+use crate::config::Secret;
 use crate::input::{self, InputError, Location};
 use crate::metrics as m;
+use crate::notify::Channel;
+use crate::outbox::channel_policy::{ChannelPolicy, ResendPolicy};
 pub use crate::outbox::lifecycle::{Effect, RowState, decide};
 use crate::outbox::{self, Status};
 
@@ -143,15 +145,11 @@ fn va_time(text: Option<&str>) -> Option<DateTime<Utc>> {
 
 /// Finds the notification, records the callback and applies its effect, in one transaction.
 #[tracing::instrument(skip_all, fields(status = status_label(&payload.status)))]
-pub async fn handle(
-    pool: &PgPool,
-    payload: &CallbackPayload,
-    config: &CallbacksConfig,
-) -> Result<Handled, sqlx::Error> {
+pub async fn handle(pool: &PgPool, payload: &CallbackPayload, policy: &ChannelPolicy) -> Result<Handled, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let by_reference = payload.reference.as_deref().and_then(|r| Uuid::parse_str(r.trim()).ok());
     let locked = outbox::callbacks::lock_for_callback(&mut tx, by_reference, payload.id).await?;
-    let Some(outbox::callbacks::Locked { id, status, sends, va_notify_id }) = locked else {
+    let Some(outbox::callbacks::Locked { id, status, sends, va_notify_id, channel }) = locked else {
         return Ok(Handled::Unknown);
     };
     let Some(status) = Status::parse(&status) else {
@@ -161,11 +159,13 @@ pub async fn handle(
         (Some(reported), Some(latest)) => reported == latest,
         _ => true,
     };
+    // The row's channel's budget (CHANNELS.md §7): push is never resent, an unknown channel neither.
+    let resend = channel_of(&channel).map_or(ResendPolicy::NONE, |c| policy.resend_policy(c));
     let effect = decide(
         RowState { status, sends, latest_send },
         &payload.status,
         payload.status_reason.as_deref(),
-        config.max_sends,
+        resend.max_sends,
     );
     if effect == Effect::NotYet {
         return Ok(Handled::Known(effect));
@@ -190,8 +190,7 @@ pub async fn handle(
     .await?;
 
     let reason = stored_text(payload.status_reason.as_deref());
-    let resend_delay = std::time::Duration::from_secs(config.resend_delay_seconds);
-    let applied = outbox::callbacks::apply_callback(&mut tx, id, effect, reason, payload.id, resend_delay).await?;
+    let applied = outbox::callbacks::apply_callback(&mut tx, id, effect, reason, payload.id, resend.delay).await?;
     tx.commit().await?;
     if applied {
         count(effect);
@@ -201,6 +200,11 @@ pub async fn handle(
         tracing::error!(notification_id = %id, from = status.as_str(), effect = effect.as_str(), "callback effect refused by the lifecycle");
     }
     Ok(Handled::Known(effect))
+}
+
+/// The VA Notify channel of a row's `channel`.
+fn channel_of(channel: &str) -> Option<Channel> {
+    [Channel::Email, Channel::Sms, Channel::Push].into_iter().find(|c| c.as_str() == channel)
 }
 
 /// Counts state changes with the same counters the worker uses, so `/metrics` and the report agree.

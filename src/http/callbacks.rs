@@ -13,6 +13,7 @@ use crate::auth::bearer_token;
 use crate::callbacks::{self, CallbackPayload, Effect, Handled};
 use crate::error::{ApiError, ErrorBody, UnauthorizedBody};
 use crate::metrics as m;
+use crate::outbox::channel_policy::ChannelPolicy;
 use crate::state::AppState;
 
 /// Header carrying VA Notify's HMAC signature of the body.
@@ -70,7 +71,9 @@ pub async fn receive(
 
     let status = callbacks::status_label(&payload.status);
     metrics::counter!(m::CALLBACKS, "status" => status).increment(1);
-    match callbacks::handle(&state.db, &payload, &state.config.callbacks).await? {
+    let config = &state.config;
+    let policy = ChannelPolicy::new(&config.callbacks, &config.sms, &config.dry_run);
+    match callbacks::handle(&state.db, &payload, &policy).await? {
         Handled::Unknown => {
             metrics::counter!(m::CALLBACKS_UNMATCHED, "status" => status).increment(1);
             tracing::info!(status, "callback for an unknown notification");

@@ -16,6 +16,8 @@ pub struct Locked {
     pub status: String,
     pub sends: i32,
     pub va_notify_id: Option<Uuid>,
+    /// `email`, `sms` or `push`: whose resend policy applies.
+    pub channel: String,
 }
 
 /// Locks the notification named by `reference` (our id) or else by VA Notify's `va_id`.
@@ -28,7 +30,7 @@ pub async fn lock_for_callback(
     if let Some(reference) = reference {
         row = sqlx::query_as!(
             Locked,
-            "select id, status, sends, va_notify_id from notifications where id = $1 for update",
+            "select id, status, sends, va_notify_id, channel from notifications where id = $1 for update",
             reference
         )
         .fetch_optional(&mut *conn)
@@ -37,7 +39,7 @@ pub async fn lock_for_callback(
     if let (None, Some(va_id)) = (&row, va_id) {
         row = sqlx::query_as!(
             Locked,
-            "select id, status, sends, va_notify_id from notifications where va_notify_id = $1 limit 1 for update",
+            "select id, status, sends, va_notify_id, channel from notifications where va_notify_id = $1 limit 1 for update",
             va_id
         )
         .fetch_optional(&mut *conn)
@@ -47,7 +49,8 @@ pub async fn lock_for_callback(
 }
 
 /// Applies `effect` to the locked notification `id`. `reason` is VA Notify's (stored trimmed),
-/// `va_notify_id` the callback's id, `resend_delay` `callbacks.resend_delay_seconds`.
+/// `va_notify_id` the callback's id, `resend_delay` the channel's (`callbacks.resend_delay_seconds` for email,
+/// `sms.resend_delay_seconds` for SMS).
 ///
 /// Every statement is guarded by the lifecycle ([`lifecycle::sources`], [`Requeue`]): a row whose
 /// state does not allow the move is left as it is, and the answer is false (refused). [`Effect::Record`]

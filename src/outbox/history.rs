@@ -19,6 +19,8 @@ pub struct NotificationHistory {
     pub channel: String,
     /// The template requested: a UUID for email and SMS, a VEText id for push.
     pub template_id: String,
+    /// The template the latest send used when it differed from `template_id` (the universal-link swap).
+    pub sent_template_id: Option<String>,
     /// queued, sending, retry_wait, sent, delivered, temporary_failure, permanent_failure, failed, dead,
     /// skipped, suppressed or duplicate.
     pub status: String,
@@ -100,6 +102,7 @@ struct Row {
     id: Uuid,
     channel: String,
     template_id: String,
+    sent_template_id: Option<String>,
     status: String,
     status_reason: Option<String>,
     participant_id: String,
@@ -124,7 +127,7 @@ pub async fn history(
 ) -> Result<Option<NotificationHistory>, sqlx::Error> {
     let row: Option<Row> = sqlx::query_as!(
         Row,
-        "select id, channel, template_id, status, status_reason, participant_id, duplicate_of, va_notify_id,
+        "select id, channel, template_id, sent_template_id, status, status_reason, participant_id, duplicate_of, va_notify_id,
                 attempts, sends, created_at, updated_at, sent_at, delivered_at, next_attempt_at
          from notifications where id = $1",
         id
@@ -162,6 +165,7 @@ pub async fn history(
         id: row.id,
         channel: row.channel,
         template_id: row.template_id,
+        sent_template_id: row.sent_template_id,
         status: row.status,
         status_reason: row.status_reason,
         participant_hash: hasher.participant(&row.participant_id),
@@ -197,7 +201,8 @@ impl NotificationHistory {
             self.status,
             self.status_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
         );
-        let _ = writeln!(out, "channel: {}  template: {}", self.channel, self.template_id);
+        let sent_as = self.sent_template_id.as_deref().map(|t| format!(" (sent as {t})")).unwrap_or_default();
+        let _ = writeln!(out, "channel: {}  template: {}{sent_as}", self.channel, self.template_id);
         let participant = match &self.participant_id {
             Some(id) => format!("{id} (hash {})", self.participant_hash),
             None => format!("hash {}", self.participant_hash),
@@ -277,6 +282,7 @@ mod tests {
             id: Uuid::nil(),
             channel: "email".into(),
             template_id: Uuid::nil().to_string(),
+            sent_template_id: None,
             status: "delivered".into(),
             status_reason: None,
             participant_hash: "abcdef0123456789".into(),

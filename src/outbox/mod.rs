@@ -271,6 +271,24 @@ pub async fn finish_try(
     Ok(!written.is_empty())
 }
 
+/// Records the template a leased email row's send uses (`None`: as requested), before the call, fenced
+/// by the lease like every worker write. Written per send, so a resend records its own choice.
+pub(crate) async fn record_sent_template(
+    pool: &PgPool,
+    row: &Claimed,
+    sent_template_id: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update notifications set sent_template_id = $3 where id = $1 and lease_token = $2",
+        row.id,
+        row.lease_token,
+        sent_template_id.map(|id| id.to_string()),
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// The `prior_outcome` and `prior_va_notify_id` inputs of the finish statement.
 fn prior_columns(prior: Option<PriorCall>) -> (Option<&'static str>, Option<Uuid>) {
     match prior {

@@ -13,7 +13,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::channel_policy::{ChannelPolicy, REASON_DRY_RUN};
 use super::owner::Owner;
+use super::quiet_hours::{QuietDecision, QuietHours, REASON_QUIET_HOURS};
 use super::{
     CHANNEL_EMAIL, CHANNEL_PUSH, CHANNEL_SMS, CallRecord, Claimed, FinishQueue, PriorCall, Status, Transition, Wakeup,
     backoff,
@@ -22,8 +24,10 @@ use crate::clicks::ClickLinks;
 use crate::config::{NotifyConfig, WorkerConfig};
 use crate::contacts::{ContactError, Contacts, Identity, Mpi, MpiError};
 use crate::metrics as m;
+use crate::notify::templates::{TemplateSwap, UNIVERSAL_LINK_FEATURE};
 use crate::notify::{
-    Admits, BreakerState, EmailRequest, ErrorClass, NotifyClient, NotifyError, PushRequest, SmsRequest, web_host,
+    Admits, BreakerState, Channel, EmailRequest, ErrorClass, NotifyClient, NotifyError, PushRequest, SmsRequest,
+    web_host,
 };
 use crate::telemetry::PiiHasher;
 use crate::toggles::Toggles;
@@ -52,6 +56,33 @@ pub struct Deliverer {
     finish: FinishQueue,
     /// This process's owner lock, recorded on its leases.
     owner: Owner,
+    /// Quiet hours, dry runs and the universal-link swap (CHANNELS.md §5, §6).
+    policies: Policies,
+}
+
+/// The channel policies the worker asks before each call (CHANNELS.md §5–§7).
+#[derive(Clone, Debug)]
+pub struct Policies {
+    /// Asked before every SMS call: first send, retry and resend.
+    pub quiet_hours: QuietHours,
+    /// Dry runs per channel (and resend policies, which the callback path reads).
+    pub channels: ChannelPolicy,
+    /// Email templates swapped for their universal-link versions while the feature is on.
+    pub templates: TemplateSwap,
+}
+
+impl Policies {
+    /// The policies of a validated configuration; `Err` lists what is wrong (keys named), as validation does.
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, String> {
+        let quiet_hours = QuietHours::from_config(&config.sms).map_err(|problems| problems.join("; "))?;
+        let (templates, _notes) =
+            TemplateSwap::load(&config.templates.file).map_err(|e| format!("templates.file: {e}"))?;
+        Ok(Self {
+            quiet_hours,
+            channels: ChannelPolicy::new(&config.callbacks, &config.sms, &config.dry_run),
+            templates,
+        })
+    }
 }
 
 impl Deliverer {
@@ -65,6 +96,7 @@ impl Deliverer {
         pii: PiiHasher,
         config: &WorkerConfig,
         notify_config: &NotifyConfig,
+        policies: Policies,
     ) -> Self {
         Self {
             finish: FinishQueue::start(pool.clone()),
@@ -80,6 +112,7 @@ impl Deliverer {
             breaker_open_for: Duration::from_secs(notify_config.breaker_open_seconds),
             reconcile_after: Duration::from_millis(notify_config.timeout_ms),
             owner: Owner::default(),
+            policies,
         }
     }
 
@@ -240,6 +273,10 @@ impl Deliverer {
             Ok(contact) => contact,
             Err(e) => return self.contact_failed(row, &e, prior).await,
         };
+        if self.policies.channels.dry_run(Channel::Email) {
+            return self.dry_run(row, prior).await;
+        }
+        let template_id = self.template_to_send(row, template_id).await?;
         let host = self.host_for(row);
         let email = EmailRequest {
             template_id,
@@ -259,6 +296,21 @@ impl Deliverer {
         if self.identity_for(row, prior).await?.is_none() {
             return Ok(());
         }
+        match self.policies.quiet_hours.decide(Utc::now(), row.id) {
+            QuietDecision::Send => {}
+            QuietDecision::DeferUntil(at) => {
+                // Not a try: the row goes back to its pending state, due when the window ends (plus its slot).
+                let defer = Transition::Defer { at, reason: REASON_QUIET_HOURS.into() };
+                return self.conclude(row, None, defer, prior).await;
+            }
+            QuietDecision::Block => {
+                let blocked = Transition::Finish { status: Status::Suppressed, reason: REASON_QUIET_HOURS.into() };
+                return self.conclude(row, None, blocked, prior).await;
+            }
+        }
+        if self.policies.channels.dry_run(Channel::Sms) {
+            return self.dry_run(row, prior).await;
+        }
         let host = self.host_for(row);
         let sms = SmsRequest { template_id, participant_id: &row.participant_id, host: &host, reference: row.id };
         let result = self.notify.send_sms(&sms).await.map(|sent| sent.id);
@@ -269,6 +321,9 @@ impl Deliverer {
     /// and gets no callback: it ends `sent`.
     async fn deliver_push(&self, row: &Claimed, prior: Option<PriorCall>) -> Result<(), sqlx::Error> {
         let Some(identity) = self.identity_for(row, prior).await? else { return Ok(()) };
+        if self.policies.channels.dry_run(Channel::Push) {
+            return self.dry_run(row, prior).await;
+        }
         let push = PushRequest { template_id: &row.template_id, icn: &identity.icn };
         let (call, transition) = match self.notify.send_push(&push).await {
             Ok(_accepted) => (
@@ -294,6 +349,24 @@ impl Deliverer {
             return self.conclude(row, None, suppressed, prior).await.map(|()| None);
         }
         Ok(Some(identity))
+    }
+
+    /// A channel in dry run: resolved, then `skipped`/`dry_run` where the call would have been made.
+    async fn dry_run(&self, row: &Claimed, prior: Option<PriorCall>) -> Result<(), sqlx::Error> {
+        let skipped = Transition::Finish { status: Status::Skipped, reason: REASON_DRY_RUN.into() };
+        self.conclude(row, None, skipped, prior).await
+    }
+
+    /// The email template to send: the universal-link one when `requested` is swappable and the feature is on
+    /// for the participant. Records what this send used on the row (`sent_template_id`, null = as requested).
+    async fn template_to_send(&self, row: &Claimed, requested: uuid::Uuid) -> Result<uuid::Uuid, sqlx::Error> {
+        if !self.policies.templates.is_swappable(requested) {
+            return Ok(requested);
+        }
+        let flag_on = self.toggles.is_enabled(UNIVERSAL_LINK_FEATURE, &row.participant_id);
+        let sent = self.policies.templates.swap(requested, flag_on);
+        super::record_sent_template(&self.pool, row, (sent != requested).then_some(sent)).await?;
+        Ok(sent)
     }
 
     /// The row's template as a UUID (email, SMS); `None` if it is not one (never accepted so).

@@ -53,17 +53,24 @@ pub const REGISTRATIONS: &[Registration] = &[
     Registration { key: EMAILS_ENABLED, channel: crate::outbox::CHANNEL_EMAIL, actor: ActorKind::ParticipantId },
     Registration { key: SMS_ENABLED, channel: crate::outbox::CHANNEL_SMS, actor: ActorKind::Icn },
     Registration { key: PUSH_ENABLED, channel: crate::outbox::CHANNEL_PUSH, actor: ActorKind::Icn },
+    // Not a gate: picks the email template (CHANNELS.md §6). After email's gate, so `feature_for_channel` finds that.
+    Registration {
+        key: crate::notify::templates::UNIVERSAL_LINK_FEATURE,
+        channel: crate::outbox::CHANNEL_EMAIL,
+        actor: ActorKind::ParticipantId,
+    },
 ];
 
 /// The keys of [`REGISTRATIONS`].
-pub const KNOWN_FEATURES: &[&str] = &[EMAILS_ENABLED, SMS_ENABLED, PUSH_ENABLED];
+pub const KNOWN_FEATURES: &[&str] =
+    &[EMAILS_ENABLED, SMS_ENABLED, PUSH_ENABLED, crate::notify::templates::UNIVERSAL_LINK_FEATURE];
 
 /// The registration of `feature`, if this service uses it.
 pub fn registration(feature: &str) -> Option<&'static Registration> {
     REGISTRATIONS.iter().find(|r| r.key == feature)
 }
 
-/// The feature gating `channel`.
+/// The feature gating `channel` (its first registration; the universal-link feature comes after email's gate).
 pub fn feature_for_channel(channel: &str) -> Option<&'static Registration> {
     REGISTRATIONS.iter().find(|r| r.channel == channel)
 }

@@ -9,29 +9,34 @@ use uuid::Uuid;
 
 use crate::helpers::{PARTICIPANT_ID, TEMPLATE_ID, TestApp, app, claims, sign, token_for_every_route};
 
-const SMS_PATH: &str = "/v0/event_bus_gateway/send_sms";
-const PUSH_PATH: &str = "/v0/event_bus_gateway/send_push";
+pub(crate) const SMS_PATH: &str = "/v0/event_bus_gateway/send_sms";
+pub(crate) const PUSH_PATH: &str = "/v0/event_bus_gateway/send_push";
 const ALL_PATH: &str = "/v0/event_bus_gateway/send_notifications";
-const SMS_TEMPLATE: &str = "7d0c9a8e-2b3c-4f1d-9e8a-0a1b2c3d4e5f";
+pub(crate) const SMS_TEMPLATE: &str = "7d0c9a8e-2b3c-4f1d-9e8a-0a1b2c3d4e5f";
 /// A VEText template id: not a UUID.
-const PUSH_TEMPLATE: &str = "0EF7C8C9390847D7B3B521426EFF5814";
-const ICN: &str = "1012345678V123456";
+pub(crate) const PUSH_TEMPLATE: &str = "0EF7C8C9390847D7B3B521426EFF5814";
+pub(crate) const ICN: &str = "1012345678V123456";
 /// A participant MPI does not know (GCID01), while BGS does.
 const UNKNOWN_TO_MPI: &str = "600099999";
-const SMS_FEATURE: &str = "event_bus_gateway_letter_ready_sms_notifications";
-const PUSH_FEATURE: &str = "event_bus_gateway_letter_ready_push_notifications";
+pub(crate) const SMS_FEATURE: &str = "event_bus_gateway_letter_ready_sms_notifications";
+pub(crate) const PUSH_FEATURE: &str = "event_bus_gateway_letter_ready_push_notifications";
 const NO_TEMPLATES: &str = r#"{"errors":[{"title":"Bad Request","detail":"At least one of email_template_id, push_template_id, or sms_template_id is required","status":"400"}]}"#;
 
 /// The app with every upstream faked: VA Notify (email/SMS key and push key), BGS, MPI over mTLS.
-struct Wired {
-    app: TestApp,
-    notify: FakeVaNotify,
-    mpi: FakeMpi,
+pub(crate) struct Wired {
+    pub(crate) app: TestApp,
+    pub(crate) notify: FakeVaNotify,
+    pub(crate) mpi: FakeMpi,
     _bgs: FakeBgs,
     _pki: TestPki,
 }
 
 async fn wired() -> Wired {
+    wired_with(&[]).await
+}
+
+/// [`wired`] with extra `EBG_` settings; `database` shares an earlier app's database (a restart).
+pub(crate) async fn wired_on(extra: &[(&str, String)], database: Option<&str>) -> Wired {
     let notify = FakeVaNotify::start().await;
     let bgs = FakeBgs::start().await;
     bgs.add_person(PARTICIPANT_ID, "JANE");
@@ -39,7 +44,14 @@ async fn wired() -> Wired {
     let pki = TestPki::generate();
     let mpi = FakeMpi::start(&pki).await;
     mpi.add_patient(PARTICIPANT_ID, ICN, Some("JANE"));
-    let app = app()
+    let mut builder = app();
+    if let Some(url) = database {
+        builder = builder.database(url);
+    }
+    for (key, value) in extra {
+        builder = builder.env(key, value);
+    }
+    let app = builder
         .notify(&notify)
         .bgs(&bgs)
         .env("EBG_NOTIFY__PUSH_API_KEY", notify.push_api_key())
@@ -55,11 +67,16 @@ async fn wired() -> Wired {
     Wired { app, notify, mpi, _bgs: bgs, _pki: pki }
 }
 
+/// [`wired_on`] a fresh database.
+pub(crate) async fn wired_with(extra: &[(&str, String)]) -> Wired {
+    wired_on(extra, None).await
+}
+
 fn token(participant: &str) -> String {
     token_for_every_route(participant)
 }
 
-async fn enable(app: &TestApp, feature: &str) {
+pub(crate) async fn enable(app: &TestApp, feature: &str) {
     sqlx::query(
         "insert into flipper_gates (feature_key, key, value) values ($1, 'boolean', 'true') on conflict do nothing",
     )
@@ -71,7 +88,13 @@ async fn enable(app: &TestApp, feature: &str) {
 }
 
 /// POSTs `body` as JSON to `path` for `participant` (optionally with an Idempotency-Key), asking for JSON.
-async fn post(app: &TestApp, path: &str, participant: &str, body: Value, key: Option<&str>) -> reqwest::Response {
+pub(crate) async fn post(
+    app: &TestApp,
+    path: &str,
+    participant: &str,
+    body: Value,
+    key: Option<&str>,
+) -> reqwest::Response {
     let mut request = app
         .client
         .post(format!("{}{path}", app.address))
@@ -102,7 +125,7 @@ async fn channels(response: reqwest::Response) -> Vec<(String, Uuid, String)> {
         .collect()
 }
 
-async fn single(response: reqwest::Response) -> Uuid {
+pub(crate) async fn single(response: reqwest::Response) -> Uuid {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "queued");
@@ -110,7 +133,7 @@ async fn single(response: reqwest::Response) -> Uuid {
 }
 
 /// (channel, status, status_reason, va_notify_id is set, template_id) of a row.
-async fn row(app: &TestApp, id: Uuid) -> (String, String, Option<String>, bool, String) {
+pub(crate) async fn row(app: &TestApp, id: Uuid) -> (String, String, Option<String>, bool, String) {
     sqlx::query_as(
         "select channel, status, status_reason, va_notify_id is not null, template_id from notifications where id = $1",
     )

@@ -256,6 +256,8 @@ impl TestAppBuilder {
             ("EBG_WORKER__RETRY_MAX_SECONDS".to_owned(), "0".to_owned()),
             ("EBG_NOTIFY__SANDBOX_DELIVERY_DELAY_MS".to_owned(), "50".to_owned()),
             ("EBG_TOGGLES__REFRESH_INTERVAL_MS".to_owned(), "200".to_owned()),
+            // SMS quiet hours follow the real clock; tests that want them configure a window around now.
+            ("EBG_SMS__QUIET_HOURS_MODE".to_owned(), "off".to_owned()),
             ("EBG_TELEMETRY__LOG_FORMAT".to_owned(), "json".to_owned()),
             ("EBG_TELEMETRY__LOG_FILTER".to_owned(), std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into())),
         ];

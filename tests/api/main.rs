@@ -4,6 +4,7 @@ mod admin;
 mod architecture;
 mod breaker;
 mod callbacks;
+mod channel_policies;
 mod channels;
 mod cli_output;
 mod clicks;
