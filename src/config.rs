@@ -448,6 +448,7 @@ durations! {
     }
     ConsoleConfig { session: session_minutes as minutes }
     CallbacksConfig { resend_delay: resend_delay_seconds as seconds }
+    SmsConfig { resend_delay: resend_delay_seconds as seconds }
     RolloutConfig { interval: interval_seconds as seconds }
     RetentionConfig { interval: interval_seconds as seconds }
 }
@@ -725,7 +726,7 @@ impl Config {
         const HOUR: u64 = 3600;
         const DAY: u64 = 86_400;
         const TEN_MINUTES_MS: u64 = 600_000;
-        let ranges: [(&str, u64, RangeInclusive<u64>, &str); 27] = [
+        let ranges: [(&str, u64, RangeInclusive<u64>, &str); 28] = [
             ("http.request_timeout_seconds", self.http.request_timeout_seconds, 1..=10 * MINUTE, ""),
             ("http.shutdown_grace_seconds", self.http.shutdown_grace_seconds, 0..=HOUR, ""),
             ("database.acquire_timeout_ms", self.database.acquire_timeout_ms, 1..=TEN_MINUTES_MS, ""),
@@ -753,6 +754,7 @@ impl Config {
             ("contacts.cache_ttl_seconds", self.contacts.cache_ttl_seconds, 0..=30 * DAY, ""),
             ("contacts.negative_cache_ttl_seconds", self.contacts.negative_cache_ttl_seconds, 0..=30 * DAY, ""),
             ("callbacks.resend_delay_seconds", self.callbacks.resend_delay_seconds, 0..=7 * DAY, ""),
+            ("sms.resend_delay_seconds", self.sms.resend_delay_seconds, 0..=7 * DAY, ""),
             ("console.session_minutes", self.console.session_minutes, 5..=7 * DAY / MINUTE, " (a week)"),
             ("rollout.interval_seconds", self.rollout.interval_seconds, 1..=DAY, ""),
             ("retention.interval_seconds", self.retention.interval_seconds, 1..=7 * DAY, ""),

@@ -63,7 +63,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
     }
     PgPoolOptions::new()
         .max_connections(cfg.max_connections)
-        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+        .acquire_timeout(cfg.acquire_timeout())
         .connect_with(options.clone())
         .await
         .map_err(connect_error(&options))
@@ -128,7 +128,7 @@ pub fn connect_accept_pool(
         .options([("statement_timeout", millis.as_str()), ("idle_in_transaction_session_timeout", millis.as_str())]);
     Ok(PgPoolOptions::new()
         .max_connections(u32::try_from(writers).unwrap_or(u32::MAX).max(1))
-        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+        .acquire_timeout(cfg.acquire_timeout())
         .connect_lazy_with(options))
 }
 

@@ -2,8 +2,6 @@
 //! deleted by a background job, in batches of `retention.batch_size` rows per statement so no statement
 //! holds many locks or runs long, and the job never competes with the hot path for long.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -99,7 +97,7 @@ pub async fn purge_once(pool: &PgPool, config: &RetentionConfig) -> Result<Purge
 
 /// Purges every `retention.interval_seconds` until `cancel` fires.
 pub async fn run(pool: PgPool, config: RetentionConfig, cancel: CancellationToken) {
-    let interval = Duration::from_secs(config.interval_seconds);
+    let interval = config.interval();
     loop {
         match purge_once(&pool, &config).await {
             Ok(p) if p != Purged::default() => tracing::info!(

@@ -4,16 +4,16 @@ use std::time::Duration;
 
 /// An HTTP client with the given timeouts that never follows redirects: a redirected POST turns
 /// into a GET and silently does nothing, so a redirect from an upstream is treated as an error.
-pub fn http_client(timeout_ms: u64, connect_timeout_ms: u64) -> reqwest::Result<reqwest::Client> {
-    client_builder(timeout_ms, connect_timeout_ms).build()
+pub fn http_client(timeout: Duration, connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    client_builder(timeout, connect_timeout).build()
 }
 
 /// The builder behind [`http_client`], for clients that add TLS settings (MPI's mutual TLS).
-pub fn client_builder(timeout_ms: u64, connect_timeout_ms: u64) -> reqwest::ClientBuilder {
+pub fn client_builder(timeout: Duration, connect_timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .use_rustls_tls()
-        .timeout(Duration::from_millis(timeout_ms))
-        .connect_timeout(Duration::from_millis(connect_timeout_ms))
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("ebg-notify/", env!("CARGO_PKG_VERSION")))
 }

@@ -295,16 +295,18 @@ pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: By
             ));
         }
     };
-    let minutes = state.config.console.session_minutes;
+    let lifetime = state.config.console.session();
     let session = Session {
         sid: hex::encode(rand::random::<[u8; 16]>()),
         name,
         role,
-        exp: unix_now() + i64::try_from(minutes * 60).unwrap_or(i64::MAX / 2),
+        exp: unix_now() + i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX / 2),
     };
     tracing::info!(actor = %session.name, role = ?session.role, "console sign-in");
     let mut response = Redirect::to("/console").into_response();
-    response.headers_mut().insert(SET_COOKIE, set_cookie(&state, &session.encode(&state.console_key), minutes * 60));
+    response
+        .headers_mut()
+        .insert(SET_COOKIE, set_cookie(&state, &session.encode(&state.console_key), lifetime.as_secs()));
     Ok(response)
 }
 

@@ -72,7 +72,7 @@ impl BgsClient {
         if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 {
             problems.push("contacts.timeout_ms and contacts.connect_timeout_ms: must be positive".to_owned());
         }
-        let http = crate::upstream::http_client(cfg.timeout_ms, cfg.connect_timeout_ms)
+        let http = crate::upstream::http_client(cfg.timeout(), cfg.connect_timeout())
             .map_err(|e| problems.push(format!("contacts: HTTP client could not be built: {e}")))
             .ok();
         match (endpoint, http) {

@@ -16,7 +16,6 @@ mod sandbox;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use self::bgs::BgsClient;
 use self::cache::{ContactCache, Origin};
@@ -144,8 +143,8 @@ impl Contacts {
                 directory: ContactDirectory::Bgs(BgsClient::from_config(cfg)?),
                 cache: Some(ContactCache::new(
                     crate::memory::CacheBounds { max_entries: cfg.cache_capacity, max_bytes: cfg.cache_max_bytes },
-                    Duration::from_secs(cfg.cache_ttl_seconds),
-                    Duration::from_secs(cfg.negative_cache_ttl_seconds),
+                    cfg.cache_ttl(),
+                    cfg.negative_cache_ttl(),
                 )),
             },
         };

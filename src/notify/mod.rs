@@ -257,15 +257,11 @@ impl NotifyClient {
                     .map_err(|_| NotifyInitError("notify.sms_sender_id: must be a UUID (or empty for none)".into()))?,
             ),
         };
-        let http = crate::upstream::http_client(cfg.timeout_ms, cfg.connect_timeout_ms)
+        let http = crate::upstream::http_client(cfg.timeout(), cfg.connect_timeout())
             .map_err(|e| NotifyInitError(format!("cannot build the HTTP client ({e})")))?;
 
         let mode = match cfg.mode {
-            NotifyMode::Sandbox => Mode::Sandbox(Sandbox::new(
-                http,
-                sandbox_callback,
-                Duration::from_millis(cfg.sandbox_delivery_delay_ms),
-            )),
+            NotifyMode::Sandbox => Mode::Sandbox(Sandbox::new(http, sandbox_callback, cfg.sandbox_delivery_delay())),
             NotifyMode::Live => {
                 let callback_url = match cfg.callback_url.trim() {
                     "" => None,
@@ -284,7 +280,7 @@ impl NotifyClient {
                     let transport = LiveTransport::new(http, &cfg.base_url, &key, None, None)?;
                     Some(Lane::new(transport, cfg, cfg.push_rate_per_minute, "notify.push_rate_per_minute")?)
                 };
-                Mode::Live(Live { main, push, lookup_timeout: Duration::from_millis(cfg.lookup_timeout_ms) })
+                Mode::Live(Live { main, push, lookup_timeout: cfg.lookup_timeout() })
             }
         };
         Ok(Self { inner: Arc::new(mode) })
@@ -422,7 +418,7 @@ impl Lane {
         Ok(Self {
             transport,
             limiter: RateLimiter::direct(quota),
-            breaker: CircuitBreaker::new(cfg.breaker_failure_threshold, Duration::from_secs(cfg.breaker_open_seconds)),
+            breaker: CircuitBreaker::new(cfg.breaker_failure_threshold, cfg.breaker_open()),
         })
     }
 

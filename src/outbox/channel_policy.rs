@@ -37,11 +37,8 @@ impl ChannelPolicy {
     pub fn new(callbacks: &CallbacksConfig, sms: &SmsConfig, dry_run: &DryRunConfig) -> Self {
         Self {
             dry_run: [dry_run.email, dry_run.sms, dry_run.push],
-            email: ResendPolicy {
-                max_sends: callbacks.max_sends,
-                delay: Duration::from_secs(callbacks.resend_delay_seconds),
-            },
-            sms: ResendPolicy { max_sends: sms.max_sends, delay: Duration::from_secs(sms.resend_delay_seconds) },
+            email: ResendPolicy { max_sends: callbacks.max_sends, delay: callbacks.resend_delay() },
+            sms: ResendPolicy { max_sends: sms.max_sends, delay: sms.resend_delay() },
         }
     }
 

@@ -109,8 +109,8 @@ impl Deliverer {
             config: config.clone(),
             host: web_host(&notify_config.hostname).into(),
             clicks: None,
-            breaker_open_for: Duration::from_secs(notify_config.breaker_open_seconds),
-            reconcile_after: Duration::from_millis(notify_config.timeout_ms),
+            breaker_open_for: notify_config.breaker_open(),
+            reconcile_after: notify_config.timeout(),
             owner: Owner::default(),
             policies,
         }
@@ -142,7 +142,7 @@ impl Deliverer {
     pub async fn run(self, wake: Wakeup, running: Arc<AtomicBool>, cancel: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let tasks = TaskTracker::new();
-        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        let poll = self.config.poll_interval();
         let peers = tokio::spawn(wake.clone().listen_for_peers(cancel.clone()));
         let owner_lock = self.owner.hold((*self.pool.connect_options()).clone(), cancel.clone()).await;
         // True while the last claim filled every free slot, i.e. more rows are probably due.
@@ -233,7 +233,7 @@ impl Deliverer {
     }
 
     fn lease(&self) -> Duration {
-        Duration::from_secs(self.config.lease_seconds)
+        self.config.lease()
     }
 
     /// Delivers one leased row and records the outcome. Errors are logged, never propagated:
@@ -539,8 +539,8 @@ impl Deliverer {
         }
         let delay = backoff::retry_delay(
             attempt as u32,
-            Duration::from_secs(self.config.retry_base_seconds),
-            Duration::from_secs(self.config.retry_max_seconds),
+            self.config.retry_base(),
+            self.config.retry_max(),
             rand::random::<f64>(),
         );
         Transition::Retry { at: Utc::now() + delay, reason: reason.to_owned() }

@@ -49,7 +49,7 @@ impl FhirClient {
         };
         let cert = read("client_cert_path", &cfg.client_cert_path, &mut problems);
         let key = read("client_key_path", &cfg.client_key_path, &mut problems);
-        let mut builder = crate::upstream::client_builder(cfg.timeout_ms, cfg.connect_timeout_ms);
+        let mut builder = crate::upstream::client_builder(cfg.timeout(), cfg.connect_timeout());
         if let (Some(mut pem), Some(key)) = (cert, key) {
             pem.push(b'\n');
             pem.extend_from_slice(&key);

@@ -13,7 +13,6 @@ mod sandbox;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use self::fhir::FhirClient;
 use super::cache::{Cacheable, Freshness, LookupCache, Origin};
@@ -136,8 +135,8 @@ impl Mpi {
                 client: FhirClient::from_config(cfg)?,
                 cache: LookupCache::new(
                     crate::memory::CacheBounds { max_entries: cfg.cache_capacity, max_bytes: cfg.cache_max_bytes },
-                    Duration::from_secs(cfg.cache_ttl_seconds),
-                    Duration::from_secs(cfg.negative_cache_ttl_seconds),
+                    cfg.cache_ttl(),
+                    cfg.negative_cache_ttl(),
                 ),
             },
         };
@@ -181,6 +180,7 @@ impl Mpi {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use std::time::Duration;
 
     #[test]
     fn debug_never_shows_the_icn_or_name() {
