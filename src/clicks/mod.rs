@@ -119,10 +119,11 @@ pub fn classify(is_head: bool, user_agent: Option<&str>, scanners: &[String]) ->
 #[tracing::instrument(skip_all, fields(kind))]
 pub async fn record(pool: &PgPool, notification_id: Uuid, kind: &'static str) -> Result<bool, sqlx::Error> {
     let counted = i32::from(kind == "counted");
-    let after: Option<i32> = sqlx::query_scalar!(
+    // A notification deleted by retention (or never ours) is refused by the foreign key rather than
+    // checked first: this module reads nothing of `notifications`, whose only owner is the outbox.
+    let inserted = sqlx::query_scalar!(
         "insert into clicks as c (notification_id, total, counted, first_counted_at)
-         select $1, 1, $2, case when $2 > 0 then now() end
-         where exists (select 1 from notifications where id = $1)
+         values ($1, 1, $2, case when $2 > 0 then now() end)
          on conflict (notification_id) do update set last_at = now(), total = c.total + 1,
              counted = c.counted + excluded.counted,
              first_counted_at = coalesce(c.first_counted_at, excluded.first_counted_at)
@@ -130,8 +131,13 @@ pub async fn record(pool: &PgPool, notification_id: Uuid, kind: &'static str) ->
         notification_id,
         counted,
     )
-    .fetch_optional(pool)
-    .await?;
+    .fetch_one(pool)
+    .await;
+    let after = match inserted {
+        Ok(after) => Some(after),
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => None,
+        Err(e) => return Err(e),
+    };
     let first = counted == 1 && after == Some(1);
     metrics::counter!(m::CLICKS, "kind" => kind).increment(1);
     if first {

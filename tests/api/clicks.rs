@@ -139,3 +139,21 @@ async fn click_tracking_is_off_by_default() {
     let request = notify.accepted().into_iter().find(|r| r.reference() == Some(id.to_string().as_str())).unwrap();
     assert_eq!(request.body.unwrap()["personalisation"]["host"], "www.va.gov");
 }
+
+#[tokio::test]
+async fn a_click_after_retention_deleted_the_notification_redirects_and_records_nothing() {
+    let (app, notify, _bgs) = wired(CLICKS_ON).await;
+    let id = queue_for(&app, PARTICIPANT_ID).await;
+    app.deliver_all().await;
+    let token = token_in(&notify, id);
+    // As retention's purge would: the row goes, the signed link in the Veteran's inbox stays.
+    sqlx::query("delete from notifications where id = $1").bind(id).execute(&app.db).await.unwrap();
+
+    let unique = "ebg_clicks_unique_total";
+    let before = app.metric(unique).await;
+    let (status, location) = raw_get(&app, "GET", &format!("/c/{token}/track-claims"), BROWSER).await;
+    assert_eq!(status, 302);
+    assert_eq!(location.as_deref(), Some("https://www.va.gov/track-claims"));
+    assert_eq!(click_row(&app, id).await, None);
+    assert_eq!(app.metric(unique).await, before);
+}
