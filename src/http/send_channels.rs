@@ -9,7 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::extract::{Params, ServiceAccountAuth};
-use super::send_email::{AcceptedBody, accept_channels, accepted_outcome, answer, uuid_template};
+use super::send_email::{AcceptedBody, accept_channels, accepted_outcome, answer, single, uuid_template};
 use crate::error::ApiError;
 use crate::outbox::{CHANNEL_EMAIL, CHANNEL_PUSH, CHANNEL_SMS};
 use crate::state::AppState;
@@ -188,21 +188,6 @@ pub async fn send_notifications(
         .map(|(channel, a)| ChannelAccepted { channel: channel.to_owned(), id: a.id, status: a.status.to_string() })
         .collect();
     Ok(answer(&headers, outcome, NotificationsAccepted { notifications }))
-}
-
-/// A single-channel route's accept and answer.
-async fn single(
-    state: &AppState,
-    account: &crate::auth::ServiceAccount,
-    headers: &HeaderMap,
-    channel: &'static str,
-    template_id: String,
-) -> Result<Response, ApiError> {
-    let accepted = accept_channels(state, account, headers, vec![(channel, template_id)]).await?;
-    let outcome = accepted_outcome(&accepted);
-    let (_, row) =
-        accepted.into_iter().next().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("accept returned no row")))?;
-    Ok(answer(headers, outcome, AcceptedBody { id: row.id, status: row.status.to_string() }))
 }
 
 /// A VEText template id parameter: any string of 1 to 255 characters without control characters

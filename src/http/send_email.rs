@@ -69,11 +69,22 @@ pub async fn send_email(
 ) -> Result<Response, ApiError> {
     let template_id =
         uuid_template(&params, "template_id")?.ok_or(ApiError::MissingParameter { field: "template_id" })?;
-    let accepted = accept_channels(&state, &account, &headers, vec![(CHANNEL_EMAIL, template_id)]).await?;
+    single(&state, &account, &headers, CHANNEL_EMAIL, template_id).await
+}
+
+/// A single-channel route's accept and answer (`send_email`, `send_sms`, `send_push`).
+pub(super) async fn single(
+    state: &AppState,
+    account: &crate::auth::ServiceAccount,
+    headers: &HeaderMap,
+    channel: &'static str,
+    template_id: String,
+) -> Result<Response, ApiError> {
+    let accepted = accept_channels(state, account, headers, vec![(channel, template_id)]).await?;
     let outcome = accepted_outcome(&accepted);
-    let (_, email) =
+    let (_, row) =
         accepted.into_iter().next().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("accept returned no row")))?;
-    Ok(answer(&headers, outcome, AcceptedBody { id: email.id, status: email.status.to_string() }))
+    Ok(answer(headers, outcome, AcceptedBody { id: row.id, status: row.status.to_string() }))
 }
 
 /// The shared accept path of every send_* route: reads the participant from the token and the
