@@ -72,6 +72,30 @@ pub enum ReadRejections {
     Unavailable(ErrorBody),
 }
 
+/// What every send route (`send_email`, `send_sms`, `send_push`, `send_notifications`) may answer besides
+/// its own 200 and 400.
+#[derive(utoipa::IntoResponses)]
+pub enum SendRejections {
+    /// Token missing, malformed, badly signed, or without the exact scope.
+    #[response(status = 401)]
+    Unauthorized(ServiceAccountErrorBody),
+    /// Token expired.
+    #[response(status = 403)]
+    Expired(ServiceAccountErrorBody),
+    /// Body larger than the limit.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Body neither JSON nor form.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// Token without a usable participant_id; Idempotency-Key reused for another request.
+    #[response(status = 422)]
+    Unprocessable(ErrorBody),
+    /// Database unavailable; retry.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// Admin token missing or wrong.
 #[derive(utoipa::IntoResponses)]
 pub enum AdminUnauthorized {

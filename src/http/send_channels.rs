@@ -59,12 +59,7 @@ pub struct NotificationsAccepted {
                 (String = "text/plain", example = ""),
             )),
         (status = 400, description = "template_id missing or not a UUID; malformed body or text", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Token missing, malformed, badly signed, or without the exact scope", body = crate::http::openapi::ServiceAccountErrorBody),
-        (status = 403, description = "Token expired", body = crate::http::openapi::ServiceAccountErrorBody),
-        (status = 413, description = "Body larger than the limit", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Body neither JSON nor form", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Token without a usable participant_id; Idempotency-Key reused for another request", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "Database unavailable; retry", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::SendRejections,
     ),
     security(("service_account" = []))
 )]
@@ -104,12 +99,7 @@ pub async fn send_sms(
                 (String = "text/plain", example = ""),
             )),
         (status = 400, description = "template_id missing, longer than 255 characters or holding control characters; malformed body or text", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Token missing, malformed, badly signed, or without the exact scope", body = crate::http::openapi::ServiceAccountErrorBody),
-        (status = 403, description = "Token expired", body = crate::http::openapi::ServiceAccountErrorBody),
-        (status = 413, description = "Body larger than the limit", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Body neither JSON nor form", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Token without a usable participant_id; Idempotency-Key reused for another request", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "Database unavailable; retry", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::SendRejections,
     ),
     security(("service_account" = []))
 )]
@@ -153,12 +143,7 @@ pub async fn send_push(
                 (String = "text/plain", example = ""),
             )),
         (status = 400, description = "No template id (vets-api's body), a template id of the wrong form; malformed body or text", body = crate::http::openapi::NotificationsBadRequest),
-        (status = 401, description = "Token missing, malformed, badly signed, or without the exact scope", body = crate::http::openapi::ServiceAccountErrorBody),
-        (status = 403, description = "Token expired", body = crate::http::openapi::ServiceAccountErrorBody),
-        (status = 413, description = "Body larger than the limit", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Body neither JSON nor form", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Token without a usable participant_id; Idempotency-Key reused for another request", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "Database unavailable; retry", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::SendRejections,
     ),
     security(("service_account" = []))
 )]

@@ -52,12 +52,7 @@ pub struct AcceptedBody {
                 (String = "text/plain", example = ""),
             )),
         (status = 400, description = "template_id missing or not a UUID; malformed body or text", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "Token missing, malformed, badly signed, or without the exact scope", body = crate::http::openapi::ServiceAccountErrorBody),
-        (status = 403, description = "Token expired", body = crate::http::openapi::ServiceAccountErrorBody),
-        (status = 413, description = "Body larger than the limit", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Body neither JSON nor form", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Token without a usable participant_id; Idempotency-Key reused for another request", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "Database unavailable; retry", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::SendRejections,
     ),
     security(("service_account" = []))
 )]
