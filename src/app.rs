@@ -88,7 +88,7 @@ impl Application {
         let mut deliverer = Deliverer::new(
             pool.clone(),
             contacts,
-            mpi,
+            mpi.clone(),
             toggles.clone(),
             notify,
             pii.clone(),
@@ -120,6 +120,7 @@ impl Application {
             db: pool.clone(),
             toggles,
             deliverer,
+            mpi,
             pii,
             metrics,
             wake_workers: Wakeup::new(pool),

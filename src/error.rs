@@ -11,6 +11,7 @@ use crate::input::{InputError, Location};
 use crate::outbox::AcceptError;
 use crate::report::ReportError;
 use crate::rollout::RolloutError;
+use crate::toggles::release::ReleaseError;
 use crate::toggles::store::StoreError;
 
 /// Error body for 4xx/5xx answers (vets-api's JSON:API-style shape); each error names the parameter,
@@ -203,6 +204,15 @@ impl From<ReportError> for ApiError {
             ReportError::UnknownFeature => Self::InvalidParameter { field: "feature", detail: e.to_string() },
             ReportError::EmptyRange => Self::InvalidParameter { field: "from", detail: e.to_string() },
             ReportError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<ReleaseError> for ApiError {
+    fn from(e: ReleaseError) -> Self {
+        match e {
+            ReleaseError::NotAGate => Self::InvalidParameter { field: "feature", detail: e.to_string() },
+            ReleaseError::Database(e) => e.into(),
         }
     }
 }

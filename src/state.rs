@@ -30,6 +30,8 @@ pub struct AppState {
     pub console_key: crate::console::SessionKey,
     pub toggles: Toggles,
     pub deliverer: Deliverer,
+    /// The ICN directory the deliverer uses (one cache): a release of an ICN-keyed feature asks it too.
+    pub mpi: crate::contacts::Mpi,
     pub pii: PiiHasher,
     pub metrics: PrometheusHandle,
     /// Wakes the local delivery loop when a request queues a notification.

@@ -116,9 +116,14 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Send the `suppressed` emails of a period to the Veterans the toggle enables now (as
-    /// `POST /admin/notifications/release`; audited as `cli:$USER` or `--as`).
+    /// Send the `suppressed` notifications of a period and channel to the Veterans its gate enables now
+    /// (as `POST /admin/notifications/release`; audited as `cli:$USER` or `--as`). SMS and push gates are
+    /// keyed by ICN: each participant is resolved through MPI (`[mpi]`) first.
     Release {
+        /// The gate deciding, and so the channel released.
+        #[arg(long, default_value = crate::toggles::EMAILS_ENABLED,
+              value_parser = clap::builder::PossibleValuesParser::new(crate::toggles::gates()))]
+        feature: String,
         /// Rows created at or after this RFC 3339 time.
         #[arg(long)]
         from: chrono::DateTime<chrono::Utc>,
@@ -256,8 +261,8 @@ async fn run_command(command: Command, config: Config, listener: Option<TcpListe
         }
         Command::Replay { status, since, ids, dry_run } => replay(config, &status, since, &ids, dry_run).await,
         Command::Show { id, json } => show(config, id, json).await,
-        Command::Release { from, to, dry_run, reason, as_user } => {
-            release(config, from, to, dry_run, reason, as_user).await
+        Command::Release { feature, from, to, dry_run, reason, as_user } => {
+            release(config, ReleaseArgs { feature, from, to, dry_run, reason, as_user }).await
         }
         Command::Retention { days } => retention(config, days).await,
         Command::Flags(args) => flags::run(config, args).await,
@@ -374,37 +379,52 @@ async fn replay(
     Ok(())
 }
 
-/// `release`: the admin route's release, against the database, with the toggle as it is there now.
-async fn release(
-    config: Config,
+/// The `release` verb's arguments.
+struct ReleaseArgs {
+    feature: String,
     from: chrono::DateTime<chrono::Utc>,
     to: Option<chrono::DateTime<chrono::Utc>>,
     dry_run: bool,
     reason: Option<String>,
     as_user: Option<String>,
-) -> anyhow::Result<()> {
+}
+
+/// `release`: the admin route's release, against the database, with the toggle as it is there now and
+/// MPI as `[mpi]` configures it (ICN-keyed gates).
+async fn release(config: Config, args: ReleaseArgs) -> anyhow::Result<()> {
     use crate::toggles::release::{ReleaseRequest, release_suppressed};
+    let ReleaseArgs { feature, from, to, dry_run, reason, as_user } = args;
     anyhow::ensure!(to.is_none_or(|to| from < to), "--from must be before --to");
+    let mpi = crate::contacts::Mpi::from_config(&config.mpi)?;
     let pool = open_toggle_database(&config).await?;
     let toggles = crate::toggles::Toggles::load(pool.clone()).await.context("could not read the toggles")?;
-    let request = ReleaseRequest {
-        feature: crate::toggles::EMAILS_ENABLED.to_owned(),
-        from,
-        to,
-        dry_run,
-        duplicate_window: config.accept.duplicate_window(),
-    };
+    let request = ReleaseRequest { feature, from, to, dry_run, duplicate_window: config.accept.duplicate_window() };
     let ctx = crate::toggles::store::AuditContext { actor: cli_actor(as_user), reason, request_id: None };
     // One transaction decides and queues everything, so there is no count to show until it ends.
     let progress = crate::progress::Progress::new("release", None);
-    let outcome = release_suppressed(&pool, &toggles.snapshot(), &request, &ctx).await?;
+    let outcome = release_suppressed(&pool, &toggles.snapshot(), &mpi, &request, &ctx).await?;
     progress.finish(outcome.suppressed, format!("{} released", outcome.released));
     let verb = if dry_run { "would release" } else { "released" };
     println!(
-        "{verb} {} of {} suppressed notification(s); {} still disabled, {} covered by another send",
-        outcome.released, outcome.suppressed, outcome.still_disabled, outcome.duplicates
+        "{verb} {} of {} suppressed {} notification(s); {} still disabled, {} covered by another send, {} unresolved{}",
+        outcome.released,
+        outcome.suppressed,
+        outcome.channel,
+        outcome.still_disabled,
+        outcome.duplicates,
+        outcome.unresolved,
+        unresolved_detail(&outcome.unresolved_reasons),
     );
     Ok(())
+}
+
+/// ` (deceased 1, person_not_found 2)` for the release line; empty when every participant was resolved.
+fn unresolved_detail(reasons: &std::collections::BTreeMap<String, u64>) -> String {
+    if reasons.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = reasons.iter().map(|(reason, count)| format!("{reason} {count}")).collect();
+    format!(" ({})", parts.join(", "))
 }
 
 /// `retention`: one purge now, with progress per batch.

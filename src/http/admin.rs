@@ -65,6 +65,11 @@ pub struct ReleaseParams {
     pub to: Option<String>,
     /// Count only.
     pub dry_run: Option<bool>,
+    /// The gate whose suppressed notifications to release: `event_bus_gateway_emails_enabled` (the
+    /// default), `event_bus_gateway_letter_ready_sms_notifications` or
+    /// `event_bus_gateway_letter_ready_push_notifications`. Its channel is the one released; the SMS and
+    /// push gates are keyed by ICN, which MPI gives for each participant.
+    pub feature: Option<String>,
 }
 
 /// Kill switch on: the feature is off for everyone, its gates stay as they are.
@@ -152,11 +157,14 @@ pub async fn audit(
     Ok(Json(AuditPage { entries, next_before_id }))
 }
 
-/// Queues the `suppressed` emails of a time range whose participants are enabled now.
+/// Queues the `suppressed` notifications of one channel and time range whose Veterans its gate enables now.
 ///
-/// Idempotent: a released row is `queued`, no longer `suppressed`. Percentage-of-time gates are not
-/// rolled (only 100% counts) and only the first of several notifications for the same participant and
-/// template within the duplicate window is released.
+/// `feature` names the gate and so the channel (default: the emails toggle). For the ICN-keyed SMS and
+/// push gates each participant is resolved through MPI first; one MPI gives no ICN for (not found,
+/// deceased) or cannot answer stays suppressed and is counted in `unresolved`. Idempotent: a released row
+/// is `queued`, no longer `suppressed`. Percentage-of-time gates are not rolled (only 100% counts) and
+/// only the first of several notifications for the same participant and template within the duplicate
+/// window is released. A feature that gates no channel is 400 naming `feature`.
 #[utoipa::path(post, path = "/admin/notifications/release", tag = "admin", operation_id = "release_suppressed",
     request_body(content((ReleaseParams = "application/json"), (ReleaseParams = "application/x-www-form-urlencoded"))),
     responses(
@@ -176,21 +184,24 @@ pub async fn release_suppressed(
         return Err(ApiError::InvalidParameter { field: "from", detail: "from must be before to".into() });
     }
     let dry_run = params.boolean("dry_run")?.unwrap_or(false);
+    let feature = params.string("feature")?.unwrap_or(EMAILS_ENABLED).to_owned();
     // Decide on the state as it is in the database now, not as this replica last heard of it.
     state.toggles.refresh().await?;
-    let request = ReleaseRequest {
-        feature: EMAILS_ENABLED.to_owned(),
-        from,
-        to,
-        dry_run,
-        duplicate_window: state.config.accept.duplicate_window(),
-    };
+    let request =
+        ReleaseRequest { feature, from, to, dry_run, duplicate_window: state.config.accept.duplicate_window() };
     let ctx = audit.context(&params)?;
-    let outcome = release::release_suppressed(&state.db, &state.toggles.snapshot(), &request, &ctx).await?;
+    let outcome = release::release_suppressed(&state.db, &state.toggles.snapshot(), &state.mpi, &request, &ctx).await?;
     if outcome.released > 0 && !dry_run {
         state.wake_workers.wake();
     }
-    tracing::info!(dry_run, released = outcome.released, suppressed = outcome.suppressed, "release of suppressed mail");
+    tracing::info!(
+        dry_run,
+        channel = %outcome.channel,
+        released = outcome.released,
+        suppressed = outcome.suppressed,
+        unresolved = outcome.unresolved,
+        "release of suppressed mail"
+    );
     Ok(Json(outcome))
 }
 

@@ -75,6 +75,18 @@ pub fn feature_for_channel(channel: &str) -> Option<&'static Registration> {
     REGISTRATIONS.iter().find(|r| r.channel == channel)
 }
 
+/// The registration of `feature` if it is the gate of its channel: the feature a release of that channel's
+/// suppressed notifications decides with. Registered features that gate nothing (the universal-link
+/// feature picks a template) and unknown ones are `None`.
+pub fn gate(feature: &str) -> Option<&'static Registration> {
+    registration(feature).filter(|r| feature_for_channel(r.channel).is_some_and(|gate| gate.key == r.key))
+}
+
+/// The features [`gate`] accepts, for error messages.
+pub fn gates() -> impl Iterator<Item = &'static str> {
+    REGISTRATIONS.iter().filter(|r| gate(r.key).is_some()).map(|r| r.key)
+}
+
 /// Postgres channel the toggle tables' triggers notify.
 const CHANGED_CHANNEL: &str = "ebg_toggles_changed";
 
@@ -310,6 +322,14 @@ mod tests {
 
     fn toggle(boolean: bool, percentage_of_actors: f64, paused: bool) -> FeatureToggle {
         FeatureToggle { gates: Gates { boolean, percentage_of_actors, ..Gates::default() }, paused }
+    }
+
+    #[test]
+    fn each_channel_has_one_gate_and_the_universal_link_feature_is_none() {
+        assert_eq!(gates().collect::<Vec<_>>(), [EMAILS_ENABLED, SMS_ENABLED, PUSH_ENABLED]);
+        assert_eq!(gate(SMS_ENABLED).map(|r| (r.channel, r.actor)), Some((crate::outbox::CHANNEL_SMS, ActorKind::Icn)));
+        assert!(gate(crate::notify::templates::UNIVERSAL_LINK_FEATURE).is_none());
+        assert!(gate("some_other_flipper_feature").is_none());
     }
 
     #[test]

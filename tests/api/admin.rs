@@ -257,7 +257,11 @@ async fn release_queues_suppressed_mail_of_enabled_participants_once() {
     let mut dry = range.clone();
     dry["dry_run"] = json!(true);
     let outcome: Value = post_admin(&app, &release, dry).await.json().await.unwrap();
-    assert_eq!(outcome, json!({"dry_run": true, "suppressed": 3, "released": 1, "still_disabled": 1, "duplicates": 1}));
+    let expected = json!({
+        "dry_run": true, "channel": "email", "suppressed": 3, "released": 1, "still_disabled": 1, "duplicates": 1,
+        "unresolved": 0, "unresolved_reasons": {},
+    });
+    assert_eq!(outcome, expected);
     assert_eq!(app.count("suppressed").await, 3, "a dry run changes nothing");
 
     // Without `to`, everything recorded so far (including this very second) is in range.

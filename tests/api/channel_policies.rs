@@ -1,39 +1,21 @@
 //! The channel policies wired into the worker and the callback path (CHANNELS.md §5–§7): SMS quiet
 //! hours, dry runs per channel, the universal-link template swap and per-channel resends. The real app,
-//! real PostgreSQL, the fake VA Notify, BGS and MPI (see `channels.rs`).
+//! real PostgreSQL, the fake VA Notify, BGS and MPI (`helpers::wired`).
 //!
 //! Quiet hours run on the real clock: each test configures a window around the current time (in UTC), so
 //! the worker's "now" is inside it without any test-only clock.
 
-use chrono::{DateTime, Duration, Timelike, Utc};
+use chrono::{DateTime, Duration, Utc};
 use ebg_notify::outbox::quiet_hours::slot_minutes;
 use ebg_testkit::va_notify::Endpoint;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::callbacks::post_bearer;
-use crate::channels::{
-    PUSH_FEATURE, PUSH_PATH, PUSH_TEMPLATE, SMS_FEATURE, SMS_PATH, SMS_TEMPLATE, Wired, enable, post, row, single,
-    wired_on, wired_with,
+use crate::helpers::{
+    PARTICIPANT_ID, PUSH_FEATURE, PUSH_PATH, PUSH_TEMPLATE, QUIET_HOURS_SPREAD_MINUTES as SPREAD_MINUTES, SMS_FEATURE,
+    SMS_PATH, SMS_TEMPLATE, TEMPLATE_ID, Wired, enable, post, row, single, window_around_now, wired_on, wired_with,
 };
-use crate::helpers::{PARTICIPANT_ID, TEMPLATE_ID};
-
-const SPREAD_MINUTES: u32 = 180;
-
-/// `[sms]` settings for a quiet-hours window in UTC from an hour ago to an hour from now (so the real
-/// clock is inside it), and the instant the window ends.
-fn window_around_now(mode: &str) -> (Vec<(&'static str, String)>, DateTime<Utc>) {
-    let now = Utc::now().with_second(0).and_then(|t| t.with_nanosecond(0)).unwrap();
-    let (start, end) = (now - Duration::minutes(60), now + Duration::minutes(60));
-    let settings = vec![
-        ("EBG_SMS__QUIET_HOURS_MODE", mode.to_owned()),
-        ("EBG_SMS__QUIET_HOURS_ZONE", "UTC".to_owned()),
-        ("EBG_SMS__QUIET_HOURS_START", start.format("%H:%M").to_string()),
-        ("EBG_SMS__QUIET_HOURS_END", end.format("%H:%M").to_string()),
-        ("EBG_SMS__QUIET_HOURS_SPREAD_MINUTES", SPREAD_MINUTES.to_string()),
-    ];
-    (settings, end)
-}
 
 async fn send_sms(w: &Wired) -> Uuid {
     single(post(&w.app, SMS_PATH, PARTICIPANT_ID, json!({"template_id": SMS_TEMPLATE}), None).await).await

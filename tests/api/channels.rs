@@ -1,110 +1,21 @@
 //! send_sms, send_push and send_notifications end to end (CHANNELS.md §1–§4): the real app, real
 //! PostgreSQL, the fake VA Notify (VA's schemas, separate push key), the fake BGS and the fake MPI over
-//! real mutual TLS.
+//! real mutual TLS (the wiring is `helpers::wired`).
 
 use ebg_testkit::va_notify::Endpoint;
-use ebg_testkit::{FakeBgs, FakeMpi, FakeVaNotify, TestPki};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{PARTICIPANT_ID, TEMPLATE_ID, TestApp, app, claims, sign, token_for_every_route};
+use crate::helpers::{
+    ICN, PARTICIPANT_ID, PUSH_FEATURE, PUSH_PATH, PUSH_TEMPLATE, SMS_FEATURE, SMS_PATH, SMS_TEMPLATE, TEMPLATE_ID,
+    TestApp, UNKNOWN_TO_MPI, claims, enable, post, row, sign, single, token_for_every_route, wired,
+};
 
-pub(crate) const SMS_PATH: &str = "/v0/event_bus_gateway/send_sms";
-pub(crate) const PUSH_PATH: &str = "/v0/event_bus_gateway/send_push";
 const ALL_PATH: &str = "/v0/event_bus_gateway/send_notifications";
-pub(crate) const SMS_TEMPLATE: &str = "7d0c9a8e-2b3c-4f1d-9e8a-0a1b2c3d4e5f";
-/// A VEText template id: not a UUID.
-pub(crate) const PUSH_TEMPLATE: &str = "0EF7C8C9390847D7B3B521426EFF5814";
-pub(crate) const ICN: &str = "1012345678V123456";
-/// A participant MPI does not know (GCID01), while BGS does.
-const UNKNOWN_TO_MPI: &str = "600099999";
-pub(crate) const SMS_FEATURE: &str = "event_bus_gateway_letter_ready_sms_notifications";
-pub(crate) const PUSH_FEATURE: &str = "event_bus_gateway_letter_ready_push_notifications";
 const NO_TEMPLATES: &str = r#"{"errors":[{"title":"Bad Request","detail":"At least one of email_template_id, push_template_id, or sms_template_id is required","status":"400"}]}"#;
-
-/// The app with every upstream faked: VA Notify (email/SMS key and push key), BGS, MPI over mTLS.
-pub(crate) struct Wired {
-    pub(crate) app: TestApp,
-    pub(crate) notify: FakeVaNotify,
-    pub(crate) mpi: FakeMpi,
-    _bgs: FakeBgs,
-    _pki: TestPki,
-}
-
-async fn wired() -> Wired {
-    wired_with(&[]).await
-}
-
-/// [`wired`] with extra `EBG_` settings; `database` shares an earlier app's database (a restart).
-pub(crate) async fn wired_on(extra: &[(&str, String)], database: Option<&str>) -> Wired {
-    let notify = FakeVaNotify::start().await;
-    let bgs = FakeBgs::start().await;
-    bgs.add_person(PARTICIPANT_ID, "JANE");
-    bgs.add_person(UNKNOWN_TO_MPI, "JOHN");
-    let pki = TestPki::generate();
-    let mpi = FakeMpi::start(&pki).await;
-    mpi.add_patient(PARTICIPANT_ID, ICN, Some("JANE"));
-    let mut builder = app();
-    if let Some(url) = database {
-        builder = builder.database(url);
-    }
-    for (key, value) in extra {
-        builder = builder.env(key, value);
-    }
-    let app = builder
-        .notify(&notify)
-        .bgs(&bgs)
-        .env("EBG_NOTIFY__PUSH_API_KEY", notify.push_api_key())
-        .env("EBG_MPI__MODE", "fhir")
-        .env("EBG_MPI__URL", mpi.base_url())
-        .env("EBG_MPI__SENDER_ID", "200ENTF")
-        .env("EBG_MPI__CLIENT_CERT_PATH", pki.client_cert_path().display())
-        .env("EBG_MPI__CLIENT_KEY_PATH", pki.client_key_path().display())
-        .env("EBG_MPI__CA_PATH", pki.ca_path().display())
-        .spawn()
-        .await;
-    app.enable_emails().await;
-    Wired { app, notify, mpi, _bgs: bgs, _pki: pki }
-}
-
-/// [`wired_on`] a fresh database.
-pub(crate) async fn wired_with(extra: &[(&str, String)]) -> Wired {
-    wired_on(extra, None).await
-}
 
 fn token(participant: &str) -> String {
     token_for_every_route(participant)
-}
-
-pub(crate) async fn enable(app: &TestApp, feature: &str) {
-    sqlx::query(
-        "insert into flipper_gates (feature_key, key, value) values ($1, 'boolean', 'true') on conflict do nothing",
-    )
-    .bind(feature)
-    .execute(&app.db)
-    .await
-    .unwrap();
-    app.state.toggles.refresh().await.unwrap();
-}
-
-/// POSTs `body` as JSON to `path` for `participant` (optionally with an Idempotency-Key), asking for JSON.
-pub(crate) async fn post(
-    app: &TestApp,
-    path: &str,
-    participant: &str,
-    body: Value,
-    key: Option<&str>,
-) -> reqwest::Response {
-    let mut request = app
-        .client
-        .post(format!("{}{path}", app.address))
-        .bearer_auth(token(participant))
-        .header("Accept", "application/json")
-        .json(&body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    request.send().await.unwrap()
 }
 
 /// The (channel → id, status) of a send_notifications JSON answer.
@@ -123,24 +34,6 @@ async fn channels(response: reqwest::Response) -> Vec<(String, Uuid, String)> {
             )
         })
         .collect()
-}
-
-pub(crate) async fn single(response: reqwest::Response) -> Uuid {
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], "queued");
-    body["id"].as_str().unwrap().parse().unwrap()
-}
-
-/// (channel, status, status_reason, va_notify_id is set, template_id) of a row.
-pub(crate) async fn row(app: &TestApp, id: Uuid) -> (String, String, Option<String>, bool, String) {
-    sqlx::query_as(
-        "select channel, status, status_reason, va_notify_id is not null, template_id from notifications where id = $1",
-    )
-    .bind(id)
-    .fetch_one(&app.db)
-    .await
-    .unwrap()
 }
 
 async fn rows(app: &TestApp) -> i64 {

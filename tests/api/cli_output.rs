@@ -29,6 +29,20 @@ fn run(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     binary(database_url, env).args(args).output().expect("the binary runs")
 }
 
+/// [`run`] off the test's runtime thread, so the fakes that runtime serves (MPI, VA Notify) answer the binary.
+async fn run_beside_fakes(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let database_url = database_url.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(&database_url, &args, &env)
+    })
+    .await
+    .unwrap()
+}
+
 fn stdout_of(output: &Output) -> String {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout.clone()).unwrap()
@@ -184,13 +198,13 @@ async fn release_from_the_cli_sends_suppressed_mail_once_and_says_so() {
     let dry = stdout_of(&run(&app.database_url, &["release", "--from", &since, "--dry-run"], &[]));
     assert_eq!(
         dry.trim(),
-        "would release 1 of 1 suppressed notification(s); 0 still disabled, 0 covered by another send"
+        "would release 1 of 1 suppressed email notification(s); 0 still disabled, 0 covered by another send, 0 unresolved"
     );
     assert_eq!(app.count("suppressed").await, 1, "a dry run changes nothing");
     let output = run(&app.database_url, &["release", "--from", &since, "--reason", "after UAT"], &[]);
     assert_eq!(
         stdout_of(&output).trim(),
-        "released 1 of 1 suppressed notification(s); 0 still disabled, 0 covered by another send"
+        "released 1 of 1 suppressed email notification(s); 0 still disabled, 0 covered by another send, 0 unresolved"
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.lines().any(|l| l.starts_with("release [") && l.ends_with("1 released")), "{stderr}");
@@ -204,6 +218,43 @@ async fn release_from_the_cli_sends_suppressed_mail_once_and_says_so() {
     .await
     .unwrap();
     assert_eq!(audited, 1, "the release is audited with its reason");
+}
+
+#[tokio::test]
+async fn release_from_the_cli_resolves_icns_through_mpi_for_sms_and_counts_who_it_could_not() {
+    let w = wired().await;
+    const FORGOTTEN: &str = "600070021";
+    w.mpi.add_patient(FORGOTTEN, "1033333333V333333", Some("ANN"));
+    for participant in [PARTICIPANT_ID, FORGOTTEN] {
+        single(post(&w.app, SMS_PATH, participant, serde_json::json!({"template_id": SMS_TEMPLATE}), None).await).await;
+    }
+    w.app.deliver_all().await;
+    assert_eq!(w.app.count("suppressed").await, 2, "the SMS toggle is off");
+    let flags = ["flags", "actor", SMS_FEATURE, ICN, "--reason", "UAT"];
+    stdout_of(&run(&w.app.database_url, &flags, &[]));
+    // MPI no longer knows the second Veteran (GCID01); the CLI is a fresh process, with no cache.
+    w.mpi.add_error(FORGOTTEN, "GCID01", ebg_testkit::mpi::ErrorForm::Severity);
+
+    let mpi_env = w.mpi_env();
+    let env: Vec<(&str, &str)> = mpi_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let args = ["release", "--feature", SMS_FEATURE, "--from", &since];
+    let dry = stdout_of(&run_beside_fakes(&w.app.database_url, &[&args[..], &["--dry-run"]].concat(), &env).await);
+    let line = "1 of 2 suppressed sms notification(s); 0 still disabled, 0 covered by another send, 1 unresolved \
+                (person_not_found 1)";
+    assert_eq!(dry.trim(), format!("would release {line}"));
+    assert_eq!(stdout_of(&run_beside_fakes(&w.app.database_url, &args, &env).await).trim(), format!("released {line}"));
+    // The CLI's toggle change reaches the app by NOTIFY; its worker decides the released SMS with it.
+    w.app.state.toggles.refresh().await.unwrap();
+    w.app.deliver_all().await;
+    assert_eq!(w.notify.requests_to(ebg_testkit::va_notify::Endpoint::Sms).len(), 1, "once, to the resolved Veteran");
+    assert_eq!(w.app.count("suppressed").await, 1, "the unresolved one stays suppressed");
+
+    let again = stdout_of(&run_beside_fakes(&w.app.database_url, &args, &env).await);
+    assert!(again.starts_with("released 0 of 1"), "releasing twice sends once: {again}");
+    let not_a_gate = run(&w.app.database_url, &["release", "--feature", "no_such_feature", "--from", &since], &[]);
+    assert!(!not_a_gate.status.success());
+    assert!(String::from_utf8_lossy(&not_a_gate.stderr).contains("--feature"), "names the option");
 }
 
 #[tokio::test]

@@ -516,3 +516,146 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+// Every channel wired: the app with VA Notify (email/SMS key and push key), BGS and MPI over mutual TLS
+// faked, as `channels.rs`, `channel_policies.rs` and the release tests use it.
+
+pub const SMS_PATH: &str = "/v0/event_bus_gateway/send_sms";
+pub const PUSH_PATH: &str = "/v0/event_bus_gateway/send_push";
+pub const SMS_TEMPLATE: &str = "7d0c9a8e-2b3c-4f1d-9e8a-0a1b2c3d4e5f";
+/// A VEText template id: not a UUID.
+pub const PUSH_TEMPLATE: &str = "0EF7C8C9390847D7B3B521426EFF5814";
+/// The ICN the fake MPI gives [`PARTICIPANT_ID`].
+pub const ICN: &str = "1012345678V123456";
+/// A participant MPI does not know (GCID01), while BGS does.
+pub const UNKNOWN_TO_MPI: &str = "600099999";
+pub const SMS_FEATURE: &str = "event_bus_gateway_letter_ready_sms_notifications";
+pub const PUSH_FEATURE: &str = "event_bus_gateway_letter_ready_push_notifications";
+
+/// The app with every upstream faked: VA Notify (email/SMS key and push key), BGS, MPI over mTLS.
+pub struct Wired {
+    pub app: TestApp,
+    pub notify: ebg_testkit::FakeVaNotify,
+    pub mpi: ebg_testkit::FakeMpi,
+    _bgs: ebg_testkit::FakeBgs,
+    pki: ebg_testkit::TestPki,
+}
+
+impl Wired {
+    /// The `[mpi]` settings that reach the fake MPI (for the real binary's CLI verbs too).
+    pub fn mpi_env(&self) -> Vec<(&'static str, String)> {
+        mpi_env(&self.mpi, &self.pki)
+    }
+}
+
+fn mpi_env(mpi: &ebg_testkit::FakeMpi, pki: &ebg_testkit::TestPki) -> Vec<(&'static str, String)> {
+    vec![
+        ("EBG_MPI__MODE", "fhir".to_owned()),
+        ("EBG_MPI__URL", mpi.base_url()),
+        ("EBG_MPI__SENDER_ID", "200ENTF".to_owned()),
+        ("EBG_MPI__CLIENT_CERT_PATH", pki.client_cert_path().display().to_string()),
+        ("EBG_MPI__CLIENT_KEY_PATH", pki.client_key_path().display().to_string()),
+        ("EBG_MPI__CA_PATH", pki.ca_path().display().to_string()),
+    ]
+}
+
+/// [`wired_with`] no extra settings.
+pub async fn wired() -> Wired {
+    wired_with(&[]).await
+}
+
+/// The app wired to every fake (BGS knows [`PARTICIPANT_ID`] and [`UNKNOWN_TO_MPI`], MPI only the first,
+/// as [`ICN`]), emails toggle on; `extra` adds `EBG_` settings; `database` shares an earlier app's
+/// database (a restart).
+pub async fn wired_on(extra: &[(&str, String)], database: Option<&str>) -> Wired {
+    let notify = ebg_testkit::FakeVaNotify::start().await;
+    let bgs = ebg_testkit::FakeBgs::start().await;
+    bgs.add_person(PARTICIPANT_ID, "JANE");
+    bgs.add_person(UNKNOWN_TO_MPI, "JOHN");
+    let pki = ebg_testkit::TestPki::generate();
+    let mpi = ebg_testkit::FakeMpi::start(&pki).await;
+    mpi.add_patient(PARTICIPANT_ID, ICN, Some("JANE"));
+    let mut builder = app();
+    if let Some(url) = database {
+        builder = builder.database(url);
+    }
+    for (key, value) in extra {
+        builder = builder.env(key, value);
+    }
+    builder = builder.notify(&notify).bgs(&bgs).env("EBG_NOTIFY__PUSH_API_KEY", notify.push_api_key());
+    for (key, value) in mpi_env(&mpi, &pki) {
+        builder = builder.env(key, value);
+    }
+    let app = builder.spawn().await;
+    app.enable_emails().await;
+    Wired { app, notify, mpi, _bgs: bgs, pki }
+}
+
+/// [`wired_on`] a fresh database.
+pub async fn wired_with(extra: &[(&str, String)]) -> Wired {
+    wired_on(extra, None).await
+}
+
+/// Turns `feature` fully on (boolean gate) and refreshes the app's snapshot.
+pub async fn enable(app: &TestApp, feature: &str) {
+    sqlx::query(
+        "insert into flipper_gates (feature_key, key, value) values ($1, 'boolean', 'true') on conflict do nothing",
+    )
+    .bind(feature)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    app.state.toggles.refresh().await.unwrap();
+}
+
+/// POSTs `body` as JSON to `path` for `participant` (optionally with an Idempotency-Key), asking for JSON.
+pub async fn post(app: &TestApp, path: &str, participant: &str, body: Value, key: Option<&str>) -> reqwest::Response {
+    let mut request = app
+        .client
+        .post(format!("{}{path}", app.address))
+        .bearer_auth(token_for_every_route(participant))
+        .header("Accept", "application/json")
+        .json(&body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().await.unwrap()
+}
+
+/// The id of a single-channel JSON answer, which must be `queued`.
+pub async fn single(response: reqwest::Response) -> Uuid {
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "queued");
+    body["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// (channel, status, status_reason, va_notify_id is set, template_id) of a row.
+pub async fn row(app: &TestApp, id: Uuid) -> (String, String, Option<String>, bool, String) {
+    sqlx::query_as(
+        "select channel, status, status_reason, va_notify_id is not null, template_id from notifications where id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+/// The quiet hours' spread ([`window_around_now`]).
+pub const QUIET_HOURS_SPREAD_MINUTES: u32 = 180;
+
+/// `[sms]` settings for a quiet-hours window in UTC from an hour ago to an hour from now (so the real
+/// clock is inside it), and the instant the window ends.
+pub fn window_around_now(mode: &str) -> (Vec<(&'static str, String)>, chrono::DateTime<chrono::Utc>) {
+    use chrono::Timelike;
+    let now = chrono::Utc::now().with_second(0).and_then(|t| t.with_nanosecond(0)).unwrap();
+    let (start, end) = (now - chrono::Duration::minutes(60), now + chrono::Duration::minutes(60));
+    let settings = vec![
+        ("EBG_SMS__QUIET_HOURS_MODE", mode.to_owned()),
+        ("EBG_SMS__QUIET_HOURS_ZONE", "UTC".to_owned()),
+        ("EBG_SMS__QUIET_HOURS_START", start.format("%H:%M").to_string()),
+        ("EBG_SMS__QUIET_HOURS_END", end.format("%H:%M").to_string()),
+        ("EBG_SMS__QUIET_HOURS_SPREAD_MINUTES", QUIET_HOURS_SPREAD_MINUTES.to_string()),
+    ];
+    (settings, end)
+}

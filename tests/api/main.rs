@@ -28,6 +28,7 @@ mod openapi_clients;
 mod operations;
 mod outage;
 mod reconcile;
+mod release;
 mod report;
 mod rollout;
 mod send_email;
