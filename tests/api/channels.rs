@@ -7,19 +7,21 @@ use ebg_testkit::{FakeBgs, FakeMpi, FakeVaNotify, TestPki};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{PARTICIPANT_ID, TEMPLATE_ID, TestApp, app, claims, sign, token_for_every_route};
+use crate::helpers::{
+    PARTICIPANT_ID, SEND_NOTIFICATIONS, TEMPLATE_ID, TestApp, Upstreams, app, claims, enable_feature, sign,
+    token_for_every_route,
+};
 
 pub(crate) const SMS_PATH: &str = "/v0/event_bus_gateway/send_sms";
 pub(crate) const PUSH_PATH: &str = "/v0/event_bus_gateway/send_push";
-const ALL_PATH: &str = "/v0/event_bus_gateway/send_notifications";
+const ALL_PATH: &str = SEND_NOTIFICATIONS;
 pub(crate) const SMS_TEMPLATE: &str = "7d0c9a8e-2b3c-4f1d-9e8a-0a1b2c3d4e5f";
 /// A VEText template id: not a UUID.
 pub(crate) const PUSH_TEMPLATE: &str = "0EF7C8C9390847D7B3B521426EFF5814";
 pub(crate) const ICN: &str = "1012345678V123456";
 /// A participant MPI does not know (GCID01), while BGS does.
 const UNKNOWN_TO_MPI: &str = "600099999";
-pub(crate) const SMS_FEATURE: &str = "event_bus_gateway_letter_ready_sms_notifications";
-pub(crate) const PUSH_FEATURE: &str = "event_bus_gateway_letter_ready_push_notifications";
+pub(crate) use crate::helpers::{PUSH_FEATURE, SMS_FEATURE};
 const NO_TEMPLATES: &str = r#"{"errors":[{"title":"Bad Request","detail":"At least one of email_template_id, push_template_id, or sms_template_id is required","status":"400"}]}"#;
 
 /// The app with every upstream faked: VA Notify (email/SMS key and push key), BGS, MPI over mTLS.
@@ -37,13 +39,9 @@ async fn wired() -> Wired {
 
 /// [`wired`] with extra `EBG_` settings; `database` shares an earlier app's database (a restart).
 pub(crate) async fn wired_on(extra: &[(&str, String)], database: Option<&str>) -> Wired {
-    let notify = FakeVaNotify::start().await;
-    let bgs = FakeBgs::start().await;
-    bgs.add_person(PARTICIPANT_ID, "JANE");
-    bgs.add_person(UNKNOWN_TO_MPI, "JOHN");
-    let pki = TestPki::generate();
-    let mpi = FakeMpi::start(&pki).await;
-    mpi.add_patient(PARTICIPANT_ID, ICN, Some("JANE"));
+    let fakes = Upstreams::start().await;
+    fakes.add_person(PARTICIPANT_ID, "JANE", ICN);
+    fakes.bgs.add_person(UNKNOWN_TO_MPI, "JOHN");
     let mut builder = app();
     if let Some(url) = database {
         builder = builder.database(url);
@@ -51,19 +49,9 @@ pub(crate) async fn wired_on(extra: &[(&str, String)], database: Option<&str>) -
     for (key, value) in extra {
         builder = builder.env(key, value);
     }
-    let app = builder
-        .notify(&notify)
-        .bgs(&bgs)
-        .env("EBG_NOTIFY__PUSH_API_KEY", notify.push_api_key())
-        .env("EBG_MPI__MODE", "fhir")
-        .env("EBG_MPI__URL", mpi.base_url())
-        .env("EBG_MPI__SENDER_ID", "200ENTF")
-        .env("EBG_MPI__CLIENT_CERT_PATH", pki.client_cert_path().display())
-        .env("EBG_MPI__CLIENT_KEY_PATH", pki.client_key_path().display())
-        .env("EBG_MPI__CA_PATH", pki.ca_path().display())
-        .spawn()
-        .await;
+    let app = builder.upstreams(&fakes).spawn().await;
     app.enable_emails().await;
+    let Upstreams { notify, bgs, mpi, pki } = fakes;
     Wired { app, notify, mpi, _bgs: bgs, _pki: pki }
 }
 
@@ -77,13 +65,7 @@ fn token(participant: &str) -> String {
 }
 
 pub(crate) async fn enable(app: &TestApp, feature: &str) {
-    sqlx::query(
-        "insert into flipper_gates (feature_key, key, value) values ($1, 'boolean', 'true') on conflict do nothing",
-    )
-    .bind(feature)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    enable_feature(&app.db, feature).await;
     app.state.toggles.refresh().await.unwrap();
 }
 
@@ -423,7 +405,9 @@ async fn a_push_whose_call_was_in_flight_at_a_crash_is_sent_again_at_least_once(
     enable(&w.app, PUSH_FEATURE).await;
     let push = single(post(&w.app, PUSH_PATH, PARTICIPANT_ID, json!({"template_id": PUSH_TEMPLATE}), None).await).await;
     // A worker claims it (the claim writes the in_flight attempt) and dies before recording anything.
-    let claimed = ebg_notify::outbox::claim(&w.app.db, 1, std::time::Duration::from_secs(60), None).await.unwrap();
+    let claimed = ebg_notify::outbox::claim(&w.app.db, 1, std::time::Duration::from_secs(60), None, &ebg_notify::outbox::CHANNELS)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     sqlx::query("update notifications set next_attempt_at = now() where id = $1")
         .bind(push)
