@@ -18,8 +18,8 @@ use super::clock::Clock;
 use super::owner::Owner;
 use super::quiet_hours::{QuietDecision, QuietHours, REASON_QUIET_HOURS};
 use super::{
-    CHANNEL_EMAIL, CHANNEL_PUSH, CHANNEL_SMS, CHANNELS, CallRecord, Claimed, FinishQueue, PriorCall, Status, Transition, Wakeup,
-    backoff,
+    CHANNEL_EMAIL, CHANNEL_PUSH, CHANNEL_SMS, CHANNELS, CallRecord, Claimed, FinishQueue, PriorCall, Status,
+    Transition, Wakeup, backoff,
 };
 use crate::clicks::ClickLinks;
 use crate::config::{NotifyConfig, WorkerConfig};
@@ -27,8 +27,8 @@ use crate::contacts::{ContactError, Contacts, Identity, Mpi, MpiError};
 use crate::metrics as m;
 use crate::notify::templates::{TemplateSwap, UNIVERSAL_LINK_FEATURE};
 use crate::notify::{
-    Admits, BreakerState, Channel, EmailRequest, ErrorClass, Lane, NotifyClient, NotifyError, PushRequest,
-    SmsRequest, web_host,
+    Admits, BreakerState, Channel, EmailRequest, ErrorClass, Lane, NotifyClient, NotifyError, PushRequest, SmsRequest,
+    web_host,
 };
 use crate::telemetry::PiiHasher;
 use crate::toggles::Toggles;
@@ -180,7 +180,8 @@ impl Deliverer {
             }
             self.record_breaker_states(); // keeps the gauges current between scrapes
             let free = permits.len();
-            let plan = ClaimPlan::new(|lane| if trials.outstanding(lane) { Admits::None } else { self.notify.admits(lane) });
+            let plan =
+                ClaimPlan::new(|lane| if trials.outstanding(lane) { Admits::None } else { self.notify.admits(lane) });
             let mut started = 0;
             for lane in plan.trials {
                 let Some(permit) = permits.pop() else { break };
@@ -722,9 +723,15 @@ mod tests {
         let plan = |notify, push| ClaimPlan::new(|lane| if lane == Lane::Notify { notify } else { push });
         let all = ClaimPlan { trials: vec![], open: vec![CHANNEL_EMAIL, CHANNEL_SMS, CHANNEL_PUSH] };
         assert_eq!(plan(Admits::Any, Admits::Any), all);
-        assert_eq!(plan(Admits::Any, Admits::None), ClaimPlan { trials: vec![], open: vec![CHANNEL_EMAIL, CHANNEL_SMS] });
+        assert_eq!(
+            plan(Admits::Any, Admits::None),
+            ClaimPlan { trials: vec![], open: vec![CHANNEL_EMAIL, CHANNEL_SMS] }
+        );
         assert_eq!(plan(Admits::None, Admits::OneTrial), ClaimPlan { trials: vec![Lane::Push], open: vec![] });
-        assert_eq!(plan(Admits::OneTrial, Admits::Any), ClaimPlan { trials: vec![Lane::Notify], open: vec![CHANNEL_PUSH] });
+        assert_eq!(
+            plan(Admits::OneTrial, Admits::Any),
+            ClaimPlan { trials: vec![Lane::Notify], open: vec![CHANNEL_PUSH] }
+        );
         assert_eq!(plan(Admits::None, Admits::None), ClaimPlan { trials: vec![], open: vec![] });
     }
 

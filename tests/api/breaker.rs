@@ -1,6 +1,6 @@
-//! A hanging VA Notify must not churn the queue: while the breaker is open, or its half-open trial
-//! call is outstanding, nothing is claimed, so deferrals and database writes follow the trials, not
-//! the backlog. Breaker timings are shrunk (200 ms client timeout, 1 s open) to fit the hang in seconds.
+//! A hanging VA Notify must not churn the queue: while a lane's breaker is open, or its half-open trial
+//! call is outstanding, nothing of that lane is claimed, so deferrals and database writes follow the
+//! trials, not the backlog, and the other lane keeps flowing. Breaker timings are shrunk (200 ms client timeout, 1 s open) to fit the hang in seconds.
 
 use std::sync::Arc;
 use std::time::Duration;

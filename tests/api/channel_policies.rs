@@ -2,8 +2,9 @@
 //! hours, dry runs per channel, the universal-link template swap and per-channel resends. The real app,
 //! real PostgreSQL, the fake VA Notify, BGS and MPI (see `channels.rs`).
 //!
-//! Quiet hours run on the real clock: each test configures a window around the current time (in UTC), so
-//! the worker's "now" is inside it without any test-only clock.
+//! Quiet hours mostly run on the real clock: those tests configure a window around the current time (in
+//! UTC), so the worker's "now" is inside it. One pins the worker's clock (`Deliverer::clock`) to 22:30
+//! Eastern to check vets-api's window as configured, whatever the hour the test runs at.
 
 use chrono::{DateTime, Duration, Timelike, Utc};
 use ebg_notify::outbox::quiet_hours::slot_minutes;

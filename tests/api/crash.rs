@@ -177,7 +177,8 @@ async fn load_mixed(port: u16, from: u32, count: u32, acked: Acked) {
     use futures::StreamExt;
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}{SEND_NOTIFICATIONS}");
-    let body = json!({ "email_template_id": TEMPLATE_ID, "sms_template_id": SMS_TEMPLATE, "push_template_id": PUSH_TEMPLATE });
+    let body =
+        json!({ "email_template_id": TEMPLATE_ID, "sms_template_id": SMS_TEMPLATE, "push_template_id": PUSH_TEMPLATE });
     let requests = futures::stream::iter(from..from + count).map(|i| {
         let (client, url, acked, body) = (client.clone(), url.clone(), acked.clone(), body.clone());
         async move {
