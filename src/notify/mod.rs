@@ -96,6 +96,27 @@ impl Channel {
     }
 }
 
+/// The client's lanes, each with its own key, rate limiter and circuit breaker: `Notify` carries email and SMS
+/// (one key, one per-service limit; lookups by reference too), `Push` carries push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    Notify,
+    Push,
+}
+
+impl Lane {
+    /// Both lanes.
+    pub const ALL: [Lane; 2] = [Lane::Notify, Lane::Push];
+
+    /// The channels this lane's calls serve.
+    pub fn channels(self) -> &'static [Channel] {
+        match self {
+            Self::Notify => &[Channel::Email, Channel::Sms],
+            Self::Push => &[Channel::Push],
+        }
+    }
+}
+
 /// VA Notify accepted the notification.
 #[derive(Clone, Debug)]
 pub struct SentNotification {
@@ -228,15 +249,15 @@ enum Mode {
 
 struct Live {
     /// Email and SMS: `notify.api_key`, `rate_per_minute`.
-    main: Lane,
+    main: ApiLane,
     /// Push: `notify.push_api_key`, `push_rate_per_minute`; `None` without a push key.
-    push: Option<Lane>,
+    push: Option<ApiLane>,
     /// Whole-request timeout of a lookup by reference (email and SMS only: push answers carry no id).
     lookup_timeout: Duration,
 }
 
-/// One API key's transport with its own limiter and breaker.
-struct Lane {
+/// One API key's transport with its own limiter and breaker (the state behind a [`Lane`]).
+struct ApiLane {
     transport: LiveTransport,
     limiter: DefaultDirectRateLimiter,
     breaker: CircuitBreaker,
@@ -272,13 +293,13 @@ impl NotifyClient {
                 }
                 let api_key = ApiKey::parse(cfg.api_key.expose())?;
                 let transport = LiveTransport::new(http.clone(), &cfg.base_url, &api_key, callback_url, sms_sender_id)?;
-                let main = Lane::new(transport, cfg, cfg.rate_per_minute, "notify.rate_per_minute")?;
+                let main = ApiLane::new(transport, cfg, cfg.rate_per_minute, "notify.rate_per_minute")?;
                 let push = if cfg.push_api_key.is_empty() {
                     None
                 } else {
                     let key = ApiKey::parse_setting(cfg.push_api_key.expose(), "notify.push_api_key")?;
                     let transport = LiveTransport::new(http, &cfg.base_url, &key, None, None)?;
-                    Some(Lane::new(transport, cfg, cfg.push_rate_per_minute, "notify.push_rate_per_minute")?)
+                    Some(ApiLane::new(transport, cfg, cfg.push_rate_per_minute, "notify.push_rate_per_minute")?)
                 };
                 Mode::Live(Live { main, push, lookup_timeout: cfg.lookup_timeout() })
             }
@@ -353,11 +374,15 @@ impl NotifyClient {
         state
     }
 
-    /// How many calls could start now (the claim loop claims no more than that).
-    pub fn admits(&self) -> Admits {
-        match &*self.inner {
-            Mode::Live(live) => live.main.breaker.admits(Instant::now()),
-            Mode::Sandbox(_) => Admits::Any,
+    /// How many calls `lane` could start now (the claim loop claims no more of its channels than that).
+    /// Always `Any` in sandbox mode, and for push without a push key (a push then fails at once, final,
+    /// without a call, so there is nothing to protect).
+    pub fn admits(&self, lane: Lane) -> Admits {
+        let now = Instant::now();
+        match (&*self.inner, lane) {
+            (Mode::Live(live), Lane::Notify) => live.main.breaker.admits(now),
+            (Mode::Live(Live { push: Some(push), .. }), Lane::Push) => push.breaker.admits(now),
+            (Mode::Live(Live { push: None, .. }), Lane::Push) | (Mode::Sandbox(_), _) => Admits::Any,
         }
     }
 
@@ -406,7 +431,7 @@ fn count<T>(channel: Channel, result: &Result<T, NotifyError>) {
     metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome, "channel" => channel.as_str()).increment(1);
 }
 
-impl Lane {
+impl ApiLane {
     fn new(
         transport: LiveTransport,
         cfg: &NotifyConfig,

@@ -7,6 +7,7 @@ pub mod backoff;
 mod batch;
 pub mod callbacks;
 pub mod channel_policy;
+pub mod clock;
 mod finish;
 pub mod history;
 pub mod lifecycle;
@@ -127,16 +128,28 @@ impl Claimed {
 ///
 /// `owner` (see [`owner`]) is recorded on the leases. Rows leased by an owner whose advisory lock is
 /// free (its process died) are taken at once, before their lease expires.
+///
+/// Only rows of `channels` are taken: the worker leaves out the channels whose VA Notify lane admits no
+/// call now (its breaker is open), so their rows wait, untouched, instead of being claimed and pushed back.
 #[tracing::instrument(skip_all, fields(limit))]
 pub async fn claim(
     pool: &PgPool,
     limit: i64,
     lease: Duration,
     owner: Option<i32>,
+    channels: &[&str],
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_file_as!(Claimed, "src/outbox/sql/claim.sql", limit, pg_interval(lease), owner, owner::OWNER_LOCK_CLASS)
-        .fetch_all(pool)
-        .await
+    sqlx::query_file_as!(
+        Claimed,
+        "src/outbox/sql/claim.sql",
+        limit,
+        pg_interval(lease),
+        owner,
+        owner::OWNER_LOCK_CLASS,
+        channels as &[&str]
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Calls whose outcome is unknown: no answer was recorded (`in_flight`), or the call timed out or lost

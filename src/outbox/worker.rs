@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::channel_policy::{ChannelPolicy, REASON_DRY_RUN};
+use super::clock::Clock;
 use super::owner::Owner;
 use super::quiet_hours::{QuietDecision, QuietHours, REASON_QUIET_HOURS};
 use super::{
-    CHANNEL_EMAIL, CHANNEL_PUSH, CHANNEL_SMS, CallRecord, Claimed, FinishQueue, PriorCall, Status, Transition, Wakeup,
-    backoff,
+    CHANNEL_EMAIL, CHANNEL_PUSH, CHANNEL_SMS, CHANNELS, CallRecord, Claimed, FinishQueue, PriorCall, Status,
+    Transition, Wakeup, backoff,
 };
 use crate::clicks::ClickLinks;
 use crate::config::{NotifyConfig, WorkerConfig};
@@ -26,7 +27,7 @@ use crate::contacts::{ContactError, Contacts, Identity, Mpi, MpiError};
 use crate::metrics as m;
 use crate::notify::templates::{TemplateSwap, UNIVERSAL_LINK_FEATURE};
 use crate::notify::{
-    Admits, BreakerState, Channel, EmailRequest, ErrorClass, NotifyClient, NotifyError, PushRequest, SmsRequest,
+    Admits, BreakerState, Channel, EmailRequest, ErrorClass, Lane, NotifyClient, NotifyError, PushRequest, SmsRequest,
     web_host,
 };
 use crate::telemetry::PiiHasher;
@@ -58,6 +59,8 @@ pub struct Deliverer {
     owner: Owner,
     /// Quiet hours, dry runs and the universal-link swap (CHANNELS.md §5, §6).
     policies: Policies,
+    /// The wall clock quiet hours are decided by (the system clock; tests may pin it).
+    clock: Clock,
 }
 
 /// The channel policies the worker asks before each call (CHANNELS.md §5–§7).
@@ -113,7 +116,13 @@ impl Deliverer {
             reconcile_after: notify_config.timeout(),
             owner: Owner::default(),
             policies,
+            clock: Clock::default(),
         }
+    }
+
+    /// The wall clock quiet hours are decided by, shared with every clone (tests pin it).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Sends links through the click tracker (SPEC §8): `host` becomes `<tracker host>/c/<token>`.
@@ -130,18 +139,25 @@ impl Deliverer {
         }
     }
 
-    /// Claims what is due now (up to the concurrency) and delivers it; returns how many rows it took.
+    /// Claims what is due now (up to the concurrency), of every channel whatever the breakers say, and
+    /// delivers it; returns how many rows it took.
     pub async fn run_once(&self) -> Result<usize, sqlx::Error> {
-        let rows = super::claim(&self.pool, self.config.concurrency as i64, self.lease(), self.owner.current()).await?;
+        let rows = self.claim(self.config.concurrency, &CHANNELS).await?;
         let count = rows.len();
         futures::future::join_all(rows.into_iter().map(|row| self.deliver(row))).await;
         Ok(count)
     }
 
     /// Runs the claim loop until `cancel` fires, then waits for deliveries in flight.
+    ///
+    /// Each VA Notify lane (email and SMS; push) is claimed for as its breaker admits: a closed lane's
+    /// channels up to the free slots, a half-open lane's one trial row, an open lane's (or one whose trial
+    /// is outstanding) nothing, so its rows wait untouched instead of being claimed and pushed back (two
+    /// writes each) while the other lane's keep flowing.
     pub async fn run(self, wake: Wakeup, running: Arc<AtomicBool>, cancel: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let tasks = TaskTracker::new();
+        let trials = Arc::new(Trials::default());
         let poll = self.config.poll_interval();
         let peers = tokio::spawn(wake.clone().listen_for_peers(cancel.clone()));
         let owner_lock = self.owner.hold((*self.pool.connect_options()).clone(), cancel.clone()).await;
@@ -162,47 +178,55 @@ impl Deliverer {
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            // While the breaker is open, or its trial call is outstanding, claiming would only push
-            // rows back (two writes each): wait instead. Half-open, exactly one row is the trial.
-            let admits = self.notify.admits();
-            self.notify.breaker_state(); // keeps the gauge current between scrapes
-            let limit = match admits {
-                Admits::Any => permits.len(),
-                Admits::OneTrial => 1,
-                Admits::None => 0,
-            };
-            let rows = if limit == 0 {
-                Ok(Vec::new())
-            } else {
-                super::claim(&self.pool, limit as i64, self.lease(), self.owner.current()).await
-            };
-            if let (Admits::OneTrial, Ok(trial)) = (admits, &rows) {
-                if let Some(row) = trial.first() {
-                    // Delivered here, not spawned: nothing else is claimed until the trial has settled.
-                    self.deliver(row.clone()).await;
-                    backlog = true;
-                    continue;
+            self.record_breaker_states(); // keeps the gauges current between scrapes
+            let free = permits.len();
+            let plan =
+                ClaimPlan::new(|lane| if trials.outstanding(lane) { Admits::None } else { self.notify.admits(lane) });
+            let mut started = 0;
+            for lane in plan.trials {
+                let Some(permit) = permits.pop() else { break };
+                let row = match self.claim(1, &channel_names(lane)).await {
+                    Ok(mut rows) => rows.pop(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming a trial notification failed");
+                        None
+                    }
+                };
+                let Some(row) = row else { continue };
+                // Nothing more of this lane is claimed until the trial has settled its breaker.
+                trials.begin(lane);
+                let (this, trials) = (self.clone(), trials.clone());
+                tasks.spawn(async move {
+                    this.deliver(row).await;
+                    trials.end(lane);
+                    drop(permit);
+                });
+                started += 1;
+            }
+            if !plan.open.is_empty() && !permits.is_empty() {
+                match self.claim(permits.len(), &plan.open).await {
+                    Ok(rows) => {
+                        for (row, permit) in rows.into_iter().zip(permits.drain(..)) {
+                            let this = self.clone();
+                            tasks.spawn(async move {
+                                this.deliver(row).await;
+                                drop(permit);
+                            });
+                            started += 1;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming due notifications failed"),
                 }
             }
-            backlog = matches!(&rows, Ok(rows) if rows.len() == permits.len());
-            match rows {
-                Ok(rows) if !rows.is_empty() => {
-                    for (row, permit) in rows.into_iter().zip(permits.drain(..)) {
-                        let this = self.clone();
-                        tasks.spawn(async move {
-                            this.deliver(row).await;
-                            drop(permit);
-                        });
-                    }
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "claiming due notifications failed"),
+            backlog = started == free;
+            if started > 0 {
+                continue;
             }
             drop(permits);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = wake.notified() => {}
+                _ = trials.settled.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
             }
         }
@@ -212,6 +236,11 @@ impl Deliverer {
         tasks.wait().await;
         // Released only after the deliveries finished, so nobody takes their rows meanwhile.
         let _ = owner_lock.await;
+    }
+
+    /// Leases up to `limit` due rows of `channels` for this process.
+    async fn claim(&self, limit: usize, channels: &[&str]) -> Result<Vec<Claimed>, sqlx::Error> {
+        super::claim(&self.pool, limit as i64, self.lease(), self.owner.current(), channels).await
     }
 
     /// The VA Notify email/SMS breaker's state (and the `ebg_va_notify_circuit_state{lane="notify"}` gauge, set as
@@ -296,7 +325,7 @@ impl Deliverer {
         if self.identity_for(row, prior).await?.is_none() {
             return Ok(());
         }
-        match self.policies.quiet_hours.decide(Utc::now(), row.id) {
+        match self.policies.quiet_hours.decide(self.clock.now(), row.id) {
             QuietDecision::Send => {}
             QuietDecision::DeferUntil(at) => {
                 // Not a try: the row goes back to its pending state, due when the window ends (plus its slot).
@@ -547,6 +576,66 @@ impl Deliverer {
     }
 }
 
+/// What one turn of the claim loop claims, from what each lane admits.
+#[derive(Debug, PartialEq, Eq)]
+struct ClaimPlan {
+    /// Half-open lanes: one trial row each.
+    trials: Vec<Lane>,
+    /// The channels of the closed lanes, claimed together (one statement) up to the free slots.
+    open: Vec<&'static str>,
+}
+
+impl ClaimPlan {
+    fn new(admits: impl Fn(Lane) -> Admits) -> Self {
+        let mut plan = Self { trials: Vec::new(), open: Vec::new() };
+        for lane in Lane::ALL {
+            match admits(lane) {
+                Admits::Any => plan.open.extend(channel_names(lane)),
+                Admits::OneTrial => plan.trials.push(lane),
+                Admits::None => {}
+            }
+        }
+        plan
+    }
+}
+
+/// The stored channel names of a lane's channels.
+fn channel_names(lane: Lane) -> Vec<&'static str> {
+    lane.channels().iter().map(|c| c.as_str()).collect()
+}
+
+/// The claim loop's trial rows in flight, one lane at most each: between claiming a trial row and its
+/// call taking the breaker's trial permit the breaker still says `OneTrial`, so the loop must remember.
+#[derive(Default)]
+struct Trials {
+    notify: AtomicBool,
+    push: AtomicBool,
+    /// Wakes the loop when a trial has settled, so the lane is claimed for again at once.
+    settled: tokio::sync::Notify,
+}
+
+impl Trials {
+    fn flag(&self, lane: Lane) -> &AtomicBool {
+        match lane {
+            Lane::Notify => &self.notify,
+            Lane::Push => &self.push,
+        }
+    }
+
+    fn outstanding(&self, lane: Lane) -> bool {
+        self.flag(lane).load(Ordering::SeqCst)
+    }
+
+    fn begin(&self, lane: Lane) {
+        self.flag(lane).store(true, Ordering::SeqCst);
+    }
+
+    fn end(&self, lane: Lane) {
+        self.flag(lane).store(false, Ordering::SeqCst);
+        self.settled.notify_one();
+    }
+}
+
 /// How long the claim loop waits for more free slots when rows are backed up.
 const CLAIM_GATHER: Duration = Duration::from_millis(2);
 
@@ -628,6 +717,23 @@ fn jitter(max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_lane_is_claimed_for_as_its_breaker_admits() {
+        let plan = |notify, push| ClaimPlan::new(|lane| if lane == Lane::Notify { notify } else { push });
+        let all = ClaimPlan { trials: vec![], open: vec![CHANNEL_EMAIL, CHANNEL_SMS, CHANNEL_PUSH] };
+        assert_eq!(plan(Admits::Any, Admits::Any), all);
+        assert_eq!(
+            plan(Admits::Any, Admits::None),
+            ClaimPlan { trials: vec![], open: vec![CHANNEL_EMAIL, CHANNEL_SMS] }
+        );
+        assert_eq!(plan(Admits::None, Admits::OneTrial), ClaimPlan { trials: vec![Lane::Push], open: vec![] });
+        assert_eq!(
+            plan(Admits::OneTrial, Admits::Any),
+            ClaimPlan { trials: vec![Lane::Notify], open: vec![CHANNEL_PUSH] }
+        );
+        assert_eq!(plan(Admits::None, Admits::None), ClaimPlan { trials: vec![], open: vec![] });
+    }
 
     #[test]
     fn daily_limit_parks_until_midnight_utc() {

@@ -1,9 +1,11 @@
-//! A hanging VA Notify must not churn the queue: while the breaker is open, or its half-open trial
-//! call is outstanding, nothing is claimed, so deferrals and database writes follow the trials, not
-//! the backlog. Breaker timings are shrunk (200 ms client timeout, 1 s open) to fit the hang in seconds.
+//! A hanging VA Notify must not churn the queue: while a lane's breaker is open, or its half-open trial
+//! call is outstanding, nothing of that lane is claimed, so deferrals and database writes follow the
+//! trials, not the backlog, and the other lane keeps flowing. Breaker timings are shrunk (200 ms client timeout, 1 s open) to fit the hang in seconds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use ebg_testkit::va_notify::{Endpoint, Reply};
 use ebg_testkit::{FakeBgs, FakeVaNotify};
 
 use crate::helpers::*;
@@ -80,4 +82,103 @@ async fn a_hanging_va_notify_costs_writes_per_trial_not_per_queued_row() {
 
 async fn deferrals(app: &TestApp) -> f64 {
     app.metric("ebg_retries_total{reason=\"va_notify_circuit_open\"}").await
+}
+
+/// Fails every push with VA's 500 while `failing` is set; email and SMS are answered normally.
+struct FailingPush {
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl ebg_testkit::va_notify::Behaviour for FailingPush {
+    fn reply(&self, endpoint: Endpoint, _body: &serde_json::Value) -> Reply {
+        if endpoint == Endpoint::Push && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            Reply::Status500
+        } else {
+            Reply::Created
+        }
+    }
+}
+
+/// The push lane has its own breaker, and the claim loop claims per lane: while push's is open, email and
+/// SMS keep flowing and the push rows wait unclaimed (no tries spent, no deferral churn); when push
+/// recovers they go. Push rows are queued first, so the first claims take them and open the breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_push_breaker_holds_push_rows_while_email_and_sms_flow() {
+    const EACH: i64 = 200;
+    let fakes = Upstreams::start().await;
+    fakes.add_person(PARTICIPANT_ID, "JANE", crate::helpers::ICN);
+    let failing = Arc::new(FailingPush { failing: true.into() });
+    fakes.notify.set_behaviour(failing.clone());
+    let app = app()
+        .upstreams(&fakes)
+        .with_workers()
+        .env("EBG_WORKER__CONCURRENCY", CONCURRENCY)
+        .env("EBG_WORKER__MAX_ATTEMPTS", 50) // trials retry the same rows; none may go dead in this test
+        .env("EBG_NOTIFY__BREAKER_FAILURE_THRESHOLD", 3)
+        .env("EBG_NOTIFY__BREAKER_OPEN_SECONDS", 1)
+        .spawn()
+        .await;
+    for feature in [EMAIL_FEATURE, SMS_FEATURE, PUSH_FEATURE] {
+        enable_feature(&app.db, feature).await;
+    }
+    app.state.toggles.refresh().await.unwrap();
+    let deferred_before = deferrals(&app).await;
+    for (channel, template, due) in [
+        ("push", crate::helpers::PUSH_TEMPLATE, "now() - interval '1 minute'"),
+        ("email", TEMPLATE_ID, "now()"),
+        ("sms", crate::helpers::SMS_TEMPLATE, "now()"),
+    ] {
+        sqlx::query(&format!(
+            "insert into notifications (id, channel, participant_id, template_id, status, next_attempt_at)
+             select gen_random_uuid(), $1, $2, $3, 'queued', {due} from generate_series(1, $4)"
+        ))
+        .bind(channel)
+        .bind(PARTICIPANT_ID)
+        .bind(template)
+        .bind(EACH)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+    app.state.wake_workers.wake();
+
+    let others_sent = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from notifications where channel <> 'push' and status = 'sent'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    let flowed = app.eventually(Duration::from_secs(20), || async { others_sent().await == 2 * EACH }).await;
+    assert!(flowed, "email and SMS stalled behind the push lane: {} of {} sent", others_sent().await, 2 * EACH);
+    let push_state = app.metric("ebg_va_notify_circuit_state{lane=\"push\"}").await;
+    let (push_calls, tried, sent): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from notification_attempts a join notifications n on n.id = a.notification_id
+                 where n.channel = 'push'),
+                (select count(*) from notifications where channel = 'push' and attempts > 0),
+                (select count(*) from notifications where channel = 'push' and status = 'sent')",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let deferred = deferrals(&app).await - deferred_before;
+    let push_requests = fakes.notify.requests_to(Endpoint::Push).len() as i64;
+    eprintln!(
+        "push lane open: {push_requests} push calls ({push_calls} attempt rows) over {tried} push rows, \
+         {deferred} deferrals, state {push_state}; email and SMS all sent"
+    );
+    assert!(push_state >= 1.0, "the push breaker is still open or half-open: {push_state}");
+    assert_eq!(sent, 0, "push is failing: none sent yet");
+    assert_eq!(push_calls, push_requests, "an attempt row per push call, none for rows merely held back");
+    // The first wave (one per slot) plus one trial per open period; the rest of the push rows untouched.
+    assert!(push_requests <= (CONCURRENCY + 25) as i64, "push calls during the outage: {push_requests}");
+    assert!(tried <= push_requests, "push rows that spent a try: {tried}");
+    assert!(deferred <= CONCURRENCY as f64, "claimed only to be pushed back: {deferred} deferrals");
+
+    // Push recovers: every push row goes, once.
+    failing.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let pushed = app.eventually(Duration::from_secs(20), || async { app.count("sent").await == 3 * EACH }).await;
+    assert!(pushed, "push rows not delivered after recovery: {} sent of {}", app.count("sent").await, 3 * EACH);
+    let after = fakes.notify.requests_to(Endpoint::Push);
+    assert_eq!(after.iter().filter(|r| r.status == 201).count() as i64, EACH, "each push row sent once");
+    let _database = app.stop().await;
 }

@@ -2,8 +2,9 @@
 //! hours, dry runs per channel, the universal-link template swap and per-channel resends. The real app,
 //! real PostgreSQL, the fake VA Notify, BGS and MPI (`helpers::wired`).
 //!
-//! Quiet hours run on the real clock: each test configures a window around the current time (in UTC), so
-//! the worker's "now" is inside it without any test-only clock.
+//! Quiet hours mostly run on the real clock: those tests configure a window around the current time (in
+//! UTC), so the worker's "now" is inside it. One pins the worker's clock (`Deliverer::clock`) to 22:30
+//! Eastern to check vets-api's window as configured, whatever the hour the test runs at.
 
 use chrono::{DateTime, Duration, Utc};
 use ebg_notify::outbox::quiet_hours::slot_minutes;
@@ -283,4 +284,65 @@ async fn an_sms_callback_moves_the_row_like_an_emails() {
     let delivered = sms_callback(va_id(&w, id).await, id, "delivered", "");
     assert_eq!(post_bearer(&w.app, delivered).await.status(), 200);
     assert_eq!(state(&w, id).await.0, "delivered");
+}
+
+/// An Eastern wall-clock time on a December day (EST, UTC-5) as an instant.
+fn eastern(day: u32, hour: u32, minute: u32) -> DateTime<Utc> {
+    use chrono::TimeZone;
+    chrono_tz::America::New_York.with_ymd_and_hms(2026, 12, day, hour, minute, 0).single().unwrap().with_timezone(&Utc)
+}
+
+/// vets-api's window, 21:00–09:00 Eastern, with the worker's clock pinned to 22:30 Eastern: the SMS goes
+/// in [09:00, 12:00) Eastern next morning, at the same slot however often it is asked, and a resend that
+/// falls in the next night's window waits for the next morning's slot too.
+#[tokio::test]
+async fn with_the_clock_at_2230_eastern_an_sms_and_its_resend_wait_for_the_slot_next_morning() {
+    let settings = [
+        ("EBG_SMS__QUIET_HOURS_MODE", "defer".to_owned()),
+        ("EBG_SMS__QUIET_HOURS_ZONE", "America/New_York".to_owned()),
+        ("EBG_SMS__QUIET_HOURS_START", "21:00".to_owned()),
+        ("EBG_SMS__QUIET_HOURS_END", "09:00".to_owned()),
+        ("EBG_SMS__QUIET_HOURS_SPREAD_MINUTES", SPREAD_MINUTES.to_string()),
+        ("EBG_SMS__RESEND_DELAY_SECONDS", "0".to_owned()),
+    ];
+    let w = wired_with(&settings).await;
+    enable(&w.app, SMS_FEATURE).await;
+    let clock = w.app.state.deliverer.clock().clone();
+    clock.pin(eastern(1, 22, 30));
+    let id = send_sms(&w).await;
+    w.app.deliver_due().await;
+
+    let slot = Duration::minutes(i64::from(slot_minutes(id, SPREAD_MINUTES)));
+    let morning = eastern(2, 9, 0) + slot;
+    assert!(eastern(2, 9, 0) <= morning && morning < eastern(2, 12, 0), "{morning}");
+    let deferred = ("queued".to_owned(), Some("sms_quiet_hours".to_owned()), 0, 0, Some(morning));
+    assert_eq!(state(&w, id).await, deferred, "due next morning at 09:00 ET + the row's slot, no try spent");
+    assert!(w.notify.requests_to(Endpoint::Sms).is_empty());
+
+    // Asked again later that night (the row made due again), the same row gets the same slot.
+    clock.pin(eastern(1, 23, 59));
+    make_due(&w, id).await;
+    w.app.deliver_due().await;
+    assert_eq!(state(&w, id).await, deferred);
+
+    // Its slot comes: it goes.
+    clock.pin(morning);
+    make_due(&w, id).await;
+    w.app.deliver_due().await;
+    assert_eq!(state(&w, id).await.0, "sent");
+    assert_eq!(w.notify.requests_to(Endpoint::Sms).len(), 1);
+
+    // A temporary failure reported at 22:30 the next night: the resend is due at once
+    // (sms.resend_delay_seconds = 0), falls in the window, and waits for the morning after.
+    clock.pin(eastern(2, 22, 30));
+    let failed = sms_callback(va_id(&w, id).await, id, "temporary-failure", "Retryable - carrier unavailable");
+    assert_eq!(post_bearer(&w.app, failed).await.status(), 200);
+    let (status, _, _, sends, _) = state(&w, id).await;
+    assert_eq!((status.as_str(), sends), ("queued", 1), "resend queued");
+    w.app.deliver_due().await;
+    let (status, reason, _, sends, next) = state(&w, id).await;
+    assert_eq!((reason.as_deref(), sends), (Some("sms_quiet_hours"), 1));
+    assert!(matches!(status.as_str(), "queued" | "retry_wait"), "pending again: {status}");
+    assert_eq!(next, Some(eastern(3, 9, 0) + slot), "the resend waits for the same slot the next morning");
+    assert_eq!(w.notify.requests_to(Endpoint::Sms).len(), 1, "not resent in quiet hours");
 }

@@ -316,7 +316,15 @@ async fn a_push_whose_call_was_in_flight_at_a_crash_is_sent_again_at_least_once(
     enable(&w.app, PUSH_FEATURE).await;
     let push = single(post(&w.app, PUSH_PATH, PARTICIPANT_ID, json!({"template_id": PUSH_TEMPLATE}), None).await).await;
     // A worker claims it (the claim writes the in_flight attempt) and dies before recording anything.
-    let claimed = ebg_notify::outbox::claim(&w.app.db, 1, std::time::Duration::from_secs(60), None).await.unwrap();
+    let claimed = ebg_notify::outbox::claim(
+        &w.app.db,
+        1,
+        std::time::Duration::from_secs(60),
+        None,
+        &ebg_notify::outbox::CHANNELS,
+    )
+    .await
+    .unwrap();
     assert_eq!(claimed.len(), 1);
     sqlx::query("update notifications set next_attempt_at = now() where id = $1")
         .bind(push)

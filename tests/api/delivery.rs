@@ -250,6 +250,71 @@ async fn two_replicas_on_one_database_never_send_a_row_twice() {
     assert!(seen.values().all(|&n| n == 1), "a reference was sent twice");
 }
 
+/// Two replicas on one database with every channel (send_notifications: email, SMS and push per request):
+/// each row reaches VA Notify once, email and SMS by reference and push by ICN (one push row per person).
+#[tokio::test]
+async fn two_replicas_on_one_database_never_send_a_row_of_any_channel_twice() {
+    const PEOPLE: u32 = 60;
+    let fakes = Upstreams::start().await;
+    fakes.notify.set_latency(Duration::from_millis(5));
+    for i in 0..PEOPLE {
+        fakes.add_person(&(600_400_000 + i).to_string(), "JANE", &icn_for(i));
+    }
+    let first = app().upstreams(&fakes).with_workers().env("EBG_WORKER__CONCURRENCY", 4).spawn().await;
+    let second = app()
+        .database(&first.database_url)
+        .upstreams(&fakes)
+        .with_workers()
+        .env("EBG_WORKER__CONCURRENCY", 4)
+        .spawn()
+        .await;
+    for feature in [EMAIL_FEATURE, SMS_FEATURE, PUSH_FEATURE] {
+        enable_feature(&first.db, feature).await;
+    }
+    first.state.toggles.refresh().await.unwrap();
+    second.state.toggles.refresh().await.unwrap();
+    let body = json!({
+        "email_template_id": TEMPLATE_ID,
+        "sms_template_id": crate::helpers::SMS_TEMPLATE,
+        "push_template_id": crate::helpers::PUSH_TEMPLATE,
+    });
+    let mut rows = Vec::new();
+    for i in 0..PEOPLE {
+        let replica = if i % 2 == 0 { &first } else { &second };
+        let response = replica
+            .client
+            .post(format!("{}{SEND_NOTIFICATIONS}", replica.address))
+            .bearer_auth(token_for_every_route(&(600_400_000 + i).to_string()))
+            .header("Accept", "application/json")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let answered = accepted_channels(response).await.expect("accepted");
+        assert_eq!(answered.len(), 3);
+        rows.extend(answered.into_iter().map(|(channel, id)| (i, channel, id)));
+    }
+    let total = i64::from(3 * PEOPLE);
+    let done = first.eventually(Duration::from_secs(30), || async { first.count("sent").await == total }).await;
+    assert!(done, "sent: {} of {total}", first.count("sent").await);
+
+    let references = fakes.notify.references();
+    let mut pushes: HashMap<String, usize> = HashMap::new();
+    for request in fakes.notify.requests_to(ebg_testkit::va_notify::Endpoint::Push) {
+        let icn = request.body.as_ref().unwrap()["recipient_identifier"]["id_value"].as_str().unwrap().to_owned();
+        *pushes.entry(icn).or_default() += 1;
+    }
+    for (i, channel, id) in &rows {
+        let sends = match channel.as_str() {
+            "push" => pushes.get(&icn_for(*i)).copied(),
+            _ => references.get(&id.to_string()).copied(),
+        };
+        assert_eq!(sends, Some(1), "{channel} row {id} sent once");
+    }
+    assert_eq!(references.len() as u32, 2 * PEOPLE, "nothing else reached VA Notify");
+    assert_eq!(pushes.len() as u32, PEOPLE);
+}
+
 #[tokio::test]
 async fn graceful_shutdown_finishes_deliveries_in_flight() {
     let notify = FakeVaNotify::start().await;

@@ -236,6 +236,24 @@ impl TestAppBuilder {
             .env("EBG_CONTACTS__TIMEOUT_MS", 1_000)
     }
 
+    /// Sends pushes through the fake VA Notify's push key (its own lane).
+    pub fn push(self, fake: &ebg_testkit::FakeVaNotify) -> Self {
+        self.env("EBG_NOTIFY__PUSH_API_KEY", fake.push_api_key())
+    }
+
+    /// Resolves ICNs through a fake MPI over mutual TLS with `pki`'s client certificate.
+    pub fn mpi(mut self, fake: &ebg_testkit::FakeMpi, pki: &ebg_testkit::TestPki) -> Self {
+        for (key, value) in mpi_env(fake, pki) {
+            self = self.env(key, value);
+        }
+        self
+    }
+
+    /// Every upstream faked: VA Notify (email/SMS key and push key), BGS, MPI over mTLS.
+    pub fn upstreams(self, fakes: &Upstreams) -> Self {
+        self.notify(&fakes.notify).push(&fakes.notify).bgs(&fakes.bgs).mpi(&fakes.mpi, &fakes.pki)
+    }
+
     /// Shares an existing database (several replicas on one database).
     pub fn database(mut self, url: &str) -> Self {
         self.database_url = Some(url.to_owned());
@@ -466,6 +484,67 @@ pub async fn wired_app(extra: &[(&str, &str)]) -> (TestApp, ebg_testkit::FakeVaN
     (app, notify, bgs)
 }
 
+/// Every upstream the channels need, faked: VA Notify (both keys), BGS, MPI over mutual TLS with its PKI.
+pub struct Upstreams {
+    pub notify: ebg_testkit::FakeVaNotify,
+    pub bgs: ebg_testkit::FakeBgs,
+    pub mpi: ebg_testkit::FakeMpi,
+    /// Holds the certificate files the app reads; dropped (deleted) with the fakes.
+    pub pki: ebg_testkit::TestPki,
+}
+
+impl Upstreams {
+    /// Starts all the fakes, empty: tests add the people they need.
+    pub async fn start() -> Self {
+        let pki = ebg_testkit::TestPki::generate();
+        let mpi = ebg_testkit::FakeMpi::start(&pki).await;
+        Self { notify: ebg_testkit::FakeVaNotify::start().await, bgs: ebg_testkit::FakeBgs::start().await, mpi, pki }
+    }
+
+    /// Makes `participant` known to BGS (first name `first_name`) and to MPI with `icn`.
+    pub fn add_person(&self, participant: &str, first_name: &str, icn: &str) {
+        self.bgs.add_person(participant, first_name);
+        self.mpi.add_patient(participant, icn, Some(first_name));
+    }
+}
+
+/// The SMS feature (ICN-keyed, decided by the worker).
+pub const SMS_FEATURE: &str = "event_bus_gateway_letter_ready_sms_notifications";
+/// The push feature (ICN-keyed, decided by the worker).
+pub const PUSH_FEATURE: &str = "event_bus_gateway_letter_ready_push_notifications";
+/// The emails feature (participant-keyed, decided at accept).
+pub const EMAIL_FEATURE: &str = "event_bus_gateway_emails_enabled";
+pub const SEND_NOTIFICATIONS: &str = "/v0/event_bus_gateway/send_notifications";
+
+/// Turns `feature` fully on (boolean gate) in the database `db`; replicas see it at their next refresh.
+pub async fn enable_feature(db: &PgPool, feature: &str) {
+    sqlx::query(
+        "insert into flipper_gates (feature_key, key, value) values ($1, 'boolean', 'true') on conflict do nothing",
+    )
+    .bind(feature)
+    .execute(db)
+    .await
+    .unwrap();
+}
+
+/// A distinct ICN for the `n`th generated person (MPI's shape: ten digits, `V`, six digits).
+pub fn icn_for(n: u32) -> String {
+    format!("{:010}V{:06}", 1_000_000_000u64 + u64::from(n), 123_456)
+}
+
+/// Parses a send_notifications JSON answer into (channel, id) pairs.
+pub async fn accepted_channels(response: reqwest::Response) -> Option<Vec<(String, Uuid)>> {
+    if response.status() != 200 {
+        return None;
+    }
+    let body: Value = response.json().await.ok()?;
+    body["notifications"]
+        .as_array()?
+        .iter()
+        .map(|n| Some((n["channel"].as_str()?.to_owned(), n["id"].as_str()?.parse().ok()?)))
+        .collect()
+}
+
 /// Queues one email to `participant` with the default template, as EBG would; returns its id.
 pub async fn queue_for(app: &TestApp, participant: &str) -> Uuid {
     request_for(app, participant).await.0
@@ -529,9 +608,6 @@ pub const PUSH_TEMPLATE: &str = "0EF7C8C9390847D7B3B521426EFF5814";
 pub const ICN: &str = "1012345678V123456";
 /// A participant MPI does not know (GCID01), while BGS does.
 pub const UNKNOWN_TO_MPI: &str = "600099999";
-pub const SMS_FEATURE: &str = "event_bus_gateway_letter_ready_sms_notifications";
-pub const PUSH_FEATURE: &str = "event_bus_gateway_letter_ready_push_notifications";
-
 /// The app with every upstream faked: VA Notify (email/SMS key and push key), BGS, MPI over mTLS.
 pub struct Wired {
     pub app: TestApp,
@@ -568,13 +644,9 @@ pub async fn wired() -> Wired {
 /// as [`ICN`]), emails toggle on; `extra` adds `EBG_` settings; `database` shares an earlier app's
 /// database (a restart).
 pub async fn wired_on(extra: &[(&str, String)], database: Option<&str>) -> Wired {
-    let notify = ebg_testkit::FakeVaNotify::start().await;
-    let bgs = ebg_testkit::FakeBgs::start().await;
-    bgs.add_person(PARTICIPANT_ID, "JANE");
-    bgs.add_person(UNKNOWN_TO_MPI, "JOHN");
-    let pki = ebg_testkit::TestPki::generate();
-    let mpi = ebg_testkit::FakeMpi::start(&pki).await;
-    mpi.add_patient(PARTICIPANT_ID, ICN, Some("JANE"));
+    let fakes = Upstreams::start().await;
+    fakes.add_person(PARTICIPANT_ID, "JANE", ICN);
+    fakes.bgs.add_person(UNKNOWN_TO_MPI, "JOHN");
     let mut builder = app();
     if let Some(url) = database {
         builder = builder.database(url);
@@ -582,12 +654,9 @@ pub async fn wired_on(extra: &[(&str, String)], database: Option<&str>) -> Wired
     for (key, value) in extra {
         builder = builder.env(key, value);
     }
-    builder = builder.notify(&notify).bgs(&bgs).env("EBG_NOTIFY__PUSH_API_KEY", notify.push_api_key());
-    for (key, value) in mpi_env(&mpi, &pki) {
-        builder = builder.env(key, value);
-    }
-    let app = builder.spawn().await;
+    let app = builder.upstreams(&fakes).spawn().await;
     app.enable_emails().await;
+    let Upstreams { notify, bgs, mpi, pki } = fakes;
     Wired { app, notify, mpi, _bgs: bgs, pki }
 }
 
@@ -598,13 +667,7 @@ pub async fn wired_with(extra: &[(&str, String)]) -> Wired {
 
 /// Turns `feature` fully on (boolean gate) and refreshes the app's snapshot.
 pub async fn enable(app: &TestApp, feature: &str) {
-    sqlx::query(
-        "insert into flipper_gates (feature_key, key, value) values ($1, 'boolean', 'true') on conflict do nothing",
-    )
-    .bind(feature)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    enable_feature(&app.db, feature).await;
     app.state.toggles.refresh().await.unwrap();
 }
 

@@ -1,4 +1,4 @@
--- Leases up to $1 due rows for $2 (see `outbox::claim`). `status in (...)` spells lifecycle::PENDING
+-- Leases up to $1 due rows of the channels $5 for $2 (see `outbox::claim`). `status in (...)` spells lifecycle::PENDING
 -- literally, as the partial index `notifications_due` does (a unit test pins both).
 with live_owners as materialized (
     select l.objid::int8 as owner from pg_locks l
@@ -9,11 +9,13 @@ with live_owners as materialized (
     where status = 'sending' and lease_owner is not null and next_attempt_at > now()
       and lease_owner is distinct from $3::int4
       and lease_owner::int8 not in (select owner from live_owners)
+      and channel = any($5::text[])
     limit $1
     for update skip locked
 ), due as (
     select id, next_attempt_at from notifications
     where status in ('queued', 'retry_wait', 'sending') and next_attempt_at <= now()
+      and channel = any($5::text[])
     order by next_attempt_at
     limit $1
     for update skip locked
