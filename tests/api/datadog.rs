@@ -9,13 +9,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
-use ebg_notify::toggles::{EMAILS_ENABLED, actor_in_percentage};
+use ebg_notify::toggles::{EMAILS_ENABLED, PUSH_ENABLED, SMS_ENABLED, actor_in_percentage};
 use ebg_testkit::va_notify::Reply;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use uuid::Uuid;
 
 use crate::callbacks::{callback_body, post_bearer, va_id};
+use crate::channels::{enable, post};
 use crate::clicks::{CLICKS_ON, raw_get, token_in};
 use crate::helpers::*;
 
@@ -76,6 +77,13 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
     assert_eq!(sms.send().await.unwrap().status(), 200);
     app.deliver_all().await;
     assert_eq!(mpi.requests().len(), 1);
+    // SMS and push on for everyone, for the per-channel error rates of the interval.
+    enable(&app, SMS_ENABLED).await;
+    enable(&app, PUSH_ENABLED).await;
+    let reachable: Vec<String> = (0..6).map(|n| format!("600300{n:03}")).collect();
+    for (n, id) in reachable.iter().enumerate() {
+        mpi.add_patient(id, &format!("10123456{n:02}V123456"), Some("JOHN"));
+    }
 
     let from = Utc::now();
     let mut check = Check::start(&venv, &app, from).await;
@@ -126,6 +134,20 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
     assert_eq!(app.count("permanent_failure").await, 2);
     assert_eq!(app.count("delivered").await, 7 + 2);
 
+    // Per channel in the same interval: three SMS (one refused, one bounced by callback, one still `sent`:
+    // 2 errors of 3) and three pushes (one refused, two accepted, which is final for a push: 1 of 3).
+    let sms = queue_channel(&app, "send_sms", TEMPLATE_ID, &reachable[..3]).await;
+    notify.script([Reply::BadRequest, Reply::Created, Reply::Created]);
+    app.deliver_all().await;
+    let sent_sms: Vec<Uuid> = statuses(&app, &sms, "sent").await;
+    assert_eq!(sent_sms.len(), 2, "one SMS refused, two accepted");
+    callback(&app, sent_sms[0], "permanent-failure", Some("Unreachable destination handset")).await;
+    let pushes = queue_channel(&app, "send_push", "letter_ready_push", &reachable[3..]).await;
+    notify.script([Reply::BadRequest, Reply::Created, Reply::Created]);
+    app.deliver_all().await;
+    assert_eq!(statuses(&app, &pushes, "sent").await.len(), 2, "two pushes accepted");
+    assert_eq!(statuses(&app, &pushes, "failed").await.len(), 1, "one push refused");
+
     let (ok, output) = check.go().await;
     println!("{output}");
     assert!(ok, "Datadog's check disagrees (output above)");
@@ -160,6 +182,29 @@ async fn queue_all(app: &TestApp, participants: &[String]) -> Vec<Uuid> {
         ids.push(queue_for(app, participant).await);
     }
     ids
+}
+
+/// One request per participant to a single-channel route (`send_sms`, `send_push`); the rows' ids.
+async fn queue_channel(app: &TestApp, route: &str, template: &str, participants: &[String]) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for participant in participants {
+        let path = format!("/v0/event_bus_gateway/{route}");
+        let (id, status) = accepted(post(app, &path, participant, json!({"template_id": template}), None).await).await;
+        assert_eq!(status, "queued", "{route} for {participant}");
+        ids.push(id);
+    }
+    ids
+}
+
+/// The ones of `ids` whose row is in `status`.
+async fn statuses(app: &TestApp, ids: &[Uuid], status: &str) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    for id in ids {
+        if app.status_of(*id).await.0 == status {
+            out.push(*id);
+        }
+    }
+    out
 }
 
 /// A send_email request answered as JSON; returns the recorded status.
@@ -222,6 +267,10 @@ impl Check {
             .arg(format!("error_rate={}", 3.0 / 10.0))
             .arg("--expect")
             .arg(format!("click_through_rate={}", 3.0 / 7.0))
+            .arg("--expect")
+            .arg(format!("error_rate@channel:sms={}", 2.0 / 3.0))
+            .arg("--expect")
+            .arg(format!("error_rate@channel:push={}", 1.0 / 3.0))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
