@@ -80,7 +80,7 @@ fn measures_note(report: &Report) -> Option<String> {
         format!(
             "Note: the {channel} error rate is failed / attempted sends. VA Notify gives no delivery receipts for \
              {channel} (an accepted {channel} ends `sent`, reason push_accepted), so Delivered and the \
-             click-through rate are n/a, and a stage passes on accepted and failed sends.\n",
+             click-through rate are n/a; an accepted {channel} is its final outcome when a plan judges a stage.\n",
             channel = report.channel
         )
     })

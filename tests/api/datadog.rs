@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use uuid::Uuid;
 
 use crate::callbacks::{callback_body, post_bearer, va_id};
-use crate::channels::{enable, post};
+use crate::channels::post;
 use crate::clicks::{CLICKS_ON, raw_get, token_in};
 use crate::helpers::*;
 
@@ -45,7 +45,16 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
         ("EBG_MPI__CA_PATH", pki.ca_path().display().to_string()),
     ];
     settings.extend(mpi_settings.iter().map(|(k, v)| (*k, v.as_str())));
-    let (app, notify, bgs) = wired_app(&settings).await;
+    // As `wired_app`, with the push key too (pushes go through the fake's separate push service).
+    let notify = ebg_testkit::FakeVaNotify::start().await;
+    let bgs = ebg_testkit::FakeBgs::start().await;
+    bgs.add_person(PARTICIPANT_ID, "JANE");
+    let mut builder = app().notify(&notify).bgs(&bgs).env("EBG_NOTIFY__PUSH_API_KEY", notify.push_api_key());
+    for (k, v) in &settings {
+        builder = builder.env(k, v);
+    }
+    let app = builder.spawn().await;
+    app.enable_emails().await;
     set_stage(&app).await;
     let (enabled, disabled) = participants(13, 2);
     for id in &enabled {
@@ -78,8 +87,8 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
     app.deliver_all().await;
     assert_eq!(mpi.requests().len(), 1);
     // SMS and push on for everyone, for the per-channel error rates of the interval.
-    enable(&app, SMS_ENABLED).await;
-    enable(&app, PUSH_ENABLED).await;
+    set_gate(&app, SMS_ENABLED, "boolean", &[]).await;
+    set_gate(&app, PUSH_ENABLED, "boolean", &[]).await;
     let reachable: Vec<String> = (0..6).map(|n| format!("600300{n:03}")).collect();
     for (n, id) in reachable.iter().enumerate() {
         mpi.add_patient(id, &format!("10123456{n:02}V123456"), Some("JOHN"));
@@ -158,12 +167,17 @@ async fn set_stage(app: &TestApp) {
     let feature = format!("{}/flipper/api/features/{EMAILS_ENABLED}", app.address);
     let clear = app.client.delete(format!("{feature}/boolean")).bearer_auth(ADMIN_TOKEN).header("x-reason", "test");
     assert!(clear.send().await.unwrap().status().is_success());
+    set_gate(app, EMAILS_ENABLED, "percentage_of_actors", &[("percentage", PERCENTAGE.to_string())]).await;
+}
+
+/// One gate of `feature` through Flipper's API (audited, so it is a stage of the feature's report).
+async fn set_gate(app: &TestApp, feature: &str, gate: &str, form: &[(&str, String)]) {
     let set = app
         .client
-        .post(format!("{feature}/percentage_of_actors"))
+        .post(format!("{}/flipper/api/features/{feature}/{gate}", app.address))
         .bearer_auth(ADMIN_TOKEN)
         .header("x-reason", "stage")
-        .form(&[("percentage", PERCENTAGE.to_string())]);
+        .form(form);
     assert!(set.send().await.unwrap().status().is_success());
     app.state.toggles.refresh().await.unwrap();
 }
@@ -267,6 +281,10 @@ impl Check {
             .arg(format!("error_rate={}", 3.0 / 10.0))
             .arg("--expect")
             .arg(format!("click_through_rate={}", 3.0 / 7.0))
+            .arg("--group-report")
+            .arg(format!("channel:sms={}/admin/rollout/report?feature={SMS_ENABLED}&from={from}", app.address))
+            .arg("--group-report")
+            .arg(format!("channel:push={}/admin/rollout/report?feature={PUSH_ENABLED}&from={from}", app.address))
             .arg("--expect")
             .arg(format!("error_rate@channel:sms={}", 2.0 / 3.0))
             .arg("--expect")

@@ -12,8 +12,9 @@ a line on stdin while the Rust test drives the interval's traffic, then runs the
 - every metric they query was submitted in the second run, and the formulas of the error-rate and
   click-through monitors and widgets, evaluated on the interval's deltas with the Agent's monotonic-count
   semantics, equal the known rates and the rollout report's for the same interval. A grouped formula
-  (`by {channel}`) is evaluated per group: each group needs an expectation `FIELD@channel:NAME=VALUE`, and the
-  group of the report's channel equals the report too.
+  (`by {channel}`) is evaluated per group: each group needs an expectation `FIELD@channel:NAME=VALUE`, and
+  equals the report of that channel's gate too (`--report-url` for the default, `--group-report
+  channel:NAME=URL` for the others).
 
 Exit status 0 only if everything holds; every failure is printed.
 """
@@ -304,7 +305,8 @@ def groups_of(text, deltas_by_name, second):
 
 
 def expectation(field, group, expected, report, report_channel, path):
-    """(expected value, report value or None) of `field` for `group`; None when the group has none."""
+    """(expected value, report value or None) of `field` for `group`; None when the group has none.
+    `report` is the default report's stage, with the other groups' stages under `report["groups"]`."""
     if group is None:
         return expected[field], report[field]
     on_report = group == f"channel:{report_channel}"
@@ -312,7 +314,11 @@ def expectation(field, group, expected, report, report_channel, path):
     if value is None:
         fail(f"{path}: no expectation for group {group} (pass --expect {field}@{group}=VALUE)")
         return None
-    return value, (report[field] if on_report else None)
+    stage = report if on_report else report.get("groups", {}).get(group)
+    if stage is None:
+        fail(f"{path}: no report for group {group} (pass --group-report {group}=URL)")
+        return None
+    return value, stage[field]
 
 
 def metrics_in(text):
@@ -460,6 +466,8 @@ def main():
     parser.add_argument("--admin-token", required=True)
     parser.add_argument("--expect", action="append", default=[], help="FIELD=VALUE, e.g. error_rate=0.3")
     parser.add_argument("--root", required=True, help="the repository (deploy/datadog, README.md)")
+    parser.add_argument("--group-report", action="append", default=[],
+                        help="GROUP=URL: the report (JSON) of another channel's gate, e.g. channel:sms=...")
     args = parser.parse_args()
     root = Path(args.root)
     deploy = root / "deploy" / "datadog"
@@ -474,12 +482,20 @@ def main():
         return 1
     second, distributions = run_check(check)
     exposition = requests.get(args.endpoint, timeout=10).text
-    report_response = requests.get(args.report_url, headers={"Authorization": f"Bearer {args.admin_token}"}, timeout=10)
-    report_response.raise_for_status()
-    report_json = report_response.json()
-    stages = report_json["stages"]
-    check_that(len(stages) == 1, f"the interval is one rollout stage: {stages}")
-    report = stages[0]
+    def one_stage(url):
+        response = requests.get(url, headers={"Authorization": f"Bearer {args.admin_token}"}, timeout=10)
+        response.raise_for_status()
+        body = response.json()
+        check_that(len(body["stages"]) == 1, f"the interval is one rollout stage of {body['feature']}: {body['stages']}")
+        return body, body["stages"][0]
+
+    report_json, report = one_stage(args.report_url)
+    report = dict(report, groups={})
+    for entry in args.group_report:
+        group, url = entry.split("=", 1)
+        group_json, stage = one_stage(url)
+        check_that(group == f"channel:{group_json['channel']}", f"--group-report {group} is {group_json['channel']}'s")
+        report["groups"][group] = stage
 
     deltas_by_name = deltas(first, second)
     submitted = set(second) | set(distributions)
