@@ -397,6 +397,7 @@ mod tests {
         let mut attempted = group(&ERRORED);
         attempted.insert(Status::Delivered.as_str().to_owned());
         assert_eq!(listed("attempted"), attempted);
+        assert_eq!(listed("settled"), attempted, "final outcomes: delivered or errored (plus push's `sent`)");
     }
 
     fn at(s: &str) -> DateTime<Utc> {

@@ -14,8 +14,7 @@ select
     count(*) filter (where n.sends > 0 or n.status = 'delivered') as "sent!",
     case when $4::bool then count(*) filter (where n.status = 'delivered') end as "delivered",
     count(*) filter (where n.status in ('failed', 'dead', 'permanent_failure', 'temporary_failure')) as "failed!",
-    count(*) filter (where n.status in ('delivered', 'failed', 'dead', 'permanent_failure', 'temporary_failure')
-        or (not $4::bool and n.status = 'sent')) as "settled!",
+    count(*) filter (where n.status in ('delivered', 'failed', 'dead', 'permanent_failure', 'temporary_failure') or (not $4::bool and n.status = 'sent')) as "settled!",
     count(*) filter (where n.status = 'skipped') as "skipped!",
     count(*) filter (where n.status in ('queued', 'sending', 'retry_wait')) as "pending!",
     case when $5::bool then count(*) filter (where c.counted > 0) end as "unique_clicks"
