@@ -52,7 +52,9 @@ enum Command {
     Flags(flags::FlagsArgs),
     /// Print the rollout report: per toggle stage, users, sent, delivered, error rate, click-through rate.
     Report {
-        /// Feature key.
+        /// A channel's gate: event_bus_gateway_emails_enabled (email),
+        /// event_bus_gateway_letter_ready_sms_notifications (sms) or
+        /// event_bus_gateway_letter_ready_push_notifications (push).
         #[arg(long, default_value = crate::toggles::EMAILS_ENABLED)]
         feature: String,
         /// Start of the period: RFC 3339 time or YYYY-MM-DD.
