@@ -89,6 +89,11 @@ pub const NO_TEMPLATES_DETAIL: &str =
 #[derive(Clone, Copy, Debug)]
 pub struct Outcome(pub &'static str);
 
+/// Each channel of an answered `send_notifications` request with its own outcome label, carried as a
+/// response extension: `ebg_requests_total` counts such a request once per channel it asked for.
+#[derive(Clone, Debug)]
+pub struct ChannelOutcomes(pub Vec<(&'static str, &'static str)>);
+
 /// Errors a handler can return.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

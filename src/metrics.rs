@@ -10,7 +10,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const REQUESTS: &str = "ebg_requests_total";
 /// HTTP request latency by matched `route` and `status` class.
 pub const HTTP_DURATION: &str = "ebg_http_request_duration_seconds";
-/// Notifications that reached a final state, by `status` and bounded `reason`.
+/// Notifications that reached a final state, by `status`, bounded `reason` and `channel` (email, sms, push).
 pub const DELIVERIES: &str = "ebg_deliveries_total";
 /// Retries scheduled, by bounded `reason`.
 pub const RETRIES: &str = "ebg_retries_total";
@@ -27,7 +27,7 @@ pub const CALLBACKS_REJECTED: &str = "ebg_callbacks_rejected_total";
 /// Resends accepted by VA Notify (a later send of a notification after a Retryable temporary failure).
 pub const RESENDS: &str = "ebg_resends_total";
 /// Notifications whose delivery was attempted: first accepted by VA Notify, or ended `failed`/`dead`
-/// before ever being accepted. The denominator of the error rate (README, "Reading the report").
+/// before ever being accepted, by `channel`. The denominator of the error rate (README, "Reading the report").
 pub const DELIVERY_ATTEMPTED: &str = "ebg_delivery_attempted_total";
 /// Requests through click-tracking links, by `kind`: counted (a person), head, scanner, invalid (bad token).
 pub const CLICKS: &str = "ebg_clicks_total";
@@ -90,18 +90,13 @@ pub fn install() -> PrometheusHandle {
             describe();
             // Label-less counters exist from the start, so dashboards and "no data" monitors see a 0,
             // not a missing series, before the first event.
-            for name in [
-                DEAD_LETTERS,
-                RESENDS,
-                DELIVERY_ATTEMPTED,
-                CLICKS_UNIQUE,
-                TOGGLE_REFRESH_FAILURES,
-                ACCEPT_COMMIT_UNKNOWN,
-            ] {
+            for name in [DEAD_LETTERS, RESENDS, CLICKS_UNIQUE, TOGGLE_REFRESH_FAILURES, ACCEPT_COMMIT_UNKNOWN] {
                 metrics::counter!(name).increment(0);
             }
             // The same for the rare events of the exactly-once machinery: a monitor on them needs a 0 series.
-            let labelled: [(&'static str, &'static str, &[&'static str]); 4] = [
+            let labelled: [(&'static str, &'static str, &[&'static str]); 5] = [
+                // The error-rate denominator per channel: the per-channel monitor divides by it.
+                (DELIVERY_ATTEMPTED, "channel", &crate::outbox::CHANNELS),
                 (ACCEPT_ABANDONED, "reason", &["deadline", "caller_gone"]),
                 (ACCEPT_IN_DOUBT, "resolution", &["absent", "withdrawn", "kept"]),
                 (RECONCILIATIONS, "result", &["adopted", "absent", "failed", "wait"]),
@@ -121,7 +116,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(REQUESTS, "Requests to the send_* routes by api and outcome.");
     describe_histogram!(HTTP_DURATION, metrics::Unit::Seconds, "HTTP request latency by route and status class.");
-    describe_counter!(DELIVERIES, "Notifications that reached a final state, by status and reason.");
+    describe_counter!(DELIVERIES, "Notifications that reached a final state, by status, reason and channel.");
     describe_counter!(RETRIES, "Delivery retries scheduled, by reason.");
     describe_counter!(DEAD_LETTERS, "Notifications that exhausted their attempts.");
     describe_counter!(TOGGLE_EVALUATIONS, "Feature toggle evaluations by feature and result.");
@@ -129,7 +124,10 @@ fn describe() {
     describe_counter!(CALLBACKS_UNMATCHED, "Authenticated callbacks that matched no notification, by status.");
     describe_counter!(CALLBACKS_REJECTED, "Callbacks refused (unauthorized, malformed, too_large).");
     describe_counter!(RESENDS, "Resends accepted by VA Notify after a Retryable temporary failure.");
-    describe_counter!(DELIVERY_ATTEMPTED, "Notifications whose delivery was attempted (error-rate denominator).");
+    describe_counter!(
+        DELIVERY_ATTEMPTED,
+        "Notifications whose delivery was attempted, by channel (error-rate denominator)."
+    );
     describe_counter!(CLICKS, "Requests through click-tracking links, by kind.");
     describe_counter!(CLICKS_UNIQUE, "Notifications clicked for the first time by a person.");
     describe_counter!(ROLLOUT_DECISIONS, "Guarded-rollout decisions by decision and mode.");

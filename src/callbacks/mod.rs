@@ -193,7 +193,7 @@ pub async fn handle(pool: &PgPool, payload: &CallbackPayload, policy: &ChannelPo
     let applied = outbox::callbacks::apply_callback(&mut tx, id, effect, reason, payload.id, resend.delay).await?;
     tx.commit().await?;
     if applied {
-        count(effect);
+        count(effect, channel_of(&channel).map_or("other", Channel::as_str));
     } else {
         // The row is locked and `decide` read it, so only a rule in `decide` that the lifecycle does
         // not allow gets here: the event is kept, the row left as it is.
@@ -207,19 +207,21 @@ fn channel_of(channel: &str) -> Option<Channel> {
     [Channel::Email, Channel::Sms, Channel::Push].into_iter().find(|c| c.as_str() == channel)
 }
 
-/// Counts state changes with the same counters the worker uses, so `/metrics` and the report agree.
-fn count(effect: Effect) {
+/// Counts state changes with the same counters (and labels: `channel` is the row's) the worker uses, so
+/// `/metrics` and the report agree and each family has one label set.
+fn count(effect: Effect, channel: &'static str) {
     match effect {
         Effect::Move(status) => {
-            metrics::counter!(m::DELIVERIES, "status" => status.as_str(), "reason" => "va_notify_callback")
+            let status = status.as_str();
+            metrics::counter!(m::DELIVERIES, "status" => status, "reason" => "va_notify_callback", "channel" => channel)
                 .increment(1);
         }
         Effect::Resend => {
             metrics::counter!(m::RETRIES, "reason" => "retryable_temporary_failure").increment(1);
         }
         Effect::Dead => {
-            metrics::counter!(m::DELIVERIES, "status" => "dead", "reason" => "retryable_temporary_failure")
-                .increment(1);
+            let reason = "retryable_temporary_failure";
+            metrics::counter!(m::DELIVERIES, "status" => "dead", "reason" => reason, "channel" => channel).increment(1);
             metrics::counter!(m::DEAD_LETTERS).increment(1);
         }
         Effect::Record | Effect::NotYet => {}

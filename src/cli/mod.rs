@@ -52,7 +52,9 @@ enum Command {
     Flags(flags::FlagsArgs),
     /// Print the rollout report: per toggle stage, users, sent, delivered, error rate, click-through rate.
     Report {
-        /// Feature key.
+        /// A channel's gate: event_bus_gateway_emails_enabled (email),
+        /// event_bus_gateway_letter_ready_sms_notifications (sms) or
+        /// event_bus_gateway_letter_ready_push_notifications (push).
         #[arg(long, default_value = crate::toggles::EMAILS_ENABLED)]
         feature: String,
         /// Start of the period: RFC 3339 time or YYYY-MM-DD.
@@ -91,6 +93,10 @@ enum Command {
         /// Keep the simulation's database (printed at the start) instead of dropping it.
         #[arg(long)]
         keep: bool,
+        /// Channels to roll out, comma-separated (email, sms, push): one plan per channel's gate with
+        /// the same stages, traffic through send_notifications, one report per channel.
+        #[arg(long, default_value = "email", value_parser = parse_channels_arg)]
+        channels: ChannelList,
     },
     /// One notification's history as a timeline: state, every attempt, every callback, clicks. The
     /// participant appears only as the keyed hash the logs use.
@@ -148,13 +154,22 @@ enum Command {
     },
 }
 
+/// `--channels`, parsed.
+#[derive(Clone, Debug)]
+struct ChannelList(Vec<crate::notify::Channel>);
+
+fn parse_channels_arg(text: &str) -> Result<ChannelList, String> {
+    simulate::parse_channels(text).map(ChannelList).map_err(|e| e.to_string())
+}
+
 /// Exit status of `simulate` when the plan ended PAUSED (the error rate broke the threshold): a run
 /// that did what it was asked, with a verdict a script can tell from COMPLETED (0).
 pub const EXIT_PAUSED: u8 = 3;
 
 const SIMULATE_EXIT_CODES: &str = "Exit status: 0 when the plan COMPLETED (every stage passed), 3 when it \
                                    ended PAUSED (a stage broke the error-rate threshold), 1 on any other end or \
-                                   error.";
+                                   error. With several --channels: 0 when every plan completed, 3 when one \
+                                   paused.";
 
 /// Parses the command line and runs the verb; the exit status is success unless a verb says otherwise
 /// (`simulate` ending PAUSED is [`EXIT_PAUSED`]).
@@ -206,9 +221,26 @@ pub fn render_error(error: &anyhow::Error) -> String {
 
 async fn run_command(command: Command, config: Config, listener: Option<TcpListener>) -> anyhow::Result<ExitCode> {
     let done = match command {
-        Command::Simulate { failure_rate, click_rate, stage_seconds, participants, rate, min_sends, keep } => {
-            let options =
-                SimulateOptions { failure_rate, click_rate, stage_seconds, participants, rate, min_sends, keep };
+        Command::Simulate {
+            failure_rate,
+            click_rate,
+            stage_seconds,
+            participants,
+            rate,
+            min_sends,
+            keep,
+            channels,
+        } => {
+            let options = SimulateOptions {
+                failure_rate,
+                click_rate,
+                stage_seconds,
+                participants,
+                rate,
+                min_sends,
+                keep,
+                channels: channels.0,
+            };
             let result = simulate(&config, options).await?;
             return match result.state {
                 crate::rollout::State::Completed => Ok(ExitCode::SUCCESS),

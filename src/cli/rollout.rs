@@ -33,7 +33,9 @@ enum RolloutCommand {
         /// JSON plan file; flags below are ignored when given.
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Feature key.
+        /// A channel's gate: event_bus_gateway_emails_enabled (email),
+        /// event_bus_gateway_letter_ready_sms_notifications (sms) or
+        /// event_bus_gateway_letter_ready_push_notifications (push).
         #[arg(long, default_value = crate::toggles::EMAILS_ENABLED)]
         feature: String,
         /// `advise` only records what it would do; `auto` changes the gates.

@@ -10,6 +10,12 @@
 //! real `send_email` route with real service-account tokens, and an `auto` plan with the seed's stages
 //! (dwell = `--stage-seconds`) is evaluated every second by the service's own evaluator.
 //!
+//! `--channels email,sms,push` drives every listed channel at once: one `auto` plan per channel's gate
+//! with the same stages, traffic through `send_notifications` naming a template for each listed channel,
+//! MPI in sandbox mode (every participant has an ICN; the SMS and push gates are keyed by it), and one
+//! report per channel at the end. SMS is reported back like email (callbacks, tracked link); a push gets
+//! no callback, so its failures are all VA Notify 400s. The default (`email`) is the single-channel run.
+//!
 //! Outcomes are spread evenly rather than drawn at random (with `--failure-rate 0.2`, exactly every
 //! fifth send fails), so a run is reproducible and its verdicts follow from its settings alone.
 
@@ -32,7 +38,8 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::app::Application;
-use crate::config::{Config, ContactsMode, NotifyMode, Secret};
+use crate::config::{Config, ContactsMode, MpiMode, NotifyMode, QuietHoursMode, Secret};
+use crate::notify::Channel;
 use crate::report::{self, ReportRequest};
 use crate::rollout::{self, PlanDetail, State};
 use crate::toggles::{EMAILS_ENABLED, format_percentage};
@@ -41,6 +48,12 @@ use crate::toggles::{EMAILS_ENABLED, format_percentage};
 const STAGES: [f64; 5] = [2.0, 25.0, 50.0, 75.0, 100.0];
 /// The template every synthetic request names.
 const TEMPLATE_ID: &str = "5a3b8e02-51b0-4d5a-8d0e-2c0e9f3c1a11";
+/// The SMS template of multi-channel runs.
+const SMS_TEMPLATE_ID: &str = "7c1d2e03-62c1-4e6b-9e1f-3d1f0a4d2b22";
+/// The push template of multi-channel runs (VEText ids are strings, not UUIDs).
+const PUSH_TEMPLATE_ID: &str = "simulate_letter_ready_push";
+/// Every channel `--channels` accepts, in the order runs print them.
+const ALL_CHANNELS: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::Push];
 /// Synthetic participant ids start here (nine digits, like real ones).
 const FIRST_PARTICIPANT: u64 = 600_000_000;
 /// Requests in flight at once, so a slow moment cannot pile up unbounded tasks.
@@ -65,6 +78,28 @@ pub struct SimulateOptions {
     pub min_sends: u64,
     /// Keep the simulation's database instead of dropping it.
     pub keep: bool,
+    /// The channels driven, each by its own plan on its gate (default: email only).
+    pub channels: Vec<Channel>,
+}
+
+/// Parses `--channels`: a comma-separated list of email, sms, push (each at most once, at least one).
+pub fn parse_channels(text: &str) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        let Some(channel) = ALL_CHANNELS.into_iter().find(|c| c.as_str() == name) else {
+            anyhow::bail!("--channels: unknown channel `{name}` (expected a comma-separated list of email, sms, push)");
+        };
+        anyhow::ensure!(!out.contains(&channel), "--channels: `{name}` is listed twice");
+        out.push(channel);
+    }
+    // Printed in a fixed order whatever the order typed.
+    out.sort_by_key(|c| ALL_CHANNELS.iter().position(|a| a == c));
+    Ok(out)
+}
+
+/// The gate of a channel (its feature in `toggles::REGISTRATIONS`).
+fn feature_of(channel: Channel) -> &'static str {
+    crate::toggles::feature_for_channel(channel.as_str()).map_or(EMAILS_ENABLED, |r| r.key)
 }
 
 impl Default for SimulateOptions {
@@ -79,6 +114,7 @@ impl Default for SimulateOptions {
             // at least this many sends can reach a 5% error rate by the spacing of failures alone.
             min_sends: 40,
             keep: false,
+            channels: vec![Channel::Email],
         }
     }
 }
@@ -91,18 +127,43 @@ impl SimulateOptions {
         anyhow::ensure!((1..=1_000_000).contains(&self.participants), "--participants must be from 1 to 1000000");
         anyhow::ensure!((1..=2000).contains(&self.rate), "--rate must be from 1 to 2000 requests per second");
         anyhow::ensure!(self.min_sends >= 1, "--min-sends must be at least 1");
+        anyhow::ensure!(!self.channels.is_empty(), "--channels must name at least one of email, sms, push");
         Ok(())
     }
 }
 
-/// How a simulation ended.
+/// How one channel's plan ended.
 #[derive(Clone, Debug)]
-pub struct SimulationResult {
+pub struct ChannelResult {
+    pub channel: Channel,
     /// The plan's final state (`completed` or `paused` when it ran to a verdict).
     pub state: State,
     /// 1-based stage the plan ended in, and its percentage.
     pub stage: usize,
     pub percentage: f64,
+}
+
+/// How a simulation ended.
+#[derive(Clone, Debug)]
+pub struct SimulationResult {
+    /// `completed` if every plan completed, else `paused` if one paused, else the first other end.
+    pub state: State,
+    /// Each channel's plan, in `--channels` order.
+    pub channels: Vec<ChannelResult>,
+}
+
+impl SimulationResult {
+    fn of(channels: Vec<ChannelResult>) -> Self {
+        let states: Vec<State> = channels.iter().map(|c| c.state).collect();
+        let state = if states.iter().all(|s| *s == State::Completed) {
+            State::Completed
+        } else if states.contains(&State::Paused) {
+            State::Paused
+        } else {
+            states.into_iter().find(|s| *s != State::Completed).unwrap_or(State::Completed)
+        };
+        Self { state, channels }
+    }
 }
 
 /// Runs the simulation and prints progress, the Markdown report and the decisions to stdout.
@@ -150,7 +211,13 @@ fn simulation_config(database_url: &str, fake: &FakeVaNotify, admin_token: &str)
     config.notify.api_key = Secret::new(fake.api_key());
     config.notify.rate_per_minute = 1_000_000;
     config.notify.callback_token = Secret::new(Uuid::new_v4().simple().to_string());
+    config.notify.push_api_key = Secret::new(fake.push_api_key());
+    config.notify.push_rate_per_minute = 1_000_000;
     config.contacts.mode = ContactsMode::Sandbox;
+    // SMS and push need the ICN: sandbox MPI finds everyone (no mutual-TLS files needed).
+    config.mpi.mode = MpiMode::Sandbox;
+    // Synthetic traffic runs at any hour: quiet hours would defer the SMS of a run at night.
+    config.sms.quiet_hours_mode = QuietHoursMode::Off;
     // The simulated VA Notify reads the token out of the `host` personalisation and clicks through the
     // service itself, so the tracker's public host only has to be well formed.
     config.clicks.enabled = true;
@@ -182,27 +249,23 @@ async fn run(database_url: &str, options: &SimulateOptions) -> anyhow::Result<Si
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
 
-    let stages: Vec<Value> = STAGES
-        .iter()
-        .map(|p| json!({"percentage": p, "min_dwell_seconds": options.stage_seconds, "min_sends": options.min_sends}))
-        .collect();
-    let plan = json!({"feature": EMAILS_ENABLED, "mode": "auto", "stages": stages, "max_error_rate": 0.05});
-    let created = http
-        .post(format!("{service}/admin/rollouts"))
-        .bearer_auth(&admin_token)
-        .header("x-reason", "ebg-notify simulate")
-        .json(&plan)
-        .send()
-        .await?;
-    anyhow::ensure!(created.status() == StatusCode::CREATED, "creating the plan failed: HTTP {}", created.status());
-    let plan: PlanDetail = created.json().await?;
-    println!(
-        "plan {}: auto, stages {} % with dwell {}s and at least {} attempted sends each; pause when the error rate reaches 5%",
-        plan.plan.id,
-        STAGES.map(format_percentage).join(" → "),
-        options.stage_seconds,
-        options.min_sends
-    );
+    let mut plans = Vec::new();
+    for channel in &options.channels {
+        let plan = create_plan(&http, &service, &admin_token, *channel, options).await?;
+        let on = if options.channels.len() > 1 {
+            format!(" ({}, {})", channel.as_str(), plan.feature)
+        } else {
+            String::new()
+        };
+        println!(
+            "plan {}{on}: auto, stages {} % with dwell {}s and at least {} attempted sends each; pause when the error rate reaches 5%",
+            plan.id,
+            STAGES.map(format_percentage).join(" → "),
+            options.stage_seconds,
+            options.min_sends
+        );
+        plans.push((*channel, plan.id));
+    }
     println!(
         "traffic: {} requests/s from {} participants; VA Notify failure rate {:.1}%, click rate {:.1}%",
         options.rate,
@@ -216,7 +279,7 @@ async fn run(database_url: &str, options: &SimulateOptions) -> anyhow::Result<Si
     let traffic =
         tokio::spawn(traffic(http.clone(), service.clone(), auth, options.clone(), sent.clone(), traffic_stop.clone()));
 
-    let final_detail = watch(&http, &service, &admin_token, plan.plan.id, options, &sent).await;
+    let final_detail = watch(&http, &service, &admin_token, &plans, options, &sent).await;
     traffic_stop.cancel();
     let traffic_result = traffic.await;
     // Let callbacks and clicks of the last sends land before counting.
@@ -224,7 +287,7 @@ async fn run(database_url: &str, options: &SimulateOptions) -> anyhow::Result<Si
     fake.stop().await;
 
     let outcome = match (final_detail, traffic_result) {
-        (Ok(detail), Ok(Ok(()))) => conclude(&pool, &detail).await,
+        (Ok(details), Ok(Ok(()))) => conclude_all(&pool, &details).await,
         (Err(e), _) => Err(e),
         (_, Ok(Err(e))) => Err(e),
         (_, Err(e)) => Err(anyhow::anyhow!("traffic generator failed: {e}")),
@@ -234,8 +297,54 @@ async fn run(database_url: &str, options: &SimulateOptions) -> anyhow::Result<Si
     outcome
 }
 
-/// Prints the report and the decisions, then the verdict.
-async fn conclude(pool: &sqlx::PgPool, detail: &PlanDetail) -> anyhow::Result<SimulationResult> {
+/// Creates the `auto` plan of `channel`'s gate with the run's stages.
+async fn create_plan(
+    http: &reqwest::Client,
+    service: &str,
+    admin_token: &str,
+    channel: Channel,
+    options: &SimulateOptions,
+) -> anyhow::Result<rollout::Plan> {
+    let stages: Vec<Value> = STAGES
+        .iter()
+        .map(|p| json!({"percentage": p, "min_dwell_seconds": options.stage_seconds, "min_sends": options.min_sends}))
+        .collect();
+    let plan = json!({"feature": feature_of(channel), "mode": "auto", "stages": stages, "max_error_rate": 0.05});
+    let created = http
+        .post(format!("{service}/admin/rollouts"))
+        .bearer_auth(admin_token)
+        .header("x-reason", "ebg-notify simulate")
+        .json(&plan)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        created.status() == StatusCode::CREATED,
+        "creating the {} plan failed: HTTP {}",
+        channel.as_str(),
+        created.status()
+    );
+    let detail: PlanDetail = created.json().await?;
+    Ok(detail.plan)
+}
+
+/// Prints each channel's report, decisions and verdict, in `--channels` order.
+async fn conclude_all(pool: &sqlx::PgPool, details: &[(Channel, PlanDetail)]) -> anyhow::Result<SimulationResult> {
+    let named = details.len() > 1;
+    let mut results = Vec::new();
+    for (channel, detail) in details {
+        results.push(conclude(pool, *channel, detail, named).await?);
+    }
+    Ok(SimulationResult::of(results))
+}
+
+/// Prints the report and the decisions, then the verdict; `named` adds the channel to the headings (a
+/// multi-channel run prints one block per channel).
+async fn conclude(
+    pool: &sqlx::PgPool,
+    channel: Channel,
+    detail: &PlanDetail,
+    named: bool,
+) -> anyhow::Result<ChannelResult> {
     let plan = &detail.plan;
     let started = detail.decisions.first().map(|d| d.at);
     // Judged with the plan's own minimum sample, so the report's verdicts are the ones the plan acted on.
@@ -250,7 +359,8 @@ async fn conclude(pool: &sqlx::PgPool, detail: &PlanDetail) -> anyhow::Result<Si
     };
     let built = report::build(pool, &request).await?;
     println!("\n{}", report::markdown(&built));
-    println!("## Decisions\n");
+    let of = if named { format!(" ({})", channel.as_str()) } else { String::new() };
+    println!("## Decisions{of}\n");
     for d in &detail.decisions {
         println!(
             "- {} stage {} — **{}** ({}){} {}",
@@ -266,92 +376,125 @@ async fn conclude(pool: &sqlx::PgPool, detail: &PlanDetail) -> anyhow::Result<Si
     let percentage = plan.stage().map_or(0.0, |s| s.percentage);
     println!();
     match plan.state {
-        State::Completed => println!("Result: COMPLETED — every stage passed; the feature is at 100%."),
+        State::Completed => println!("Result{of}: COMPLETED — every stage passed; the feature is at 100%."),
         State::Paused => {
             let evidence = detail.decisions.iter().rev().find(|d| d.decision == "pause").map(|d| &d.evidence);
             println!(
-                "Result: PAUSED at stage {stage} ({}%), the first stage with enough sample — {}. The feature is off \
-                 for everyone (kill switch); its gates still say {}%, so resuming restores the stage.",
+                "Result{of}: PAUSED at stage {stage} ({}%), the first stage with enough sample — {}. The feature is \
+                 off for everyone (kill switch); its gates still say {}%, so resuming restores the stage.",
                 format_percentage(percentage),
                 evidence.map(rollout::evidence_line).unwrap_or_default(),
                 format_percentage(percentage),
             );
         }
-        other => println!("Result: {} at stage {stage} ({}%).", other.as_str(), format_percentage(percentage)),
+        other => println!("Result{of}: {} at stage {stage} ({}%).", other.as_str(), format_percentage(percentage)),
     }
-    Ok(SimulationResult { state: plan.state, stage, percentage })
+    Ok(ChannelResult { channel, state: plan.state, stage, percentage })
 }
 
-/// Polls the plan, printing each new decision, with a progress bar (or heartbeat lines without a
-/// terminal), until it reaches a verdict or the deadline passes.
+/// Polls the plans, printing each new decision, with a progress bar (or heartbeat lines without a
+/// terminal), until every plan reaches a verdict or the deadline passes.
 async fn watch(
     http: &reqwest::Client,
     service: &str,
     admin_token: &str,
-    id: Uuid,
+    plans: &[(Channel, Uuid)],
     options: &SimulateOptions,
     sent: &AtomicU64,
-) -> anyhow::Result<PlanDetail> {
+) -> anyhow::Result<Vec<(Channel, PlanDetail)>> {
     let started = Instant::now();
     // Generous: each stage needs its dwell plus enough traffic, and the run must still end by itself.
+    // The plans run side by side, so more channels do not take longer.
     let deadline = Duration::from_secs(STAGES.len() as u64 * options.stage_seconds * 4 + 120);
-    let mut printed = 0;
+    let named = plans.len() > 1;
+    let mut printed = vec![0; plans.len()];
     // A bar on a terminal; without one, a heartbeat line every few seconds on stderr.
-    let mut progress = crate::progress::Progress::new("simulate", Some(STAGES.len() as u64));
+    let total = (STAGES.len() * plans.len()) as u64;
+    let mut progress = crate::progress::Progress::new("simulate", Some(total));
     loop {
-        let detail: PlanDetail = http
-            .get(format!("{service}/admin/rollouts/{id}"))
-            .bearer_auth(admin_token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let mut details = Vec::with_capacity(plans.len());
+        for (channel, id) in plans {
+            let detail: PlanDetail = http
+                .get(format!("{service}/admin/rollouts/{id}"))
+                .bearer_auth(admin_token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            details.push((*channel, detail));
+        }
         let elapsed = started.elapsed().as_secs();
-        for d in &detail.decisions[printed..] {
-            let pct = usize::try_from(d.stage)
-                .ok()
-                .and_then(|i| detail.plan.stages.get(i))
-                .map_or_else(String::new, |s| format!(" ({}%)", format_percentage(s.percentage)));
-            progress.println(&format!(
-                "[{elapsed:>4}s] stage {}/{}{pct}: {} ({}) {}",
-                d.stage + 1,
-                detail.plan.stages.len(),
-                d.decision,
-                d.reason,
-                rollout::evidence_line(&d.evidence)
+        let mut stages_done = 0;
+        let mut statuses = Vec::new();
+        for ((channel, detail), printed) in details.iter().zip(printed.iter_mut()) {
+            let who = if named { format!("{} ", channel.as_str()) } else { String::new() };
+            for d in &detail.decisions[*printed..] {
+                let pct = usize::try_from(d.stage)
+                    .ok()
+                    .and_then(|i| detail.plan.stages.get(i))
+                    .map_or_else(String::new, |s| format!(" ({}%)", format_percentage(s.percentage)));
+                progress.println(&format!(
+                    "[{elapsed:>4}s] {who}stage {}/{}{pct}: {} ({}) {}",
+                    d.stage + 1,
+                    detail.plan.stages.len(),
+                    d.decision,
+                    d.reason,
+                    rollout::evidence_line(&d.evidence)
+                ));
+            }
+            *printed = detail.decisions.len();
+            stages_done += u64::try_from(detail.plan.current_stage).unwrap_or(0)
+                + u64::from(detail.plan.state == State::Completed);
+            let line = detail.plan.last_evaluation.as_ref().map(rollout::evidence_line).unwrap_or_default();
+            statuses.push(format!(
+                "{who}plan {} in stage {}: {line}",
+                detail.plan.state.as_str(),
+                detail.plan.current_stage + 1
             ));
         }
-        printed = detail.decisions.len();
-        let finished =
-            matches!(detail.plan.state, State::Completed | State::Paused | State::Interrupted | State::Aborted);
-        let stages_done =
-            u64::try_from(detail.plan.current_stage).unwrap_or(0) + u64::from(detail.plan.state == State::Completed);
-        let line = detail.plan.last_evaluation.as_ref().map(rollout::evidence_line).unwrap_or_default();
-        let status = format!(
-            "stages passed; {} requests sent; plan {} in stage {}: {line}",
-            sent.load(Ordering::Relaxed),
-            detail.plan.state.as_str(),
-            detail.plan.current_stage + 1
-        );
+        let finished = details.iter().all(|(_, d)| {
+            matches!(d.plan.state, State::Completed | State::Paused | State::Interrupted | State::Aborted)
+        });
+        let status = format!("stages passed; {} requests sent; {}", sent.load(Ordering::Relaxed), statuses.join("; "));
         if finished {
             progress.finish(stages_done, status);
-            return Ok(detail);
+            return Ok(details);
         }
         progress.update(stages_done, status);
         if started.elapsed() > deadline {
             progress.finish(stages_done, "deadline passed");
+            let states: Vec<String> =
+                details.iter().map(|(c, d)| format!("{} {}", c.as_str(), d.plan.state.as_str())).collect();
             anyhow::bail!(
                 "the plan did not finish within {}s (state {}): raise --rate or lower --min-sends",
                 deadline.as_secs(),
-                detail.plan.state.as_str()
+                if named { states.join(", ") } else { details[0].1.plan.state.as_str().to_owned() }
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-/// Sends `rate` requests per second from random participants through `send_email` until `stop`.
+/// Where the traffic goes and what it asks for: `send_email` for an email-only run (as EBG does while only
+/// email is on), else `send_notifications` with a template for each listed channel.
+fn request_for(service: &str, channels: &[Channel]) -> (String, Value) {
+    if channels == [Channel::Email] {
+        return (format!("{service}{}", crate::http::SEND_EMAIL_PATH), json!({ "template_id": TEMPLATE_ID }));
+    }
+    let mut body = serde_json::Map::new();
+    for channel in channels {
+        let (field, template) = match channel {
+            Channel::Email => ("email_template_id", TEMPLATE_ID),
+            Channel::Sms => ("sms_template_id", SMS_TEMPLATE_ID),
+            Channel::Push => ("push_template_id", PUSH_TEMPLATE_ID),
+        };
+        body.insert(field.to_owned(), Value::String(template.to_owned()));
+    }
+    (format!("{service}{}", crate::http::SEND_NOTIFICATIONS_PATH), Value::Object(body))
+}
+
+/// Sends `rate` requests per second from random participants (see [`request_for`]) until `stop`.
 async fn traffic(
     http: reqwest::Client,
     service: String,
@@ -360,8 +503,7 @@ async fn traffic(
     sent: Arc<AtomicU64>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let url = format!("{service}{}", crate::http::SEND_EMAIL_PATH);
-    let body = json!({ "template_id": TEMPLATE_ID });
+    let (url, body) = request_for(&service, &options.channels);
     let mut tokens: HashMap<u64, Arc<str>> = HashMap::new();
     let tracker = TaskTracker::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
@@ -420,9 +562,10 @@ struct Target {
 struct Reporter {
     failure_rate: f64,
     click_rate: f64,
-    sends: AtomicU64,
-    failures: AtomicU64,
-    deliveries: AtomicU64,
+    /// Per endpoint ([`slot`]), so each channel gets its own evenly spread share.
+    sends: [AtomicU64; 3],
+    failures: [AtomicU64; 3],
+    deliveries: [AtomicU64; 3],
     /// References accepted with a 201 that are to be reported as permanent failures.
     failing: Mutex<HashSet<String>>,
     target: OnceLock<Target>,
@@ -431,19 +574,29 @@ struct Reporter {
     stop: CancellationToken,
 }
 
+/// The index of an endpoint's counters.
+fn slot(endpoint: Endpoint) -> usize {
+    match endpoint {
+        Endpoint::Email => 0,
+        Endpoint::Sms => 1,
+        Endpoint::Push => 2,
+    }
+}
+
 /// The [`Behaviour`] handed to the fake: a handle on the shared [`Reporter`], so callbacks can be spawned.
 struct ReporterHandle(Arc<Reporter>);
 
 impl Behaviour for ReporterHandle {
-    /// A send fails for an evenly spread share; failures alternate between the two ways VA Notify
-    /// reports them: a 400 now, or a 201 followed by a `permanent-failure` callback.
-    fn reply(&self, _endpoint: Endpoint, body: &Value) -> Reply {
+    /// A send fails for an evenly spread share of each channel; failures of email and SMS alternate
+    /// between the two ways VA Notify reports them: a 400 now, or a 201 followed by a `permanent-failure`
+    /// callback. A push gets no callback, so every failing push is a 400.
+    fn reply(&self, endpoint: Endpoint, body: &Value) -> Reply {
         let shared = &self.0;
-        let n = shared.sends.fetch_add(1, Ordering::Relaxed);
+        let n = shared.sends[slot(endpoint)].fetch_add(1, Ordering::Relaxed);
         if !nth_is_hit(n, shared.failure_rate) {
             return Reply::Created;
         }
-        if shared.failures.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+        if endpoint == Endpoint::Push || shared.failures[slot(endpoint)].fetch_add(1, Ordering::Relaxed) % 2 == 0 {
             return Reply::BadRequest;
         }
         if let Some(reference) = body.get("reference").and_then(Value::as_str) {
@@ -452,12 +605,14 @@ impl Behaviour for ReporterHandle {
         Reply::Created
     }
 
-    fn created(&self, _endpoint: Endpoint, id: Uuid, body: &Value) {
+    /// Called for email and SMS only (the fake creates no notification for a push).
+    fn created(&self, endpoint: Endpoint, id: Uuid, body: &Value) {
         let reference = body.get("reference").and_then(Value::as_str).unwrap_or_default().to_owned();
         let host = body.pointer("/personalisation/host").and_then(Value::as_str).unwrap_or_default().to_owned();
         let fails = self.0.failing.lock().unwrap_or_else(PoisonError::into_inner).remove(&reference);
         let shared = self.0.clone();
-        self.0.tasks.spawn(async move { report_back(shared, id, reference, host, fails).await });
+        let sent = Sent { endpoint, id, reference, host, fails };
+        self.0.tasks.spawn(async move { report_back(shared, sent).await });
     }
 }
 
@@ -478,9 +633,9 @@ impl SimulatedVaNotify {
         let shared = Arc::new(Reporter {
             failure_rate,
             click_rate,
-            sends: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            deliveries: AtomicU64::new(0),
+            sends: Default::default(),
+            failures: Default::default(),
+            deliveries: Default::default(),
             failing: Mutex::new(HashSet::new()),
             target: OnceLock::new(),
             http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?,
@@ -505,16 +660,28 @@ impl SimulatedVaNotify {
     }
 }
 
+/// A notification VA created, to be reported back.
+struct Sent {
+    endpoint: Endpoint,
+    id: Uuid,
+    reference: String,
+    /// The `host` personalisation (the tracked link's host when tracking is on; email and SMS carry it).
+    host: String,
+    fails: bool,
+}
+
 /// Posts the delivery status to the service's callback route (retrying its 503 for a row still being
 /// recorded, as VA Notify does), then clicks through the tracked link for a share of deliveries.
-async fn report_back(shared: Arc<Reporter>, id: Uuid, reference: String, host: String, fails: bool) {
+async fn report_back(shared: Arc<Reporter>, sent: Sent) {
+    let Sent { endpoint, id, reference, host, fails } = sent;
+    let (kind, provider) = if endpoint == Endpoint::Sms { ("sms", "pinpoint") } else { ("email", "simulation") };
     let Some(target) = shared.target.get() else { return };
     tokio::time::sleep(CALLBACK_DELAY).await;
     let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
     let (status, reason) = if fails { ("permanent-failure", Some("Failed to deliver")) } else { ("delivered", None) };
     let callback = json!({
         "id": id, "reference": reference, "to": null, "status": status, "status_reason": reason,
-        "created_at": now, "completed_at": now, "sent_at": now, "notification_type": "email", "provider": "simulation",
+        "created_at": now, "completed_at": now, "sent_at": now, "notification_type": kind, "provider": provider,
     });
     for _ in 0..50 {
         let posted = shared
@@ -533,7 +700,7 @@ async fn report_back(shared: Arc<Reporter>, id: Uuid, reference: String, host: S
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
-    if fails || !nth_is_hit(shared.deliveries.fetch_add(1, Ordering::Relaxed), shared.click_rate) {
+    if fails || !nth_is_hit(shared.deliveries[slot(endpoint)].fetch_add(1, Ordering::Relaxed), shared.click_rate) {
         return;
     }
     // `host` is `<tracker host>/c/<token>`; the Veteran's browser follows `https://<host>/<path>`.
@@ -563,6 +730,21 @@ mod tests {
         let url = sibling_database_url("postgres://u:p@db.example:5432/ebg_notify?sslmode=require", "ebg_simulate_1")
             .unwrap();
         assert_eq!(url, "postgres://u:p@db.example:5432/ebg_simulate_1?sslmode=require");
+    }
+
+    #[test]
+    fn channels_are_parsed_and_checked() {
+        assert_eq!(parse_channels("email").unwrap(), [Channel::Email]);
+        assert_eq!(parse_channels("push, email,sms").unwrap(), ALL_CHANNELS, "printed in a fixed order");
+        for bad in ["fax", "email,email", "", "email,"] {
+            let e = parse_channels(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--channels"), "{bad}: {e}");
+        }
+        assert_eq!(ALL_CHANNELS.map(feature_of), report::GATES);
+        let (url, body) = request_for("http://s", &[Channel::Sms, Channel::Push]);
+        assert!(url.ends_with(crate::http::SEND_NOTIFICATIONS_PATH));
+        assert_eq!(body, json!({"sms_template_id": SMS_TEMPLATE_ID, "push_template_id": PUSH_TEMPLATE_ID}));
+        assert!(request_for("http://s", &[Channel::Email]).0.ends_with(crate::http::SEND_EMAIL_PATH));
     }
 
     #[test]

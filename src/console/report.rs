@@ -77,6 +77,11 @@ fn verdict(v: Verdict) -> maud::Markup {
     }
 }
 
+/// A count the channel may not measure (push has no delivered count and no clicks).
+fn measured(value: Option<i64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| v.to_string())
+}
+
 fn stage_label(number: usize, percentage: f64, paused: bool) -> String {
     if paused { format!("{number}: paused") } else { format!("{number}: {}", pct(percentage)) }
 }
@@ -134,6 +139,9 @@ async fn page_handler(state: &AppState, session: &Session, query: ReportQuery) -
         }
         @if let Ok(report) = &built {
             p { a href={ "/console/report.md?" (query.link_query()) } download="rollout-report.md" { "Download as Markdown" } }
+            @for (column, reason) in &report.unavailable {
+                p class="muted" { (column) ": n/a — " (reason) }
+            }
             @if report.stages.is_empty() { p class="muted" { "No stage in this period." } } @else {
                 @let labels: Vec<String> = report.stages.iter().map(|s| stage_label(s.number, s.percentage, s.paused)).collect();
                 (charts(report, &labels))
@@ -155,10 +163,10 @@ async fn page_handler(state: &AppState, session: &Session, query: ReportQuery) -
                                 td class="num" { (s.counts.unique_participants) }
                                 td class="num" { (s.counts.requests) }
                                 td class="num" { (s.counts.sent) }
-                                td class="num" { (s.counts.delivered) }
+                                td class="num" { (measured(s.counts.delivered)) }
                                 td class="num" { (s.counts.failed) }
                                 td class="num" { (rate(s.error_rate)) }
-                                td class="num" { (s.counts.unique_clicks) }
+                                td class="num" { (measured(s.counts.unique_clicks)) }
                                 td class="num" { (rate(s.click_through_rate)) }
                                 td { (verdict(s.verdict)) }
                             }

@@ -118,7 +118,18 @@ fn create_form(state: &AppState, session: &Session) -> Markup {
                     }
                 }
             }
-            input type="hidden" name="feature" value=(EMAILS_ENABLED);
+            div class="row" {
+                div {
+                    label for="feature" { "Feature (a channel's gate)" }
+                    select id="feature" name="feature" {
+                        @for gate in crate::report::GATES {
+                            option value=(gate) selected[gate == EMAILS_ENABLED] {
+                                (gate) " (" (crate::report::channel_for(gate).unwrap_or_default()) ")"
+                            }
+                        }
+                    }
+                }
+            }
             button type="submit" { "Create plan" }
         }
     }

@@ -31,8 +31,9 @@ use tracing::Level;
 
 pub use extract::{AdminAudit, AdminAuth, AdminReadAuth, Params, ServiceAccountAuth};
 
-use crate::error::Outcome;
+use crate::error::{ChannelOutcomes, Outcome};
 use crate::metrics as m;
+use crate::outbox::{CHANNEL_EMAIL, CHANNEL_PUSH, CHANNEL_SMS};
 use crate::state::AppState;
 
 /// The paths EBG calls; each is also the suffix of the scope its token must carry.
@@ -104,20 +105,28 @@ fn on_response(response: &Response, latency: Duration, span: &tracing::Span) {
 /// Counts send_* requests by the outcome the handler or error attached; a request the timeout layer
 /// cut off carries none and counts as `timeout`.
 async fn count_requests(req: Request, next: Next) -> Response {
-    let api = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
-        Some(SEND_EMAIL_PATH) => "send_email",
-        Some(SEND_SMS_PATH) => "send_sms",
-        Some(SEND_PUSH_PATH) => "send_push",
-        Some(SEND_NOTIFICATIONS_PATH) => "send_notifications",
+    // The route, and its channel: send_notifications names its channels in the request, so its answer
+    // carries them (`ChannelOutcomes`); before they are read (a refused request) the channel is `unknown`.
+    let (api, channel) = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
+        Some(SEND_EMAIL_PATH) => ("send_email", CHANNEL_EMAIL),
+        Some(SEND_SMS_PATH) => ("send_sms", CHANNEL_SMS),
+        Some(SEND_PUSH_PATH) => ("send_push", CHANNEL_PUSH),
+        Some(SEND_NOTIFICATIONS_PATH) => ("send_notifications", "unknown"),
         _ => return next.run(req).await,
     };
     let response = next.run(req).await;
+    if let Some(per_channel) = response.extensions().get::<ChannelOutcomes>() {
+        for (channel, outcome) in &per_channel.0 {
+            metrics::counter!(m::REQUESTS, "api" => api, "outcome" => *outcome, "channel" => *channel).increment(1);
+        }
+        return response;
+    }
     let outcome = match response.extensions().get::<Outcome>() {
         Some(outcome) => outcome.0,
         None if response.status() == StatusCode::SERVICE_UNAVAILABLE => "timeout",
         None => "rejected_other",
     };
-    metrics::counter!(m::REQUESTS, "api" => api, "outcome" => outcome).increment(1);
+    metrics::counter!(m::REQUESTS, "api" => api, "outcome" => outcome, "channel" => channel).increment(1);
     response
 }
 

@@ -18,7 +18,9 @@ use crate::toggles::EMAILS_ENABLED;
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReportParams {
-    /// Feature key; default `event_bus_gateway_emails_enabled`.
+    /// A channel's gate: `event_bus_gateway_emails_enabled` (email, the default),
+    /// `event_bus_gateway_letter_ready_sms_notifications` (sms) or
+    /// `event_bus_gateway_letter_ready_push_notifications` (push).
     pub feature: Option<String>,
     /// Start of the period: RFC 3339 time or a date (midnight UTC).
     pub from: Option<String>,

@@ -168,11 +168,16 @@ pub async fn send_notifications(
     }
     let accepted = accept_channels(&state, &account, &headers, channels).await?;
     let outcome = accepted_outcome(&accepted);
+    // Per channel, for `ebg_requests_total{channel}`: each channel's own outcome.
+    let per_channel =
+        accepted.iter().map(|(channel, a)| (*channel, accepted_outcome(&[(channel, a.clone())]))).collect();
     let notifications = accepted
         .into_iter()
         .map(|(channel, a)| ChannelAccepted { channel: channel.to_owned(), id: a.id, status: a.status.to_string() })
         .collect();
-    Ok(answer(&headers, outcome, NotificationsAccepted { notifications }))
+    let mut response = answer(&headers, outcome, NotificationsAccepted { notifications });
+    response.extensions_mut().insert(crate::error::ChannelOutcomes(per_channel));
+    Ok(response)
 }
 
 /// A VEText template id parameter: any string of 1 to 255 characters without control characters

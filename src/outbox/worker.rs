@@ -656,7 +656,8 @@ fn outcome_label(class: ErrorClass) -> &'static str {
 
 /// Counts the transition; reasons are built from bounded labels only. `sent` and the error-rate
 /// denominator count each notification once (its first send); later sends count as resends.
-/// `ebg_deliveries_total` carries the row's `channel` (email, sms, push).
+/// `ebg_deliveries_total` and `ebg_delivery_attempted_total` carry the row's `channel` (email, sms, push),
+/// so an error rate per channel can be read from `/metrics`.
 fn record(transition: &Transition, row: &Claimed) {
     let first_send = row.sends == 0;
     let channel = channel_label(&row.channel);
@@ -667,7 +668,7 @@ fn record(transition: &Transition, row: &Claimed) {
         Transition::Sent { .. } | Transition::Pushed if first_send => {
             let reason = if matches!(transition, Transition::Pushed) { "push_accepted" } else { "va_notify_accepted" };
             delivered("sent", reason.into());
-            metrics::counter!(m::DELIVERY_ATTEMPTED).increment(1);
+            metrics::counter!(m::DELIVERY_ATTEMPTED, "channel" => channel).increment(1);
             tracing::info!(status = "sent", channel, "notification sent");
         }
         Transition::Sent { .. } | Transition::Pushed => {
@@ -676,7 +677,7 @@ fn record(transition: &Transition, row: &Claimed) {
         }
         Transition::Adopted { .. } if first_send => {
             delivered("sent", "reconciled".into());
-            metrics::counter!(m::DELIVERY_ATTEMPTED).increment(1);
+            metrics::counter!(m::DELIVERY_ATTEMPTED, "channel" => channel).increment(1);
             tracing::info!(status = "sent", reason = "reconciled", "VA Notify already held the notification; adopted");
         }
         Transition::Adopted { .. } => {
@@ -690,7 +691,7 @@ fn record(transition: &Transition, row: &Claimed) {
         Transition::Finish { status, reason } => {
             delivered(status.as_str(), reason.clone());
             if first_send && matches!(status, Status::Failed | Status::Dead) {
-                metrics::counter!(m::DELIVERY_ATTEMPTED).increment(1);
+                metrics::counter!(m::DELIVERY_ATTEMPTED, "channel" => channel).increment(1);
             }
             if *status == Status::Dead {
                 metrics::counter!(m::DEAD_LETTERS).increment(1);

@@ -15,10 +15,17 @@
 //!   (`ebg_deliveries_total` with one of those statuses).
 //! - **error rate** = failed / attempted; **click-through rate** = unique clicked / delivered (not shown
 //!   while click tracking is off: no link was tracked, so zero clicks would be no evidence of anything).
+//! - **per channel** ([`measures`]): email and SMS have delivery receipts (callbacks) and carry the tracked
+//!   link (the `host` personalisation); push has neither (VA Notify answers a push with no id and sends no
+//!   status; its personalisation is empty), so a push stage has no delivered count and no click-through
+//!   rate (null, with the reason in [`Report::unavailable`]), an accepted push is a final outcome, and its
+//!   error rate is failed / attempted sends.
 //! - **verdict** ([`judge`], the same rule the guarded rollout applies): NOT ENOUGH DATA below
 //!   `report.min_sample` attempted sends, else PASS below `report.max_error_rate`, else FAIL.
 
 mod render;
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -27,7 +34,8 @@ use sqlx::PgPool;
 
 pub use render::markdown;
 
-use crate::toggles::EMAILS_ENABLED;
+use crate::outbox::{CHANNEL_EMAIL, CHANNEL_SMS};
+use crate::toggles::{EMAILS_ENABLED, PUSH_ENABLED, SMS_ENABLED};
 
 /// What to report on.
 #[derive(Clone, Debug)]
@@ -49,13 +57,49 @@ pub struct ReportRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// The feature gates no channel this service sends.
-    #[error("unknown feature: the report covers features that gate a send route ({EMAILS_ENABLED})")]
+    #[error("{UNKNOWN_FEATURE}")]
     UnknownFeature,
     #[error("`from` must be before `to`")]
     EmptyRange,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
+
+/// What an unknown or non-gate feature is told: the three channel gates by name.
+pub const UNKNOWN_FEATURE: &str = "feature must be a channel's gate: event_bus_gateway_emails_enabled (email), \
+     event_bus_gateway_letter_ready_sms_notifications (sms) or event_bus_gateway_letter_ready_push_notifications \
+     (push)";
+
+/// The features that gate a channel, in the order of [`UNKNOWN_FEATURE`].
+pub const GATES: [&str; 3] = [EMAILS_ENABLED, SMS_ENABLED, PUSH_ENABLED];
+
+/// What a channel's messages let the report measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Measures {
+    /// VA Notify reports the delivery (status callbacks): email and SMS. Push has none: VA Notify answers a
+    /// push with no id and never reports on it, so an accepted push ends `sent` and is its final outcome.
+    pub delivery_receipts: bool,
+    /// The message carries the click-tracked link (the `host` personalisation becomes the tracker's):
+    /// email and SMS. A push's personalisation is empty: nothing to track.
+    pub tracked_link: bool,
+}
+
+/// The measures of `channel` (an unknown channel measures nothing beyond its sends and failures).
+pub fn measures(channel: &str) -> Measures {
+    match channel {
+        CHANNEL_EMAIL | CHANNEL_SMS => Measures { delivery_receipts: true, tracked_link: true },
+        _ => Measures { delivery_receipts: false, tracked_link: false },
+    }
+}
+
+/// Why push has no delivered count (also said in the Markdown).
+pub const NO_DELIVERY_RECEIPTS: &str = "VA Notify gives no delivery receipts for push: an accepted push ends \
+     `sent` (reason push_accepted), so there is no delivered count; the error rate is failed / attempted sends";
+/// Why push has no click-through rate.
+pub const NO_TRACKED_LINK: &str =
+    "a push carries no tracked link (its personalisation is empty) and has no delivered count to divide by";
+/// Why no click-through rate is shown while tracking is off.
+pub const TRACKING_OFF: &str = "click tracking is off (clicks.enabled): no link was tracked";
 
 /// The whole report.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -70,6 +114,12 @@ pub struct Report {
     pub min_sample: u64,
     /// Whether click tracking is on; when off, every `click_through_rate` is null.
     pub click_tracking: bool,
+    /// What the channel's messages let the report measure.
+    pub measures: Measures,
+    /// Columns that are null in every stage, with the reason (e.g. push's `delivered`); absent when every
+    /// column is measured.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unavailable: BTreeMap<String, String>,
     pub stages: Vec<Stage>,
 }
 
@@ -100,7 +150,8 @@ pub struct Stage {
     pub counts: Counts,
     /// failed / attempted; `None` without attempts.
     pub error_rate: Option<f64>,
-    /// unique clicks / delivered; `None` without deliveries, and while click tracking is off.
+    /// unique clicks / delivered; `None` without deliveries, while click tracking is off, and always for
+    /// push (no tracked link, no delivery receipts).
     pub click_through_rate: Option<f64>,
     pub verdict: Verdict,
 }
@@ -117,13 +168,17 @@ pub struct Counts {
     pub attempted: i64,
     /// Accepted by VA Notify at least once.
     pub sent: i64,
-    pub delivered: i64,
+    /// Delivered according to VA Notify's callbacks; `None` for a channel without delivery receipts (push).
+    pub delivered: Option<i64>,
     pub failed: i64,
+    /// Attempted sends whose outcome is final: delivered or failed, and for push every accepted send.
+    pub settled: i64,
     pub skipped: i64,
     /// Still queued, being sent, or waiting for a retry or resend.
     pub pending: i64,
-    /// Notifications a person clicked at least once (HEAD and link scanners excluded).
-    pub unique_clicks: i64,
+    /// Notifications a person clicked at least once (HEAD and link scanners excluded); `None` for a
+    /// channel without a tracked link (push).
+    pub unique_clicks: Option<i64>,
 }
 
 /// Parses a report bound: an RFC 3339 time, or a `YYYY-MM-DD` date meaning midnight UTC.
@@ -137,9 +192,13 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     })
 }
 
-/// The channel whose notifications a feature gates.
+/// The channel whose notifications a feature gates; `None` for a feature that is not a channel's gate
+/// (unknown, or a registered feature that only picks a template, like the universal-link one).
 pub fn channel_for(feature: &str) -> Option<&'static str> {
-    crate::toggles::registration(feature).map(|r| r.channel)
+    let registration = crate::toggles::registration(feature)?;
+    // The gate of a channel is its first registration (`toggles::feature_for_channel`).
+    let gate = crate::toggles::feature_for_channel(registration.channel)?;
+    (gate.key == registration.key).then_some(registration.channel)
 }
 
 /// A period of constant settings, before clipping to the requested range.
@@ -196,9 +255,9 @@ impl Counts {
         rate(self.failed, self.attempted)
     }
 
-    /// unique clicks / delivered.
+    /// unique clicks / delivered; `None` where either is not measured.
     pub fn click_through_rate(&self) -> Option<f64> {
-        rate(self.unique_clicks, self.delivered)
+        rate(self.unique_clicks?, self.delivered?)
     }
 }
 
@@ -258,6 +317,7 @@ pub async fn build(pool: &PgPool, request: &ReportRequest) -> Result<Report, Rep
             verdict,
         });
     }
+    let measures = measures(channel);
     Ok(Report {
         feature: request.feature.clone(),
         channel: channel.to_owned(),
@@ -266,8 +326,25 @@ pub async fn build(pool: &PgPool, request: &ReportRequest) -> Result<Report, Rep
         max_error_rate: request.max_error_rate,
         min_sample: request.min_sample,
         click_tracking: request.click_tracking,
+        measures,
+        unavailable: unavailable(measures, request.click_tracking),
         stages,
     })
+}
+
+/// The columns `measures` and the tracking switch leave null, with the reason.
+fn unavailable(measures: Measures, click_tracking: bool) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if !measures.delivery_receipts {
+        out.insert("delivered".to_owned(), NO_DELIVERY_RECEIPTS.to_owned());
+    }
+    if !measures.tracked_link {
+        out.insert("unique_clicks".to_owned(), NO_TRACKED_LINK.to_owned());
+        out.insert("click_through_rate".to_owned(), NO_TRACKED_LINK.to_owned());
+    } else if !click_tracking {
+        out.insert("click_through_rate".to_owned(), TRACKING_OFF.to_owned());
+    }
+    out
 }
 
 /// The SQL behind one stage (`stage.sql`): a range scan of `notifications_created`, one probe of
@@ -282,7 +359,10 @@ pub async fn stage_counts<'e>(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<Counts, sqlx::Error> {
-    sqlx::query_file_as!(Counts, "src/report/stage.sql", channel, start, end).fetch_one(executor).await
+    let m = measures(channel);
+    sqlx::query_file_as!(Counts, "src/report/stage.sql", channel, start, end, m.delivery_receipts, m.tracked_link)
+        .fetch_one(executor)
+        .await
 }
 
 #[cfg(test)]
@@ -292,8 +372,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::outbox::Status;
     use crate::outbox::lifecycle::{self, ERRORED, PENDING};
+    use crate::outbox::{CHANNEL_PUSH, Status};
 
     /// The quoted names in the `in (...)` list of the `STAGE_SQL` line that ends with `as "{column}!"`.
     fn listed(column: &str) -> BTreeSet<String> {
@@ -317,6 +397,7 @@ mod tests {
         let mut attempted = group(&ERRORED);
         attempted.insert(Status::Delivered.as_str().to_owned());
         assert_eq!(listed("attempted"), attempted);
+        assert_eq!(listed("settled"), attempted, "final outcomes: delivered or errored (plus push's `sent`)");
     }
 
     fn at(s: &str) -> DateTime<Utc> {
@@ -365,6 +446,28 @@ mod tests {
         assert_eq!(judge(&counts(100, 5), 100, 0.05), Verdict::Fail, "the criterion is below 5%");
         assert_eq!(judge(&counts(1, 0), 0, 0.05), Verdict::Pass, "a minimum of 0 still needs one attempt");
         assert_eq!(judge(&counts(0, 0), 0, 0.05), Verdict::NotEnoughData);
+    }
+
+    #[test]
+    fn only_the_three_gates_are_reportable() {
+        assert_eq!(GATES.map(channel_for), [Some(CHANNEL_EMAIL), Some(CHANNEL_SMS), Some(CHANNEL_PUSH)]);
+        assert_eq!(channel_for(crate::notify::templates::UNIVERSAL_LINK_FEATURE), None, "a template switch");
+        assert_eq!(channel_for("nope"), None);
+        for gate in GATES {
+            assert!(UNKNOWN_FEATURE.contains(gate), "the message names {gate}");
+        }
+    }
+
+    #[test]
+    fn push_measures_neither_deliveries_nor_clicks() {
+        assert_eq!(measures(CHANNEL_PUSH), Measures { delivery_receipts: false, tracked_link: false });
+        assert_eq!(measures(CHANNEL_SMS), Measures { delivery_receipts: true, tracked_link: true });
+        let push = Counts { attempted: 10, sent: 10, settled: 10, ..Counts::default() };
+        assert_eq!((push.click_through_rate(), push.error_rate()), (None, Some(0.0)));
+        let keys: Vec<String> = unavailable(measures(CHANNEL_PUSH), true).into_keys().collect();
+        assert_eq!(keys, ["click_through_rate", "delivered", "unique_clicks"]);
+        assert!(unavailable(measures(CHANNEL_EMAIL), true).is_empty());
+        assert_eq!(unavailable(measures(CHANNEL_SMS), false).len(), 1, "tracking off: the rate only");
     }
 
     #[test]

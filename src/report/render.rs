@@ -5,6 +5,7 @@ use std::fmt::Write;
 use chrono::{DateTime, Utc};
 
 use super::{Report, Stage, Verdict};
+use crate::outbox::CHANNEL_SMS;
 
 fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
@@ -53,7 +54,36 @@ fn verdict_short(v: Verdict) -> &'static str {
 
 /// The click-through rate, or why there is none.
 fn ctr(stage: &Stage, report: &Report) -> String {
-    if report.click_tracking { pct(stage.click_through_rate) } else { "n/a (click tracking off)".to_owned() }
+    if !report.measures.tracked_link {
+        format!("n/a (no tracked link in {})", report.channel)
+    } else if report.click_tracking {
+        pct(stage.click_through_rate)
+    } else {
+        "n/a (click tracking off)".to_owned()
+    }
+}
+
+/// A count the channel may not measure.
+fn count(value: Option<i64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| v.to_string())
+}
+
+/// What the `suppressed` count holds for the report's channel.
+fn suppressed_by(report: &Report) -> &'static str {
+    // Block mode of SMS quiet hours ends rows `suppressed` too (reason sms_quiet_hours).
+    if report.channel == CHANNEL_SMS { "suppressed by the toggle or quiet hours" } else { "suppressed by the toggle" }
+}
+
+/// The line under the header saying what a channel without delivery receipts cannot show.
+fn measures_note(report: &Report) -> Option<String> {
+    (!report.measures.delivery_receipts).then(|| {
+        format!(
+            "Note: the {channel} error rate is failed / attempted sends. VA Notify gives no delivery receipts for \
+             {channel} (an accepted {channel} ends `sent`, reason push_accepted), so Delivered and the \
+             click-through rate are n/a; an accepted {channel} is its final outcome when a plan judges a stage.\n",
+            channel = report.channel
+        )
+    })
 }
 
 /// Renders the report as Markdown: a summary table, then one "Results" block per stage.
@@ -75,6 +105,9 @@ pub fn markdown(report: &Report) -> String {
         pct(Some(report.max_error_rate)),
         report.min_sample
     );
+    if let Some(note) = measures_note(report) {
+        let _ = writeln!(out, "{note}");
+    }
     if report.stages.is_empty() {
         let _ = writeln!(out, "No stages: the feature's audit log has no changes in this period.");
         return out;
@@ -90,7 +123,7 @@ pub fn markdown(report: &Report) -> String {
             if s.paused { "paused".to_owned() } else { share(s.percentage) },
             s.counts.unique_participants,
             pct(s.error_rate),
-            ctr(s, report),
+            if report.measures.tracked_link { ctr(s, report) } else { "n/a".to_owned() },
             verdict_short(s.verdict)
         );
     }
@@ -101,22 +134,33 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(out, "- Unique users: {}", c.unique_participants);
         let _ = writeln!(
             out,
-            "- Requests: {} (suppressed by the toggle: {}, duplicates: {})",
-            c.requests, c.suppressed, c.duplicates
+            "- Requests: {} ({}: {}, duplicates: {})",
+            c.requests,
+            suppressed_by(report),
+            c.suppressed,
+            c.duplicates
         );
         let _ = writeln!(
             out,
             "- Sent: {} · Delivered: {} · Failed: {} · Skipped: {} · Pending: {}",
-            c.sent, c.delivered, c.failed, c.skipped, c.pending
+            c.sent,
+            count(c.delivered),
+            c.failed,
+            c.skipped,
+            c.pending
         );
         let _ = writeln!(out, "- Error rate: {} (failed: {}, attempted: {})", pct(s.error_rate), c.failed, c.attempted);
-        let _ = writeln!(
-            out,
-            "- Click-through rate: {} (unique clicks: {}, delivered: {})",
-            ctr(s, report),
-            c.unique_clicks,
-            c.delivered
-        );
+        if report.measures.tracked_link {
+            let _ = writeln!(
+                out,
+                "- Click-through rate: {} (unique clicks: {}, delivered: {})",
+                ctr(s, report),
+                count(c.unique_clicks),
+                count(c.delivered)
+            );
+        } else {
+            let _ = writeln!(out, "- Click-through rate: {}", ctr(s, report));
+        }
         let _ = writeln!(out, "- Result: {}", verdict(s, report));
     }
     out

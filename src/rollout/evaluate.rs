@@ -113,7 +113,7 @@ async fn evaluate_plan(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<Op
     };
 
     let channel = report::channel_for(&plan.feature)
-        .ok_or(RolloutError::Invalid { field: "feature", detail: "the feature gates no send route" })?;
+        .ok_or(RolloutError::Invalid { field: "feature", detail: report::UNKNOWN_FEATURE })?;
     let counts = report::stage_counts(&mut *tx, channel, started, now).await?;
     let evidence = Evidence::new(&plan, started, now, counts)
         .ok_or(RolloutError::Invalid { field: "current_stage", detail: "the plan has no such stage" })?;

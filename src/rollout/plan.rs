@@ -130,7 +130,8 @@ pub fn default_stages() -> Vec<StagePlan> {
 /// A plan to create (`POST /admin/rollouts`, `ebg-notify rollout create`).
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewPlan {
-    /// Feature key; it must gate a send route (today `event_bus_gateway_emails_enabled`).
+    /// Feature key: a channel's gate (`event_bus_gateway_emails_enabled`,
+    /// `event_bus_gateway_letter_ready_sms_notifications` or `event_bus_gateway_letter_ready_push_notifications`).
     pub feature: String,
     /// Ordered stages; default: [`default_stages`].
     #[serde(default = "default_stages")]
@@ -153,9 +154,9 @@ impl NewPlan {
     /// Checks the plan; the message names the first problem.
     pub fn validate(&self) -> Result<(), RolloutError> {
         let invalid = |field: &'static str, detail: &'static str| Err(RolloutError::Invalid { field, detail });
-        if channel_for(&self.feature).is_none() {
-            return invalid("feature", "the feature must gate a send route (event_bus_gateway_emails_enabled)");
-        }
+        let Some(channel) = channel_for(&self.feature) else {
+            return invalid("feature", report::UNKNOWN_FEATURE);
+        };
         if self.stages.is_empty() || self.stages.len() > 20 {
             return invalid("stages", "a plan has 1 to 20 stages");
         }
@@ -174,6 +175,9 @@ impl NewPlan {
         }
         if !(self.max_error_rate > 0.0 && self.max_error_rate <= 1.0) {
             return invalid("max_error_rate", "max_error_rate must be a fraction above 0 and at most 1 (0.05 = 5%)");
+        }
+        if self.min_ctr_ratio.is_some() && !report::measures(channel).tracked_link {
+            return invalid("min_ctr_ratio", "the feature's channel has no click-through rate (push: no tracked link)");
         }
         if self.min_ctr_ratio.is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 10.0)) {
             return invalid(
@@ -394,8 +398,9 @@ impl Evidence {
 ///    failing canary is stopped early.
 /// 2. Dwell not over: **hold**.
 /// 3. NOT ENOUGH DATA (too few attempted sends): **halt**; never pass. Passing also needs `min_sends`
-///    sends with a final outcome (delivered or failed): a send still awaiting its delivery status is no
-///    evidence of success yet, and may yet turn out a failure.
+///    sends with a final outcome (`settled`: delivered or failed; for push, which has no delivery
+///    receipts, an accepted send is final): a send still awaiting its delivery status is no evidence of
+///    success yet, and may yet turn out a failure.
 /// 4. With `min_ctr_ratio` and a previous click-through rate above 0: no deliveries to measure clicks on,
 ///    or a rate below ratio × previous: **halt**.
 /// 5. Otherwise the stage passed: **advance**, or **complete** after the last stage.
@@ -410,8 +415,7 @@ pub fn decide(e: &Evidence) -> (Decision, &'static str) {
     if verdict == Verdict::NotEnoughData {
         return (Decision::Halt, "insufficient_sample");
     }
-    let settled = e.counts.delivered + e.counts.failed;
-    if u64::try_from(settled).map_or(true, |s| s < e.min_sends) {
+    if u64::try_from(e.counts.settled).map_or(true, |s| s < e.min_sends) {
         return (Decision::Halt, "awaiting_delivery_status");
     }
     if let (Some(ratio), Some(previous)) = (e.min_ctr_ratio, e.previous_click_through_rate) {
@@ -540,6 +544,15 @@ mod tests {
         assert_eq!(field(NewPlan { max_error_rate: 0.0, ..plan(default_stages()) }), "max_error_rate");
         assert_eq!(field(NewPlan { min_ctr_ratio: Some(-1.0), ..plan(default_stages()) }), "min_ctr_ratio");
         assert_eq!(field(NewPlan { feature: "other".into(), ..plan(default_stages()) }), "feature");
+        let link = crate::notify::templates::UNIVERSAL_LINK_FEATURE;
+        assert_eq!(field(NewPlan { feature: link.into(), ..plan(default_stages()) }), "feature", "not a gate");
+        let push = crate::toggles::PUSH_ENABLED.to_owned();
+        assert!(NewPlan { feature: push.clone(), ..plan(default_stages()) }.validate().is_ok());
+        assert!(NewPlan { feature: crate::toggles::SMS_ENABLED.into(), ..plan(default_stages()) }.validate().is_ok());
+        assert_eq!(
+            field(NewPlan { feature: push, min_ctr_ratio: Some(0.8), ..plan(default_stages()) }),
+            "min_ctr_ratio"
+        );
         assert!(plan(vec![stage(2.5), stage(100.0)]).validate().is_ok());
     }
 
@@ -636,7 +649,14 @@ mod decide_tests {
     use super::*;
 
     fn evidence(attempted: i64, failed: i64, dwell_seconds: i64) -> Evidence {
-        let counts = Counts { attempted, failed, delivered: attempted - failed, ..Counts::default() };
+        let counts = Counts {
+            attempted,
+            failed,
+            delivered: Some(attempted - failed),
+            settled: attempted,
+            unique_clicks: Some(0),
+            ..Counts::default()
+        };
         let now = Utc::now();
         Evidence {
             stage: 0,
@@ -679,23 +699,29 @@ mod decide_tests {
         assert_eq!(decide(&evidence(10, 0, 60)), (Decision::Hold, "dwell_not_met"));
         // 100 sent, but only 99 know their outcome: the last one may still fail.
         let mut waiting = evidence(100, 0, 3600);
-        waiting.counts.delivered = 99;
+        waiting.counts.delivered = Some(99);
+        waiting.counts.settled = 99;
         assert_eq!(decide(&waiting), (Decision::Halt, "awaiting_delivery_status"));
+        // A push stage: no delivered count, every accepted push is final.
+        let mut push = evidence(100, 2, 3600);
+        push.counts.delivered = None;
+        push.counts.unique_clicks = None;
+        assert_eq!(decide(&push), (Decision::Advance, "criteria_met"));
     }
 
     #[test]
     fn the_click_through_criterion_compares_with_the_previous_stage() {
         let mut e = evidence(100, 0, 3600);
-        e.counts.unique_clicks = 30;
+        e.counts.unique_clicks = Some(30);
         e.click_through_rate = e.counts.click_through_rate();
         e.previous_click_through_rate = Some(0.4);
         e.min_ctr_ratio = Some(0.8);
         assert_eq!(decide(&e), (Decision::Halt, "ctr_below_ratio"));
-        e.counts.unique_clicks = 33;
+        e.counts.unique_clicks = Some(33);
         e.click_through_rate = e.counts.click_through_rate();
         assert_eq!(decide(&e), (Decision::Advance, "criteria_met"));
         e.previous_click_through_rate = Some(0.0);
-        e.counts.unique_clicks = 0;
+        e.counts.unique_clicks = Some(0);
         e.click_through_rate = Some(0.0);
         assert_eq!(decide(&e), (Decision::Advance, "criteria_met"), "no yardstick without previous clicks");
     }

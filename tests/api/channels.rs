@@ -110,7 +110,7 @@ async fn send_sms_and_send_push_deliver_with_exactly_vas_bodies() {
         metrics.contains(r#"ebg_deliveries_total{status="sent",reason="push_accepted",channel="push"}"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"ebg_requests_total{api="send_sms",outcome="accepted"}"#), "{metrics}");
+    assert!(metrics.contains(r#"ebg_requests_total{api="send_sms",outcome="accepted",channel="sms"}"#), "{metrics}");
 }
 
 #[tokio::test]
@@ -198,8 +198,12 @@ async fn send_notifications_records_each_channel_given_and_refuses_none_with_vet
     assert_eq!(w.notify.requests_to(Endpoint::Sms).len(), 4);
     assert_eq!(w.notify.requests_to(Endpoint::Push).len(), 4);
     assert!(w.notify.requests().iter().all(|r| r.status == 201), "VA's schemas accepted every body");
-    let metrics = w.app.metrics().await;
-    assert!(metrics.contains(r#"ebg_requests_total{api="send_notifications",outcome="accepted"}"#), "{metrics}");
+    // Counted once per channel a request asked for, with that channel's outcome: each channel was in 4 requests.
+    for channel in ["email", "sms", "push"] {
+        let series =
+            format!(r#"ebg_requests_total{{api="send_notifications",outcome="accepted",channel="{channel}"}}"#);
+        assert_eq!(w.app.metric(&series).await, 4.0, "{series}");
+    }
 }
 
 #[tokio::test]
@@ -307,7 +311,7 @@ async fn the_duplicate_window_applies_per_channel() {
         channels(post(&w.app, ALL_PATH, PARTICIPANT_ID, json!({"email_template_id": TEMPLATE_ID}), None).await).await;
     assert_eq!(email_again[0].2, "duplicate");
     let metrics = w.app.metrics().await;
-    assert!(metrics.contains(r#"ebg_requests_total{api="send_push",outcome="duplicate"}"#), "{metrics}");
+    assert!(metrics.contains(r#"ebg_requests_total{api="send_push",outcome="duplicate",channel="push"}"#), "{metrics}");
 }
 
 #[tokio::test]

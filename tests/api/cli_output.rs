@@ -145,6 +145,22 @@ async fn cli_verbs_are_quiet_and_readable() {
 
     let help = stdout_of(&run(&db, &["simulate", "--help"], &env));
     assert!(help.contains("3 when it ended PAUSED"), "{help}");
+    assert!(help.contains("--channels <CHANNELS>") && help.contains("[default: email]"), "{help}");
+}
+
+#[test]
+fn simulate_refuses_an_unknown_channel_naming_the_option() {
+    for channels in ["email,fax", "sms,sms", ""] {
+        let output = run("postgres://127.0.0.1:1/never_used", &["simulate", "--channels", channels], &[]);
+        assert!(!output.status.success(), "{channels}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--channels"), "{channels}: {stderr}");
+        assert!(output.stdout.is_empty(), "refused before any simulation starts: {channels}");
+    }
+    let stderr =
+        String::from_utf8_lossy(&run("postgres://127.0.0.1:1/x", &["simulate", "--channels", "fax"], &[]).stderr)
+            .into_owned();
+    assert!(stderr.contains("unknown channel `fax`") && stderr.contains("email, sms, push"), "{stderr}");
 }
 
 #[tokio::test]

@@ -175,3 +175,42 @@ async fn the_console_can_be_turned_off() {
     }
     let _database = app.stop().await;
 }
+
+/// The report page per channel: push shows n/a for delivered and clicks, with the reason; the plan form
+/// offers the three channel gates.
+#[tokio::test]
+async fn the_console_reports_per_channel_and_plans_any_gate() {
+    let app = app().spawn().await;
+    let push = ebg_notify::toggles::PUSH_ENABLED;
+    sqlx::query(
+        "insert into feature_audit (at, feature_key, operation, before, after, actor)
+         values (now() - interval '1 hour', $1, 'enable', '{}'::jsonb,
+                 '{\"boolean\": true, \"actors\": [], \"percentage_of_actors\": 0, \"paused\": false}', 'ops')",
+    )
+    .bind(push)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into notifications (id, channel, participant_id, template_id, status, status_reason, sends, created_at)
+         values (gen_random_uuid(), 'push', '600043202', 'letter_ready_push', 'sent', 'push_accepted', 1,
+                 now() - interval '30 minutes')",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let cookie = sign_in(&app, ADMIN_TOKEN).await;
+    let get = |path: String| app.client.get(format!("{}{path}", app.address)).header("cookie", cookie.clone()).send();
+    let page = get(format!("/console/report?feature={push}")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("no delivery receipts for push"), "the reason is on the page: {html}");
+    assert!(html.contains(r#"<td class="num">n/a</td>"#), "delivered and clicks are n/a: {html}");
+    let link = ebg_notify::notify::templates::UNIVERSAL_LINK_FEATURE;
+    let refused = get(format!("/console/report?feature={link}")).await.unwrap();
+    assert_eq!(refused.status(), 422, "not a gate");
+    let form = get("/console/rollouts".to_owned()).await.unwrap().text().await.unwrap();
+    for gate in ebg_notify::report::GATES {
+        assert!(form.contains(&format!(r#"<option value="{gate}""#)), "{gate} in the plan form");
+    }
+}

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
-use ebg_notify::toggles::{EMAILS_ENABLED, actor_in_percentage};
+use ebg_notify::toggles::{EMAILS_ENABLED, PUSH_ENABLED, SMS_ENABLED, actor_in_percentage};
 use ebg_testkit::va_notify::Reply;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::callbacks::{callback_body, post_bearer, va_id};
 use crate::clicks::{CLICKS_ON, raw_get, token_in};
+use crate::helpers::post;
 use crate::helpers::*;
 
 const BROWSER: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64)";
@@ -44,7 +45,16 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
         ("EBG_MPI__CA_PATH", pki.ca_path().display().to_string()),
     ];
     settings.extend(mpi_settings.iter().map(|(k, v)| (*k, v.as_str())));
-    let (app, notify, bgs) = wired_app(&settings).await;
+    // As `wired_app`, with the push key too (pushes go through the fake's separate push service).
+    let notify = ebg_testkit::FakeVaNotify::start().await;
+    let bgs = ebg_testkit::FakeBgs::start().await;
+    bgs.add_person(PARTICIPANT_ID, "JANE");
+    let mut builder = app().notify(&notify).bgs(&bgs).env("EBG_NOTIFY__PUSH_API_KEY", notify.push_api_key());
+    for (k, v) in &settings {
+        builder = builder.env(k, v);
+    }
+    let app = builder.spawn().await;
+    app.enable_emails().await;
     set_stage(&app).await;
     let (enabled, disabled) = participants(13, 2);
     for id in &enabled {
@@ -76,6 +86,13 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
     assert_eq!(sms.send().await.unwrap().status(), 200);
     app.deliver_all().await;
     assert_eq!(mpi.requests().len(), 1);
+    // SMS and push on for everyone, for the per-channel error rates of the interval.
+    set_gate(&app, SMS_ENABLED, "boolean", &[]).await;
+    set_gate(&app, PUSH_ENABLED, "boolean", &[]).await;
+    let reachable: Vec<String> = (0..6).map(|n| format!("600300{n:03}")).collect();
+    for (n, id) in reachable.iter().enumerate() {
+        mpi.add_patient(id, &format!("10123456{n:02}V123456"), Some("JOHN"));
+    }
 
     let from = Utc::now();
     let mut check = Check::start(&venv, &app, from).await;
@@ -126,6 +143,20 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
     assert_eq!(app.count("permanent_failure").await, 2);
     assert_eq!(app.count("delivered").await, 7 + 2);
 
+    // Per channel in the same interval: three SMS (one refused, one bounced by callback, one still `sent`:
+    // 2 errors of 3) and three pushes (one refused, two accepted, which is final for a push: 1 of 3).
+    let sms = queue_channel(&app, "send_sms", TEMPLATE_ID, &reachable[..3]).await;
+    notify.script([Reply::BadRequest, Reply::Created, Reply::Created]);
+    app.deliver_all().await;
+    let sent_sms: Vec<Uuid> = statuses(&app, &sms, "sent").await;
+    assert_eq!(sent_sms.len(), 2, "one SMS refused, two accepted");
+    callback(&app, sent_sms[0], "permanent-failure", Some("Unreachable destination handset")).await;
+    let pushes = queue_channel(&app, "send_push", "letter_ready_push", &reachable[3..]).await;
+    notify.script([Reply::BadRequest, Reply::Created, Reply::Created]);
+    app.deliver_all().await;
+    assert_eq!(statuses(&app, &pushes, "sent").await.len(), 2, "two pushes accepted");
+    assert_eq!(statuses(&app, &pushes, "failed").await.len(), 1, "one push refused");
+
     let (ok, output) = check.go().await;
     println!("{output}");
     assert!(ok, "Datadog's check disagrees (output above)");
@@ -136,12 +167,17 @@ async fn set_stage(app: &TestApp) {
     let feature = format!("{}/flipper/api/features/{EMAILS_ENABLED}", app.address);
     let clear = app.client.delete(format!("{feature}/boolean")).bearer_auth(ADMIN_TOKEN).header("x-reason", "test");
     assert!(clear.send().await.unwrap().status().is_success());
+    set_gate(app, EMAILS_ENABLED, "percentage_of_actors", &[("percentage", PERCENTAGE.to_string())]).await;
+}
+
+/// One gate of `feature` through Flipper's API (audited, so it is a stage of the feature's report).
+async fn set_gate(app: &TestApp, feature: &str, gate: &str, form: &[(&str, String)]) {
     let set = app
         .client
-        .post(format!("{feature}/percentage_of_actors"))
+        .post(format!("{}/flipper/api/features/{feature}/{gate}", app.address))
         .bearer_auth(ADMIN_TOKEN)
         .header("x-reason", "stage")
-        .form(&[("percentage", PERCENTAGE.to_string())]);
+        .form(form);
     assert!(set.send().await.unwrap().status().is_success());
     app.state.toggles.refresh().await.unwrap();
 }
@@ -160,6 +196,29 @@ async fn queue_all(app: &TestApp, participants: &[String]) -> Vec<Uuid> {
         ids.push(queue_for(app, participant).await);
     }
     ids
+}
+
+/// One request per participant to a single-channel route (`send_sms`, `send_push`); the rows' ids.
+async fn queue_channel(app: &TestApp, route: &str, template: &str, participants: &[String]) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for participant in participants {
+        let path = format!("/v0/event_bus_gateway/{route}");
+        let (id, status) = accepted(post(app, &path, participant, json!({"template_id": template}), None).await).await;
+        assert_eq!(status, "queued", "{route} for {participant}");
+        ids.push(id);
+    }
+    ids
+}
+
+/// The ones of `ids` whose row is in `status`.
+async fn statuses(app: &TestApp, ids: &[Uuid], status: &str) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    for id in ids {
+        if app.status_of(*id).await.0 == status {
+            out.push(*id);
+        }
+    }
+    out
 }
 
 /// A send_email request answered as JSON; returns the recorded status.
@@ -222,6 +281,14 @@ impl Check {
             .arg(format!("error_rate={}", 3.0 / 10.0))
             .arg("--expect")
             .arg(format!("click_through_rate={}", 3.0 / 7.0))
+            .arg("--group-report")
+            .arg(format!("channel:sms={}/admin/rollout/report?feature={SMS_ENABLED}&from={from}", app.address))
+            .arg("--group-report")
+            .arg(format!("channel:push={}/admin/rollout/report?feature={PUSH_ENABLED}&from={from}", app.address))
+            .arg("--expect")
+            .arg(format!("error_rate@channel:sms={}", 2.0 / 3.0))
+            .arg("--expect")
+            .arg(format!("error_rate@channel:push={}", 1.0 / 3.0))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -443,7 +443,7 @@ impl TestApp {
         self.client.get(format!("{}/metrics", self.address)).send().await.unwrap().text().await.unwrap()
     }
 
-    /// Value of one series in `/metrics`, e.g. `ebg_requests_total{api="send_email",outcome="accepted"}`;
+    /// Value of one series in `/metrics`, e.g. `ebg_requests_total{api="send_email",outcome="accepted",channel="email"}`;
     /// 0 when absent. (Counters are process-wide; compare before and after, not absolute values.)
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;

@@ -140,7 +140,8 @@ async fn run_load(address: String, seen: Arc<Mutex<Vec<Seen>>>, stop: tokio_util
 
 /// (accepted, every 503 outcome) from `ebg_requests_total`.
 async fn request_counts(app: &TestApp) -> (f64, f64) {
-    let series = |outcome: &str| format!("ebg_requests_total{{api=\"send_email\",outcome=\"{outcome}\"}}");
+    let series =
+        |outcome: &str| format!("ebg_requests_total{{api=\"send_email\",outcome=\"{outcome}\",channel=\"email\"}}");
     let accepted = app.metric(&series("accepted")).await;
     let mut unavailable = 0.0;
     for outcome in ["timeout", "unavailable", "commit_unknown"] {

@@ -216,6 +216,9 @@ async fn stage_queries_use_indexes_on_a_million_rows() {
         .bind("email")
         .bind(chrono::DateTime::parse_from_rfc3339("2026-01-10T00:00:00Z").unwrap())
         .bind(chrono::DateTime::parse_from_rfc3339("2026-01-11T00:00:00Z").unwrap())
+        // Delivery receipts and a tracked link, as for email.
+        .bind(true)
+        .bind(true)
         .fetch_one(&app.db)
         .await
         .unwrap();
@@ -284,4 +287,129 @@ async fn retention_deletes_old_rows_in_batches_and_keeps_pending_mail() {
     // Running again finds nothing.
     let again = ebg_notify::retention::purge_before(&app.db, cutoff, 2).await.unwrap();
     assert_eq!(again, ebg_notify::retention::Purged::default());
+}
+
+/// Sets `feature` on for everyone through Flipper's API, so the change is audited (the report's stage).
+async fn enable_audited(app: &TestApp, feature: &str) {
+    let r = app
+        .client
+        .post(format!("{}/flipper/api/features/{feature}/boolean", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-reason", "stage")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    app.state.toggles.refresh().await.unwrap();
+}
+
+/// Push through the real worker: an accepted push ends `sent` (push_accepted) and is its final outcome, so
+/// the stage counts it as attempted and sent, never delivered; the error rate is failed / attempted.
+#[tokio::test]
+async fn a_push_stage_has_no_delivered_count_and_its_error_rate_is_failed_over_attempted() {
+    use crate::helpers::{PUSH_FEATURE, PUSH_PATH, PUSH_TEMPLATE, post, wired_with};
+    let w = wired_with(&[("EBG_CLICKS__ENABLED", "true".to_owned()), ("EBG_REPORT__MIN_SAMPLE", "3".to_owned())]).await;
+    enable_audited(&w.app, PUSH_FEATURE).await;
+    let people: Vec<String> = (0..3).map(|n| format!("60040000{n}")).collect();
+    for (n, id) in people.iter().enumerate() {
+        w.mpi.add_patient(id, &format!("101234560{n}V123456"), None);
+    }
+    w.notify.script([ebg_testkit::va_notify::Reply::Created, ebg_testkit::va_notify::Reply::BadRequest]);
+    for id in &people {
+        assert_eq!(post(&w.app, PUSH_PATH, id, json!({"template_id": PUSH_TEMPLATE}), None).await.status(), 200);
+    }
+    w.app.deliver_all().await;
+    let reasons: Vec<(String, Option<String>)> =
+        sqlx::query_as("select status, status_reason from notifications where channel = 'push' order by status")
+            .fetch_all(&w.app.db)
+            .await
+            .unwrap();
+    assert_eq!(reasons.iter().filter(|(s, r)| s == "sent" && r.as_deref() == Some("push_accepted")).count(), 2);
+    assert_eq!(reasons.iter().filter(|(s, _)| s == "failed").count(), 1, "{reasons:?}");
+
+    let report: Value = get_report(&w.app, &format!("feature={PUSH_FEATURE}")).await.json().await.unwrap();
+    assert_eq!(report["channel"], "push");
+    assert_eq!(report["measures"], json!({"delivery_receipts": false, "tracked_link": false}));
+    let why = report["unavailable"]["delivered"].as_str().unwrap();
+    assert!(why.contains("no delivery receipts for push") && why.contains("failed / attempted"), "{why}");
+    assert!(report["unavailable"]["click_through_rate"].is_string(), "{report:#}");
+    let stage = &report["stages"].as_array().unwrap().last().unwrap().clone();
+    for (field, value) in
+        [("requests", 3), ("attempted", 3), ("sent", 2), ("failed", 1), ("settled", 3), ("pending", 0)]
+    {
+        assert_eq!(stage[field], value, "push {field}: {stage:#}");
+    }
+    for field in ["delivered", "unique_clicks", "click_through_rate"] {
+        assert_eq!(stage[field], Value::Null, "push has no {field}: {stage:#}");
+    }
+    assert!((stage["error_rate"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9, "{stage:#}");
+    assert_eq!(stage["verdict"], "fail", "1 of 3 is above 5%");
+
+    let markdown = get_report(&w.app, &format!("feature={PUSH_FEATURE}&format=markdown")).await.text().await.unwrap();
+    assert!(markdown.contains("the push error rate is failed / attempted sends"), "{markdown}");
+    assert!(markdown.contains("VA Notify gives no delivery receipts for push"), "{markdown}");
+    assert!(markdown.contains("- Sent: 2 · Delivered: n/a · Failed: 1"), "{markdown}");
+    assert!(markdown.contains("| 33.33% | n/a | FAIL |"), "{markdown}");
+    assert!(markdown.contains("- Click-through rate: n/a (no tracked link in push)"), "{markdown}");
+}
+
+/// SMS carries the tracked link (its `host` personalisation is the tracker's, like email's) and has
+/// delivery receipts (callbacks): delivered and click-through rate are measured.
+#[tokio::test]
+async fn an_sms_stage_counts_deliveries_from_callbacks_and_tracked_clicks() {
+    let app = tracked_app().spawn().await;
+    let sms = "event_bus_gateway_letter_ready_sms_notifications";
+    let gates =
+        json!({"boolean": true, "actors": [], "percentage_of_actors": 0, "percentage_of_time": 0, "paused": false});
+    sqlx::query(
+        "insert into feature_audit (at, feature_key, operation, before, after, actor)
+         values ('2026-02-01T00:00:00Z', $1, 'enable', '{}'::jsonb, $2, 'ops')",
+    )
+    .bind(sms)
+    .bind(gates)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let delivered: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "insert into notifications (id, channel, participant_id, template_id, status, sends, created_at)
+         select gen_random_uuid(), 'sms', (600500000 + g)::text, $1, case when g < 4 then 'delivered'
+                else 'permanent_failure' end, 1, timestamptz '2026-02-01T01:00:00Z' + g * interval '1 minute'
+         from generate_series(0, 4) g returning id",
+    )
+    .bind(TEMPLATE_ID)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    click(&app, delivered[0], 1, 1).await;
+    // An email in the same hour is another channel's: not counted.
+    rows(&app, "2026-02-01T01:30:00Z", 2, 600_600_000, "failed", 0).await;
+
+    let report: Value = get_report(&app, &format!("feature={sms}&from=2026-02-01")).await.json().await.unwrap();
+    assert_eq!((report["channel"].clone(), report.get("unavailable")), (json!("sms"), None), "{report:#}");
+    let stage = &report["stages"][0];
+    for (field, value) in [("attempted", 5), ("delivered", 4), ("failed", 1), ("unique_clicks", 1), ("settled", 5)] {
+        assert_eq!(stage[field], value, "sms {field}: {stage:#}");
+    }
+    assert_eq!(stage["click_through_rate"], 0.25);
+    assert_eq!(stage["error_rate"], 0.2);
+    let markdown =
+        get_report(&app, &format!("feature={sms}&from=2026-02-01&format=markdown")).await.text().await.unwrap();
+    assert!(markdown.contains("suppressed by the toggle or quiet hours: 0"), "{markdown}");
+    assert!(markdown.contains("- Click-through rate: 25.00% (unique clicks: 1, delivered: 4)"), "{markdown}");
+}
+
+/// Only the three channel gates are reports: the universal-link feature picks a template, it gates nothing.
+#[tokio::test]
+async fn a_feature_that_gates_no_channel_is_refused_naming_feature_and_the_gates() {
+    let app = app().spawn().await;
+    for feature in ["event_bus_gateway_letter_ready_email_universal_link", "nope"] {
+        let r = get_report(&app, &format!("feature={feature}")).await;
+        assert_eq!(r.status(), 400, "{feature}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["errors"][0]["source"]["parameter"], "feature", "{body:#}");
+        let detail = body["errors"][0]["detail"].as_str().unwrap();
+        for gate in ebg_notify::report::GATES {
+            assert!(detail.contains(gate), "{detail}");
+        }
+    }
 }

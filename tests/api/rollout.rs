@@ -407,11 +407,17 @@ async fn operators_override_and_a_manual_gate_change_interrupts_the_plan() {
 /// Runs `ebg-notify simulate` with tiny settings; returns (exit code, stdout). Checks that progress
 /// went to stderr as plain lines (no terminal here, so no bar and no escape codes).
 fn simulate(failure_rate: &str) -> (Option<i32>, String) {
+    simulate_with(&["--failure-rate", failure_rate])
+}
+
+/// [`simulate`] with other arguments on top of the tiny settings.
+fn simulate_with(args: &[&str]) -> (Option<i32>, String) {
     // Never created: `simulate` makes a database of its own beside it.
     let configured = TestDatabase::fresh().name.clone();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ebg-notify"))
-        .args(["simulate", "--failure-rate", failure_rate, "--stage-seconds", "1", "--rate", "50"])
+        .args(["simulate", "--stage-seconds", "1", "--rate", "50"])
         .args(["--participants", "500", "--min-sends", "5"])
+        .args(args)
         .env("EBG_DATABASE__URL", format!("{}/{configured}", server_url()))
         .env("RUST_LOG", "error")
         .output()
@@ -446,4 +452,121 @@ async fn simulate_with_failures_ends_paused_at_the_canary() {
     assert!(stdout.contains("Result: PAUSED at stage 1 (2%)"), "{stdout}");
     assert!(stdout.contains("**pause** (error_rate_exceeded)"), "{stdout}");
     assert!(stdout.contains("FAIL"), "{stdout}");
+}
+
+const SMS: &str = "event_bus_gateway_letter_ready_sms_notifications";
+const PUSH: &str = "event_bus_gateway_letter_ready_push_notifications";
+
+/// `count` notifications of `channel` requested from `at` on, one a minute, ending in `status` after
+/// `sends` sends (an accepted push is `sent` with reason push_accepted, its final state).
+async fn channel_rows(app: &TestApp, channel: &str, at: DateTime<Utc>, count: i32, status: &str, sends: i32) {
+    let reason = (channel == "push" && status == "sent").then_some("push_accepted");
+    sqlx::query(
+        "insert into notifications (id, channel, participant_id, template_id, status, status_reason, sends, created_at)
+         select gen_random_uuid(), $6, (600700000 + g)::text, $3, $4, $7, $5, $1 + g * interval '1 minute'
+         from generate_series(0, $2 - 1) g",
+    )
+    .bind(at)
+    .bind(count)
+    .bind(TEMPLATE_ID)
+    .bind(status)
+    .bind(sends)
+    .bind(channel)
+    .bind(reason)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+async fn percentage_of(app: &TestApp, feature: &str) -> (Option<String>, bool) {
+    let record = store::feature(&app.db, feature).await.unwrap().unwrap();
+    (record.percentage_of_actors, record.paused)
+}
+
+/// A push stage is judged on pushes alone: accepted pushes are final (no delivery receipts), so twenty of
+/// them pass the stage, and the emails failing in the same hours are another channel's.
+#[tokio::test]
+async fn a_push_plan_advances_on_accepted_pushes_and_ignores_failing_email() {
+    let app = rollout_app().spawn().await;
+    let plan = create_plan(&app, json!({"feature": PUSH, "mode": "auto", "stages": seed_stages(10)})).await;
+    assert_eq!(plan["feature"], PUSH);
+    let t0 = Utc::now();
+    assert_eq!(evaluate(&app, t0).await, (Decision::Start, "plan_started"));
+    assert_eq!(percentage_of(&app, PUSH).await, (Some("2".to_owned()), false));
+    channel_rows(&app, "push", t0 + Duration::minutes(1), 20, "sent", 1).await;
+    rows(&app, t0 + Duration::minutes(1), 20, "failed").await;
+
+    assert_eq!(evaluate(&app, t0 + Duration::seconds(4 * HOUR)).await, (Decision::Advance, "criteria_met"));
+    assert_eq!(percentage_of(&app, PUSH).await, (Some("25".to_owned()), false));
+    let detail = plan_json(&app, &id_of(&plan)).await;
+    let advance = detail["decisions"].as_array().unwrap().iter().find(|d| d["decision"] == "advance").unwrap().clone();
+    let evidence = &advance["evidence"];
+    assert_eq!((evidence["attempted"].clone(), evidence["failed"].clone()), (json!(20), json!(0)), "{evidence:#}");
+    assert_eq!((evidence["settled"].clone(), evidence["delivered"].clone()), (json!(20), Value::Null));
+    assert_eq!(evidence["click_through_rate"], Value::Null);
+    assert_ne!(percentage_of(&app, FEATURE).await.0.as_deref(), Some("25"), "the emails gate is not the plan's");
+}
+
+/// An SMS stage whose sends fail (VA Notify callbacks) pauses the SMS gate, gates preserved.
+#[tokio::test]
+async fn an_sms_plan_pauses_its_gate_when_sms_fails() {
+    let app = rollout_app().spawn().await;
+    let plan = create_plan(&app, json!({"feature": SMS, "mode": "auto", "stages": seed_stages(10)})).await;
+    let t0 = Utc::now();
+    evaluate(&app, t0).await;
+    channel_rows(&app, "sms", t0 + Duration::minutes(1), 17, "delivered", 1).await;
+    channel_rows(&app, "sms", t0 + Duration::minutes(30), 3, "permanent_failure", 1).await;
+    // Delivered email in the window does not dilute the SMS error rate.
+    rows(&app, t0 + Duration::minutes(1), 40, "delivered").await;
+
+    // Failing with enough sample: paused before the dwell is over.
+    assert_eq!(evaluate(&app, t0 + Duration::hours(1)).await, (Decision::Pause, "error_rate_exceeded"));
+    assert_eq!(percentage_of(&app, SMS).await, (Some("2".to_owned()), true));
+    let detail = plan_json(&app, &id_of(&plan)).await;
+    assert_eq!(detail["state"], "paused");
+    let pause = detail["decisions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((pause["evidence"]["attempted"].clone(), pause["evidence"]["failed"].clone()), (json!(20), json!(3)));
+    assert_eq!(pause["evidence"]["error_rate"], 0.15);
+    assert!(!percentage_of(&app, FEATURE).await.1, "the emails gate is untouched");
+}
+
+/// Plans are for the three channel gates; a click-through criterion needs a channel with a tracked link.
+#[tokio::test]
+async fn plans_name_a_channel_gate_and_push_plans_take_no_click_criterion() {
+    let app = rollout_app().spawn().await;
+    let post = |body: Value| {
+        app.client.post(format!("{}/admin/rollouts", app.address)).bearer_auth(ADMIN_TOKEN).json(&body).send()
+    };
+    let universal = json!({"feature": "event_bus_gateway_letter_ready_email_universal_link", "mode": "advise"});
+    let r = post(universal).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["source"]["parameter"], "feature", "{body:#}");
+    let detail = body["errors"][0]["detail"].as_str().unwrap();
+    assert!([FEATURE, SMS, PUSH].iter().all(|g| detail.contains(g)), "the message lists the gates: {detail}");
+    let r = post(json!({"feature": PUSH, "mode": "advise", "min_ctr_ratio": 0.8})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["source"]["parameter"], "min_ctr_ratio", "{body:#}");
+    let sms = post(json!({"feature": SMS, "mode": "advise", "min_ctr_ratio": 0.8})).await.unwrap();
+    assert_eq!(sms.status(), 201, "SMS carries the tracked link");
+}
+
+/// `--channels email,sms,push`: one plan per channel's gate with the same stages, traffic through
+/// send_notifications, sandbox MPI for the ICNs, one report per channel.
+#[tokio::test]
+async fn simulate_rolls_out_email_sms_and_push_side_by_side() {
+    let args = ["--failure-rate", "0", "--channels", "email,sms,push"];
+    let (code, stdout) = tokio::task::spawn_blocking(move || simulate_with(&args)).await.unwrap();
+    assert_eq!(code, Some(0), "every plan completed: {stdout}");
+    for (channel, gate) in ["email", "sms", "push"].into_iter().zip(ebg_notify::report::GATES) {
+        assert!(stdout.contains(&format!("## Rollout results: `{gate}`")), "{channel} report: {stdout}");
+        assert!(stdout.contains(&format!("Channel: {channel} ·")), "{stdout}");
+        assert!(stdout.contains(&format!("Result ({channel}): COMPLETED")), "{stdout}");
+        assert!(stdout.contains(&format!("## Decisions ({channel})")), "{stdout}");
+        assert!(stdout.contains(&format!("] {channel} stage 1/5 (2%): start")), "progress per channel: {stdout}");
+    }
+    assert!(stdout.contains("VA Notify gives no delivery receipts for push"), "{stdout}");
+    assert!(stdout.contains("Delivered: n/a"), "the push report has no delivered count: {stdout}");
+    assert_eq!(stdout.matches("### Stage 5: 100% of users").count(), 3, "{stdout}");
 }

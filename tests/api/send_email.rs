@@ -60,7 +60,7 @@ async fn accept_json_returns_the_id_and_state() {
 #[tokio::test]
 async fn toggle_off_still_answers_200_but_records_suppressed() {
     let app = app().spawn().await;
-    let series = r#"ebg_requests_total{api="send_email",outcome="suppressed"}"#;
+    let series = r#"ebg_requests_total{api="send_email",outcome="suppressed",channel="email"}"#;
     let before = app.metric(series).await;
     let response = app.send_email(TEMPLATE_ID).await;
     assert_eq!(response.status(), 200);

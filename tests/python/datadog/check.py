@@ -11,7 +11,10 @@ a line on stdin while the Rust test drives the interval's traffic, then runs the
 - monitors.json and dashboard.json deserialise strictly into datadog-api-client's Monitor and Dashboard;
 - every metric they query was submitted in the second run, and the formulas of the error-rate and
   click-through monitors and widgets, evaluated on the interval's deltas with the Agent's monotonic-count
-  semantics, equal the known rates and the rollout report's for the same interval.
+  semantics, equal the known rates and the rollout report's for the same interval. A grouped formula
+  (`by {channel}`) is evaluated per group: each group needs an expectation `FIELD@channel:NAME=VALUE`, and
+  equals the report of that channel's gate too (`--report-url` for the default, `--group-report
+  channel:NAME=URL` for the others).
 
 Exit status 0 only if everything holds; every failure is printed.
 """
@@ -212,13 +215,29 @@ def tag_filter(text):
     return lambda tags: all(any(matches(a, tags) for a in options) for options in groups)
 
 
-def series_value(match, deltas_by_name, second):
+def group_key(match):
+    """The tag key of a `by {key}` query, or None."""
+    if not match["by"]:
+        return None
+    keys = [k.strip() for k in match["by"].split("{", 1)[1].rstrip("}").split(",")]
+    if len(keys) != 1:
+        raise ValueError(f"grouped query {match[0]!r}: one group key is supported")
+    return keys[0]
+
+
+def series_value(match, deltas_by_name, second, group=None):
     """The value one metric query takes over the interval: summed deltas of the matching counter contexts,
-    or the space aggregation of the matching gauges' values."""
+    or the space aggregation of the matching gauges' values. A grouped query takes the value of `group` (a
+    tag such as `channel:sms`)."""
     metric, agg, mods = match["metric"], match["agg"], match["mods"] or ""
-    keep = tag_filter(match["filter"])
-    if match["by"]:
-        raise ValueError(f"grouped query {match[0]!r} has no single value")
+    scope = tag_filter(match["filter"])
+    key = group_key(match)
+    if key is not None:
+        if group is None or not group.startswith(f"{key}:"):
+            raise ValueError(f"grouped query {match[0]!r} has no single value")
+        keep = lambda tags: scope(tags) and group in tags  # noqa: E731
+    else:
+        keep = scope
     if metric in deltas_by_name:
         if ".as_count()" not in mods:
             raise ValueError(f"{match[0]}: a count is compared as a count only with .as_count()")
@@ -254,16 +273,52 @@ def evaluate(expression, names):
     return walk(ast.parse(expression, mode="eval"))
 
 
-def inline_formula(query, deltas_by_name, second):
+def inline_formula(query, deltas_by_name, second, group=None):
     """A query with metric queries inline (a monitor's): replace each by its value, then evaluate."""
     names = {}
 
     def substitute(match):
         name = f"q{len(names)}"
-        names[name] = series_value(match, deltas_by_name, second)
+        names[name] = series_value(match, deltas_by_name, second, group)
         return name
 
     return evaluate(QUERY.sub(substitute, query), names)
+
+
+def groups_of(text, deltas_by_name, second):
+    """[None] for an ungrouped formula; else every `key:value` tag the grouped queries' series carry."""
+    matches = list(QUERY.finditer(text))
+    keys = {group_key(m) for m in matches}
+    if keys == {None}:
+        return [None]
+    if len(keys) != 1 or None in keys:
+        raise ValueError(f"{text!r}: every query of a grouped formula must group by the same key")
+    (key,) = keys
+    found = set()
+    for m in matches:
+        contexts = deltas_by_name.get(m["metric"]) or second.get(m["metric"], {})
+        for tags in contexts:
+            found.update(t for t in tags if t.startswith(f"{key}:"))
+    if not found:
+        raise ValueError(f"{text!r}: no series carries the group key {key}")
+    return sorted(found)
+
+
+def expectation(field, group, expected, report, report_channel, path):
+    """(expected value, report value or None) of `field` for `group`; None when the group has none.
+    `report` is the default report's stage, with the other groups' stages under `report["groups"]`."""
+    if group is None:
+        return expected[field], report[field]
+    on_report = group == f"channel:{report_channel}"
+    value = expected.get(f"{field}@{group}", expected.get(field) if on_report else None)
+    if value is None:
+        fail(f"{path}: no expectation for group {group} (pass --expect {field}@{group}=VALUE)")
+        return None
+    stage = report if on_report else report.get("groups", {}).get(group)
+    if stage is None:
+        fail(f"{path}: no report for group {group} (pass --group-report {group}=URL)")
+        return None
+    return value, stage[field]
 
 
 def metrics_in(text):
@@ -315,7 +370,7 @@ def model(data, cls, path):
     return obj
 
 
-def check_monitors(deploy, deltas_by_name, second, submitted, report, expected, matched):
+def check_monitors(deploy, deltas_by_name, second, submitted, report, expected, matched, report_channel):
     monitors = json.loads((deploy / "monitors.json").read_text())
     for i, data in enumerate(monitors):
         name = data.get("name", f"#{i}")
@@ -329,26 +384,34 @@ def check_monitors(deploy, deltas_by_name, second, submitted, report, expected, 
         critical = data.get("options", {}).get("thresholds", {}).get("critical")
         check_that(critical == float(m[4]), f"monitor {name!r}: options.thresholds.critical must equal the query's")
         field = report_field(name)
-        if field:
-            matched[field].append(f"monitor {name!r}")
+        if not field:
+            continue
+        for group in groups_of(m[2], deltas_by_name, second):
+            label = name if group is None else f"{name} [{group}]"
+            wanted = expectation(field, group, expected, report, report_channel, f"monitor {name!r}")
+            if wanted is None:
+                continue
+            want, reported = wanted
+            matched[field].append(f"monitor {label!r}")
             # The same interval a thousand times over (same ratios): past any minimum-volume guard, the
             # formula must be the rate itself.
             scaled = {n: {t: 1000 * v for t, v in c.items()} for n, c in deltas_by_name.items()}
-            value = inline_formula(m[2], scaled, second)
-            print(f"monitor {name!r} at volume: {value:.6g} (report {field} {report[field]}, expected {expected[field]})")
-            check_that(close(value, 100 * expected[field]), f"monitor {name!r} = {value}, expected {100 * expected[field]}")
-            check_that(close(value, 100 * report[field]), f"monitor {name!r} = {value}, report says {report[field]}")
+            value = inline_formula(m[2], scaled, second, group)
+            print(f"monitor {label!r} at volume: {value:.6g} (report {reported}, expected {want})")
+            check_that(close(value, 100 * want), f"monitor {label!r} = {value}, expected {100 * want}")
+            if reported is not None:
+                check_that(close(value, 100 * reported), f"monitor {label!r} = {value}, report says {reported}")
             # On the interval as it was: the rate too, unless a volume guard (is_greater) holds it back, and
             # then it must not alert.
-            actual = inline_formula(m[2], deltas_by_name, second)
+            actual = inline_formula(m[2], deltas_by_name, second, group)
             breach = {"<": actual < critical, "<=": actual <= critical, ">": actual > critical, ">=": actual >= critical}
-            print(f"monitor {name!r} on the interval: {actual:.6g}")
-            if not close(actual, 100 * expected[field]):
+            print(f"monitor {label!r} on the interval: {actual:.6g}")
+            if not close(actual, 100 * want):
                 check_that("is_greater(" in query and not breach[m[3]],
-                           f"monitor {name!r} = {actual} on the interval: neither the rate nor a guarded non-alert")
+                           f"monitor {label!r} = {actual} on the interval: neither the rate nor a guarded non-alert")
 
 
-def check_dashboard(deploy, deltas_by_name, second, submitted, report, expected, matched):
+def check_dashboard(deploy, deltas_by_name, second, submitted, report, expected, matched, report_channel):
     data = json.loads((deploy / "dashboard.json").read_text())
     model(data, Dashboard, "dashboard.json")
     for metric in metrics_in(json.dumps(data)):
@@ -365,17 +428,26 @@ def check_dashboard(deploy, deltas_by_name, second, submitted, report, expected,
                     continue
                 if any("toggle.percentage" in q["query"] for q in queries.values()):
                     continue
-                names = {}
+                found = {}
                 for qname, q in queries.items():
-                    found = list(QUERY.finditer(q["query"]))
-                    check_that(len(found) == 1 and found[0][0] == q["query"], f"widget query {q['query']!r}")
-                    names[qname] = series_value(found[0], deltas_by_name, second)
-                value = evaluate(formula["formula"], names)
+                    matches = list(QUERY.finditer(q["query"]))
+                    check_that(len(matches) == 1 and matches[0][0] == q["query"], f"widget query {q['query']!r}")
+                    found[qname] = matches[0]
                 title = definition["title"]
-                matched[field].append(f"widget {title!r}")
-                print(f"widget {title!r}: {value:.6g} (report {field} {report[field]})")
-                check_that(close(value, 100 * expected[field]), f"widget {title!r} = {value}, expected {100 * expected[field]}")
-                check_that(close(value, 100 * report[field]), f"widget {title!r} = {value}, report says {report[field]}")
+                text = " ".join(q["query"] for q in queries.values())
+                for group in groups_of(text, deltas_by_name, second):
+                    label = title if group is None else f"{title} [{group}]"
+                    wanted = expectation(field, group, expected, report, report_channel, f"widget {title!r}")
+                    if wanted is None:
+                        continue
+                    want, reported = wanted
+                    names = {n: series_value(m, deltas_by_name, second, group) for n, m in found.items()}
+                    value = evaluate(formula["formula"], names)
+                    matched[field].append(f"widget {label!r}")
+                    print(f"widget {label!r}: {value:.6g} (report {reported}, expected {want})")
+                    check_that(close(value, 100 * want), f"widget {label!r} = {value}, expected {100 * want}")
+                    if reported is not None:
+                        check_that(close(value, 100 * reported), f"widget {label!r} = {value}, report says {reported}")
 
 
 def walk_widgets(widgets):
@@ -394,6 +466,8 @@ def main():
     parser.add_argument("--admin-token", required=True)
     parser.add_argument("--expect", action="append", default=[], help="FIELD=VALUE, e.g. error_rate=0.3")
     parser.add_argument("--root", required=True, help="the repository (deploy/datadog, README.md)")
+    parser.add_argument("--group-report", action="append", default=[],
+                        help="GROUP=URL: the report (JSON) of another channel's gate, e.g. channel:sms=...")
     args = parser.parse_args()
     root = Path(args.root)
     deploy = root / "deploy" / "datadog"
@@ -408,29 +482,41 @@ def main():
         return 1
     second, distributions = run_check(check)
     exposition = requests.get(args.endpoint, timeout=10).text
-    report_response = requests.get(args.report_url, headers={"Authorization": f"Bearer {args.admin_token}"}, timeout=10)
-    report_response.raise_for_status()
-    stages = report_response.json()["stages"]
-    check_that(len(stages) == 1, f"the interval is one rollout stage: {stages}")
-    report = stages[0]
+    def one_stage(url):
+        response = requests.get(url, headers={"Authorization": f"Bearer {args.admin_token}"}, timeout=10)
+        response.raise_for_status()
+        body = response.json()
+        check_that(len(body["stages"]) == 1, f"the interval is one rollout stage of {body['feature']}: {body['stages']}")
+        return body, body["stages"][0]
+
+    report_json, report = one_stage(args.report_url)
+    report = dict(report, groups={})
+    for entry in args.group_report:
+        group, url = entry.split("=", 1)
+        group_json, stage = one_stage(url)
+        check_that(group == f"channel:{group_json['channel']}", f"--group-report {group} is {group_json['channel']}'s")
+        report["groups"][group] = stage
 
     deltas_by_name = deltas(first, second)
     submitted = set(second) | set(distributions)
     print(f"submitted in the second run: {sorted(submitted)}")
     check_tags(second, distributions)
     check_names(readme_table(root / "README.md"), shipped, exposition, second, distributions)
-    for field in expected:
+    for field in (f for f in expected if "@" not in f):
         check_that(report.get(field) is not None and close(report[field], expected[field]),
                    f"report {field} = {report.get(field)}, expected {expected[field]}")
     matched = defaultdict(list)
     for judge in (check_monitors, check_dashboard):
         try:
-            judge(deploy, deltas_by_name, second, submitted, report, expected, matched)
+            judge(deploy, deltas_by_name, second, submitted, report, expected, matched, report_json["channel"])
         except (ValueError, KeyError) as e:
             fail(f"{judge.__name__}: {e!r}")
     for field in REPORT_FORMULAS.values():
         check_that(matched[field], f"no monitor or widget computes {field}")
         check_that(field in expected, f"the test gave no expected {field}")
+    for key in (k for k in expected if "@" in k):
+        field, group = key.split("@", 1)
+        check_that(any(f"[{group}]" in m for m in matched[field]), f"no grouped monitor or widget computes {key}")
     print(f"{len(FAILURES)} failure(s)")
     return 1 if FAILURES else 0
 
