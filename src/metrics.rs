@@ -29,9 +29,10 @@ pub const RESENDS: &str = "ebg_resends_total";
 /// Notifications whose delivery was attempted: first accepted by VA Notify, or ended `failed`/`dead`
 /// before ever being accepted, by `channel`. The denominator of the error rate (README, "Reading the report").
 pub const DELIVERY_ATTEMPTED: &str = "ebg_delivery_attempted_total";
-/// Requests through click-tracking links, by `kind`: counted (a person), head, scanner, invalid (bad token).
+/// Requests through click-tracking links, by `kind`: counted (a person), head, scanner, invalid (bad token);
+/// and by the notification's `channel` (email, sms) when the click was recorded.
 pub const CLICKS: &str = "ebg_clicks_total";
-/// Notifications clicked for the first time by a person (unique clicks).
+/// Notifications clicked for the first time by a person (unique clicks), by `channel` (email, sms).
 pub const CLICKS_UNIQUE: &str = "ebg_clicks_unique_total";
 /// Rows deleted by the retention job, by `table`.
 pub const RETENTION_DELETED: &str = "ebg_retention_deleted_total";
@@ -90,13 +91,15 @@ pub fn install() -> PrometheusHandle {
             describe();
             // Label-less counters exist from the start, so dashboards and "no data" monitors see a 0,
             // not a missing series, before the first event.
-            for name in [DEAD_LETTERS, RESENDS, CLICKS_UNIQUE, TOGGLE_REFRESH_FAILURES, ACCEPT_COMMIT_UNKNOWN] {
+            for name in [DEAD_LETTERS, RESENDS, TOGGLE_REFRESH_FAILURES, ACCEPT_COMMIT_UNKNOWN] {
                 metrics::counter!(name).increment(0);
             }
             // The same for the rare events of the exactly-once machinery: a monitor on them needs a 0 series.
-            let labelled: [(&'static str, &'static str, &[&'static str]); 5] = [
+            let labelled: [(&'static str, &'static str, &[&'static str]); 6] = [
                 // The error-rate denominator per channel: the per-channel monitor divides by it.
                 (DELIVERY_ATTEMPTED, "channel", &crate::outbox::CHANNELS),
+                // The click-through numerator per channel with a tracked link (push has none).
+                (CLICKS_UNIQUE, "channel", &crate::clicks::TRACKED_CHANNELS),
                 (ACCEPT_ABANDONED, "reason", &["deadline", "caller_gone"]),
                 (ACCEPT_IN_DOUBT, "resolution", &["absent", "withdrawn", "kept"]),
                 (RECONCILIATIONS, "result", &["adopted", "absent", "failed", "wait"]),
@@ -128,8 +131,8 @@ fn describe() {
         DELIVERY_ATTEMPTED,
         "Notifications whose delivery was attempted, by channel (error-rate denominator)."
     );
-    describe_counter!(CLICKS, "Requests through click-tracking links, by kind.");
-    describe_counter!(CLICKS_UNIQUE, "Notifications clicked for the first time by a person.");
+    describe_counter!(CLICKS, "Requests through click-tracking links, by kind and channel.");
+    describe_counter!(CLICKS_UNIQUE, "Notifications clicked for the first time by a person, by channel.");
     describe_counter!(ROLLOUT_DECISIONS, "Guarded-rollout decisions by decision and mode.");
     describe_counter!(RETENTION_DELETED, "Rows deleted by the retention job, by table.");
     describe_gauge!(QUEUE_DEPTH, "Notifications waiting for delivery, by state.");

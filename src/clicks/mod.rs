@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::config::{ClicksConfig, Secret};
 use crate::metrics as m;
+use crate::outbox;
 
 /// Bytes of the HMAC tag kept in a token: 64 bits, ample against online guessing of a link.
 const TAG_LEN: usize = 8;
@@ -114,13 +115,38 @@ pub fn classify(is_head: bool, user_agent: Option<&str>, scanners: &[String]) ->
     }
 }
 
+/// The channels whose messages carry the tracked link (push has none): the `channel` values of the click
+/// counters, zero-initialised so a per-channel click-through monitor has a series from the start.
+pub const TRACKED_CHANNELS: [&str; 2] = [outbox::CHANNEL_EMAIL, outbox::CHANNEL_SMS];
+
 /// Records a click on a notification (nothing if it does not exist, e.g. deleted by retention).
 /// Returns true when this was the notification's first counted click (a new unique click).
+///
+/// The counters carry the notification's channel, learnt from the outbox (the owner of `notifications`);
+/// a click that recorded nothing carries none.
 #[tracing::instrument(skip_all, fields(kind))]
 pub async fn record(pool: &PgPool, notification_id: Uuid, kind: &'static str) -> Result<bool, sqlx::Error> {
     let counted = i32::from(kind == "counted");
-    // A notification deleted by retention (or never ours) is refused by the foreign key rather than
-    // checked first: this module reads nothing of `notifications`, whose only owner is the outbox.
+    let recorded = match outbox::channel_of(pool, notification_id).await? {
+        Some(channel) => upsert(pool, notification_id, counted).await?.map(|after| (channel, after)),
+        None => None,
+    };
+    let Some((channel, after)) = recorded else {
+        metrics::counter!(m::CLICKS, "kind" => kind).increment(1);
+        return Ok(false);
+    };
+    let first = counted == 1 && after == 1;
+    metrics::counter!(m::CLICKS, "kind" => kind, "channel" => channel).increment(1);
+    if first {
+        metrics::counter!(m::CLICKS_UNIQUE, "channel" => channel).increment(1);
+    }
+    Ok(first)
+}
+
+/// Adds the click to the notification's `clicks` row; its `counted` after, or `None` when the
+/// notification is gone (retention may delete it between the channel look-up and this statement).
+async fn upsert(pool: &PgPool, notification_id: Uuid, counted: i32) -> Result<Option<i32>, sqlx::Error> {
+    // A missing notification is refused by the foreign key rather than checked again here.
     let inserted = sqlx::query_scalar!(
         "insert into clicks as c (notification_id, total, counted, first_counted_at)
          values ($1, 1, $2, case when $2 > 0 then now() end)
@@ -133,17 +159,11 @@ pub async fn record(pool: &PgPool, notification_id: Uuid, kind: &'static str) ->
     )
     .fetch_one(pool)
     .await;
-    let after = match inserted {
-        Ok(after) => Some(after),
-        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => None,
-        Err(e) => return Err(e),
-    };
-    let first = counted == 1 && after == Some(1);
-    metrics::counter!(m::CLICKS, "kind" => kind).increment(1);
-    if first {
-        metrics::counter!(m::CLICKS_UNIQUE).increment(1);
+    match inserted {
+        Ok(after) => Ok(Some(after)),
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(first)
 }
 
 #[cfg(test)]

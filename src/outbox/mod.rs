@@ -321,6 +321,19 @@ pub async fn queue_depth(pool: &PgPool) -> Result<(Vec<(String, i64)>, f64), sql
     Ok((depth, oldest.unwrap_or(0.0).max(0.0)))
 }
 
+/// The channel of a notification (one of [`CHANNELS`]), or `None` when no such row exists (retention
+/// deleted it, or it never was ours). The click tracker labels its counters with it: the label's values
+/// are this module's constants, never text from the database.
+pub async fn channel_of(pool: &PgPool, id: Uuid) -> Result<Option<&'static str>, sqlx::Error> {
+    let Some(channel) =
+        sqlx::query_scalar!("select channel from notifications where id = $1", id).fetch_optional(pool).await?
+    else {
+        return Ok(None);
+    };
+    let known = CHANNELS.into_iter().find(|c| *c == channel);
+    known.map(Some).ok_or_else(|| sqlx::Error::Decode(format!("unknown channel {channel}").into()))
+}
+
 /// The queue gauges' statements, for the tests that pin them to the lifecycle.
 #[cfg(test)]
 const QUEUE_SQL: [&str; 2] = [include_str!("sql/queue_depth.sql"), include_str!("sql/oldest_due.sql")];

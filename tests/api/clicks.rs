@@ -3,6 +3,8 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
+use serde_json::json;
+
 use crate::callbacks::wired;
 use crate::helpers::*;
 
@@ -40,6 +42,14 @@ pub async fn raw_get(app: &TestApp, method: &str, path: &str, user_agent: &str) 
     (status, location)
 }
 
+async fn metric_values(app: &TestApp, series: &[&str]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for s in series {
+        out.push(app.metric(s).await);
+    }
+    out
+}
+
 async fn click_row(app: &TestApp, id: Uuid) -> Option<(i32, i32)> {
     sqlx::query_as("select total, counted from clicks where notification_id = $1")
         .bind(id)
@@ -56,7 +66,7 @@ async fn tracked_links_redirect_with_path_and_query_and_count_unique_clicks() {
     let token = token_in(&notify, id);
     assert_eq!(token.len(), 32);
 
-    let unique = "ebg_clicks_unique_total";
+    let unique = r#"ebg_clicks_unique_total{channel="email"}"#;
     let before = app.metric(unique).await;
     let (status, location) =
         raw_get(&app, "GET", &format!("/c/{token}/track-claims/your-claims?tab=letters"), BROWSER).await;
@@ -149,11 +159,46 @@ async fn a_click_after_retention_deleted_the_notification_redirects_and_records_
     // As retention's purge would: the row goes, the signed link in the Veteran's inbox stays.
     sqlx::query("delete from notifications where id = $1").bind(id).execute(&app.db).await.unwrap();
 
-    let unique = "ebg_clicks_unique_total";
-    let before = app.metric(unique).await;
+    let unique = r#"ebg_clicks_unique_total{channel="email"}"#;
+    let counted = r#"ebg_clicks_total{kind="counted",channel="email"}"#;
+    // A click that recorded nothing has no notification, so no channel either.
+    let unrecorded = r#"ebg_clicks_total{kind="counted"}"#;
+    let before = [app.metric(unique).await, app.metric(counted).await, app.metric(unrecorded).await];
     let (status, location) = raw_get(&app, "GET", &format!("/c/{token}/track-claims"), BROWSER).await;
     assert_eq!(status, 302);
     assert_eq!(location.as_deref(), Some("https://www.va.gov/track-claims"));
     assert_eq!(click_row(&app, id).await, None);
-    assert_eq!(app.metric(unique).await, before);
+    let after = [app.metric(unique).await, app.metric(counted).await, app.metric(unrecorded).await];
+    assert_eq!(after, [before[0], before[1], before[2] + 1.0]);
+}
+
+#[tokio::test]
+async fn clicks_count_under_the_channel_of_their_notification() {
+    let settings: Vec<(&str, String)> = CLICKS_ON.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    let w = wired_with(&settings).await;
+    enable(&w.app, SMS_FEATURE).await;
+    let email = queue_for(&w.app, PARTICIPANT_ID).await;
+    let sms = single(post(&w.app, SMS_PATH, PARTICIPANT_ID, json!({"template_id": SMS_TEMPLATE}), None).await).await;
+    w.app.deliver_all().await;
+    let series = [
+        r#"ebg_clicks_unique_total{channel="email"}"#,
+        r#"ebg_clicks_unique_total{channel="sms"}"#,
+        r#"ebg_clicks_total{kind="counted",channel="email"}"#,
+        r#"ebg_clicks_total{kind="counted",channel="sms"}"#,
+        r#"ebg_clicks_total{kind="scanner",channel="sms"}"#,
+    ];
+    let before = metric_values(&w.app, &series).await;
+    // Both channels carry the tracked link; a person clicks the SMS twice (one unique click), a scanner
+    // opens it once, and the person clicks the email once.
+    let (sms_token, email_token) = (token_in(&w.notify, sms), token_in(&w.notify, email));
+    for (token, agent) in
+        [(&sms_token, BROWSER), (&sms_token, BROWSER), (&sms_token, "Proofpoint"), (&email_token, BROWSER)]
+    {
+        assert_eq!(raw_get(&w.app, "GET", &format!("/c/{token}/claims"), agent).await.0, 302);
+    }
+    assert_eq!((click_row(&w.app, sms).await, click_row(&w.app, email).await), (Some((3, 2)), Some((1, 1))));
+    let delta: Vec<f64> = metric_values(&w.app, &series).await.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, [1.0, 1.0, 1.0, 2.0, 1.0], "{series:?}");
+    // Push carries no link: no click series of its own.
+    assert!(!w.app.metrics().await.contains(r#"ebg_clicks_unique_total{channel="push"}"#));
 }

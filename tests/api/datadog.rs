@@ -89,7 +89,7 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
     // SMS and push on for everyone, for the per-channel error rates of the interval.
     set_gate(&app, SMS_ENABLED, "boolean", &[]).await;
     set_gate(&app, PUSH_ENABLED, "boolean", &[]).await;
-    let reachable: Vec<String> = (0..6).map(|n| format!("600300{n:03}")).collect();
+    let reachable: Vec<String> = (0..8).map(|n| format!("600300{n:03}")).collect();
     for (n, id) in reachable.iter().enumerate() {
         mpi.add_patient(id, &format!("10123456{n:02}V123456"), Some("JOHN"));
     }
@@ -143,15 +143,22 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
     assert_eq!(app.count("permanent_failure").await, 2);
     assert_eq!(app.count("delivered").await, 7 + 2);
 
-    // Per channel in the same interval: three SMS (one refused, one bounced by callback, one still `sent`:
-    // 2 errors of 3) and three pushes (one refused, two accepted, which is final for a push: 1 of 3).
-    let sms = queue_channel(&app, "send_sms", TEMPLATE_ID, &reachable[..3]).await;
-    notify.script([Reply::BadRequest, Reply::Created, Reply::Created]);
+    // Per channel in the same interval: five SMS (one refused, one bounced by callback, three delivered:
+    // 2 errors of 5), one delivered SMS clicked by a person (twice) and one only by a scanner (1 unique
+    // click of 3 delivered), and three pushes (one refused, two accepted, which is final for a push: 1 of 3).
+    let sms = queue_channel(&app, "send_sms", TEMPLATE_ID, &reachable[..5]).await;
+    notify.script([Reply::BadRequest, Reply::Created, Reply::Created, Reply::Created, Reply::Created]);
     app.deliver_all().await;
     let sent_sms: Vec<Uuid> = statuses(&app, &sms, "sent").await;
-    assert_eq!(sent_sms.len(), 2, "one SMS refused, two accepted");
+    assert_eq!(sent_sms.len(), 4, "one SMS refused, four accepted");
     callback(&app, sent_sms[0], "permanent-failure", Some("Unreachable destination handset")).await;
-    let pushes = queue_channel(&app, "send_push", "letter_ready_push", &reachable[3..]).await;
+    for id in &sent_sms[1..] {
+        callback(&app, *id, "delivered", None).await;
+    }
+    for (id, agent) in [(sent_sms[1], BROWSER), (sent_sms[1], BROWSER), (sent_sms[2], "Mimecast Scanner")] {
+        click(&app, &notify, id, "GET", agent).await;
+    }
+    let pushes = queue_channel(&app, "send_push", "letter_ready_push", &reachable[5..]).await;
     notify.script([Reply::BadRequest, Reply::Created, Reply::Created]);
     app.deliver_all().await;
     assert_eq!(statuses(&app, &pushes, "sent").await.len(), 2, "two pushes accepted");
@@ -286,7 +293,9 @@ impl Check {
             .arg("--group-report")
             .arg(format!("channel:push={}/admin/rollout/report?feature={PUSH_ENABLED}&from={from}", app.address))
             .arg("--expect")
-            .arg(format!("error_rate@channel:sms={}", 2.0 / 3.0))
+            .arg(format!("error_rate@channel:sms={}", 2.0 / 5.0))
+            .arg("--expect")
+            .arg(format!("click_through_rate@channel:sms={}", 1.0 / 3.0))
             .arg("--expect")
             .arg(format!("error_rate@channel:push={}", 1.0 / 3.0))
             .stdin(Stdio::piped())

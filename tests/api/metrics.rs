@@ -168,8 +168,8 @@ async fn metrics_and_the_report_agree_with_what_was_sent() {
     assert_eq!(d("ebg_retries_total", &[("reason", "retryable_temporary_failure")]), 1.0);
     assert_eq!(d("ebg_callbacks_total", &[("status", "delivered")]), 3.0);
     assert_eq!(d("ebg_callbacks_total", &[]), 5.0);
-    assert_eq!(d("ebg_clicks_unique_total", &[]), 1.0);
-    assert_eq!(d("ebg_clicks_total", &[("kind", "counted")]), 2.0);
+    assert_eq!(d("ebg_clicks_unique_total", &[("channel", "email")]), 1.0);
+    assert_eq!(d("ebg_clicks_total", &[("kind", "counted"), ("channel", "email")]), 2.0);
     assert_eq!(d("ebg_clicks_total", &[("kind", "head")]), 1.0);
     assert_eq!(d("ebg_clicks_total", &[("kind", "scanner")]), 1.0);
     assert_eq!(d("ebg_clicks_total", &[("kind", "invalid")]), 1.0);

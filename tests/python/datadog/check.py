@@ -286,7 +286,9 @@ def inline_formula(query, deltas_by_name, second, group=None):
 
 
 def groups_of(text, deltas_by_name, second):
-    """[None] for an ungrouped formula; else every `key:value` tag the grouped queries' series carry."""
+    """[None] for an ungrouped formula; else every `key:value` tag the grouped queries' series in scope carry
+    (as in Datadog, a group exists where a series the query selects has it: a channel with no delivered
+    messages and no click series is no group of the click-through formula)."""
     matches = list(QUERY.finditer(text))
     keys = {group_key(m) for m in matches}
     if keys == {None}:
@@ -296,8 +298,9 @@ def groups_of(text, deltas_by_name, second):
     (key,) = keys
     found = set()
     for m in matches:
+        scope = tag_filter(m["filter"])
         contexts = deltas_by_name.get(m["metric"]) or second.get(m["metric"], {})
-        for tags in contexts:
+        for tags in filter(scope, contexts):
             found.update(t for t in tags if t.startswith(f"{key}:"))
     if not found:
         raise ValueError(f"{text!r}: no series carries the group key {key}")
