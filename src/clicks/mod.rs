@@ -119,11 +119,15 @@ pub fn classify(is_head: bool, user_agent: Option<&str>, scanners: &[String]) ->
 /// counters, zero-initialised so a per-channel click-through monitor has a series from the start.
 pub const TRACKED_CHANNELS: [&str; 2] = [outbox::CHANNEL_EMAIL, outbox::CHANNEL_SMS];
 
+/// The `channel` of a click that recorded nothing (a bad token, a notification retention deleted): one
+/// label set for the whole family, as `ebg_requests_total` says `unknown` before it knows the channel.
+pub const NO_CHANNEL: &str = "unknown";
+
 /// Records a click on a notification (nothing if it does not exist, e.g. deleted by retention).
 /// Returns true when this was the notification's first counted click (a new unique click).
 ///
 /// The counters carry the notification's channel, learnt from the outbox (the owner of `notifications`);
-/// a click that recorded nothing carries none.
+/// a click that recorded nothing carries [`NO_CHANNEL`].
 #[tracing::instrument(skip_all, fields(kind))]
 pub async fn record(pool: &PgPool, notification_id: Uuid, kind: &'static str) -> Result<bool, sqlx::Error> {
     let counted = i32::from(kind == "counted");
@@ -132,7 +136,7 @@ pub async fn record(pool: &PgPool, notification_id: Uuid, kind: &'static str) ->
         None => None,
     };
     let Some((channel, after)) = recorded else {
-        metrics::counter!(m::CLICKS, "kind" => kind).increment(1);
+        metrics::counter!(m::CLICKS, "kind" => kind, "channel" => NO_CHANNEL).increment(1);
         return Ok(false);
     };
     let first = counted == 1 && after == 1;

@@ -35,7 +35,7 @@ pub async fn follow(State(state): State<AppState>, method: Method, headers: Head
                 tracing::warn!(error = %e, "recording a click failed");
             }
         }
-        None => metrics::counter!(m::CLICKS, "kind" => "invalid").increment(1),
+        None => metrics::counter!(m::CLICKS, "kind" => "invalid", "channel" => crate::clicks::NO_CHANNEL).increment(1),
     }
 
     let location = HeaderValue::try_from(target)

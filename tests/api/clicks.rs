@@ -161,8 +161,8 @@ async fn a_click_after_retention_deleted_the_notification_redirects_and_records_
 
     let unique = r#"ebg_clicks_unique_total{channel="email"}"#;
     let counted = r#"ebg_clicks_total{kind="counted",channel="email"}"#;
-    // A click that recorded nothing has no notification, so no channel either.
-    let unrecorded = r#"ebg_clicks_total{kind="counted"}"#;
+    // A click that recorded nothing has no notification, so its channel is `unknown`.
+    let unrecorded = r#"ebg_clicks_total{kind="counted",channel="unknown"}"#;
     let before = [app.metric(unique).await, app.metric(counted).await, app.metric(unrecorded).await];
     let (status, location) = raw_get(&app, "GET", &format!("/c/{token}/track-claims"), BROWSER).await;
     assert_eq!(status, 302);

@@ -218,7 +218,8 @@ fn assert_bounded_labels(series: &Series) {
     };
     let known: BTreeMap<&str, &[&str]> = BTreeMap::from([
         ("api", &["send_email", "send_sms", "send_push", "send_notifications", "other"][..]),
-        // `unknown`: a send_notifications request refused before its channels were read.
+        // `unknown`: a send_notifications request refused before its channels were read; a click that
+        // recorded nothing.
         ("channel", &["email", "sms", "push", "other", "unknown"][..]),
         ("state", &["queued", "retry_wait", "sending"][..]),
         // Toggle evaluations, then reconciliations of calls with unknown outcome.
