@@ -367,17 +367,27 @@ impl Deliverer {
 
     /// Resolves the ICN and decides the channel's ICN-keyed toggle. `None` when the try is over
     /// (skipped, failed, retry, or `suppressed`/`toggle_disabled`), already recorded.
+    /// A feature off for everyone is decided before the look-up: MPI is not asked about a Veteran the channel
+    /// cannot reach anyway (and pausing SMS and push during an MPI outage stops their failing look-ups).
     async fn identity_for(&self, row: &Claimed, prior: Option<PriorCall>) -> Result<Option<Identity>, sqlx::Error> {
+        let feature = crate::toggles::feature_for_channel(&row.channel).map(|r| r.key);
+        if feature.is_some_and(|feature| self.toggles.is_off_for_everyone(feature)) {
+            return self.suppress_for_toggle(row, prior).await.map(|()| None);
+        }
         let identity = match self.mpi.lookup(&row.participant_id).await {
             Ok(identity) => identity,
             Err(e) => return self.mpi_failed(row, &e, prior).await.map(|()| None),
         };
-        let feature = crate::toggles::feature_for_channel(&row.channel).map(|r| r.key);
         if feature.is_some_and(|feature| !self.toggles.is_enabled(feature, &identity.icn)) {
-            let suppressed = Transition::Finish { status: Status::Suppressed, reason: "toggle_disabled".into() };
-            return self.conclude(row, None, suppressed, prior).await.map(|()| None);
+            return self.suppress_for_toggle(row, prior).await.map(|()| None);
         }
         Ok(Some(identity))
+    }
+
+    /// Ends the row `suppressed`/`toggle_disabled`: its channel's toggle is off for this Veteran.
+    async fn suppress_for_toggle(&self, row: &Claimed, prior: Option<PriorCall>) -> Result<(), sqlx::Error> {
+        let suppressed = Transition::Finish { status: Status::Suppressed, reason: "toggle_disabled".into() };
+        self.conclude(row, None, suppressed, prior).await
     }
 
     /// A channel in dry run: resolved, then `skipped`/`dry_run` where the call would have been made.

@@ -185,6 +185,18 @@ impl Toggles {
         enabled
     }
 
+    /// Whether `feature` is off whoever asks: paused, or no gate set (Flipper's `off`). The worker asks this
+    /// before an ICN-keyed feature's MPI look-up, so a channel nobody has yet is decided without asking MPI
+    /// about anyone. Counted as one `disabled` evaluation when it is.
+    pub fn is_off_for_everyone(&self, feature: &str) -> bool {
+        let off = self.snapshot().features.get(feature).is_none_or(|t| t.paused || t.gates.state() == "off");
+        if off {
+            metrics::counter!(m::TOGGLE_EVALUATIONS, "feature" => feature_label(feature), "result" => "disabled")
+                .increment(1);
+        }
+        off
+    }
+
     /// Reloads the snapshot from the database now.
     pub async fn refresh(&self) -> Result<(), sqlx::Error> {
         let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;

@@ -262,6 +262,48 @@ async fn the_icn_keyed_sms_toggle_off_suppresses_the_sms_while_the_email_sends()
 }
 
 #[tokio::test]
+async fn sms_and_push_off_for_everyone_are_suppressed_without_asking_mpi() {
+    let w = wired().await;
+    // SMS has no gate at all; push has an actor gate for this ICN but is paused (the kill switch).
+    sqlx::query("insert into flipper_gates (feature_key, key, value) values ($1, 'actors', $2)")
+        .bind(PUSH_FEATURE)
+        .bind(ICN)
+        .execute(&w.app.db)
+        .await
+        .unwrap();
+    let pause = w
+        .app
+        .client
+        .post(format!("{}/admin/features/{PUSH_FEATURE}/pause", w.app.address))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .json(&json!({"reason": "MPI outage drill"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pause.status(), 200, "{}", pause.text().await.unwrap());
+    w.app.state.toggles.refresh().await.unwrap();
+    let body = json!({"sms_template_id": SMS_TEMPLATE, "push_template_id": PUSH_TEMPLATE});
+    let answered = channels(post(&w.app, ALL_PATH, PARTICIPANT_ID, body, None).await).await;
+    w.app.deliver_all().await;
+
+    for (channel, id, _) in &answered {
+        let (_, status, reason, ..) = row(&w.app, *id).await;
+        assert_eq!((status.as_str(), reason.as_deref()), ("suppressed", Some("toggle_disabled")), "{channel}");
+    }
+    assert_eq!(w.mpi.lookups_for(PARTICIPANT_ID), 0, "MPI is not asked about a Veteran no channel can reach");
+    assert!(w.notify.requests_to(Endpoint::Sms).is_empty() && w.notify.requests_to(Endpoint::Push).is_empty());
+
+    // Once the SMS gate has any actor or percentage, the worker asks MPI again and decides per ICN.
+    enable(&w.app, SMS_FEATURE).await;
+    // Another template: the suppressed SMS above would make the same one a duplicate within the window.
+    let other_template = "8e1d0b9f-3c4d-4a2e-8f9b-1b2c3d4e5f60";
+    let sms = single(post(&w.app, SMS_PATH, PARTICIPANT_ID, json!({"template_id": other_template}), None).await).await;
+    w.app.deliver_all().await;
+    assert_eq!(row(&w.app, sms).await.1, "sent");
+    assert_eq!(w.mpi.lookups_for(PARTICIPANT_ID), 1);
+}
+
+#[tokio::test]
 async fn one_idempotency_key_covers_every_channel_of_a_request() {
     let w = wired().await;
     let body =
