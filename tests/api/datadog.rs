@@ -77,6 +77,10 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
     click(&app, &notify, delivered_earlier[0], "GET", BROWSER).await;
     advise_plan(&app).await;
     ebg_notify::retention::purge_before(&app.db, Utc::now() - chrono::Duration::days(400), 1000).await.unwrap();
+    // SMS and push on for everyone, for the per-channel error rates of the interval (and so that the SMS
+    // below reaches MPI: a channel off for everyone is decided without asking it).
+    set_gate(&app, SMS_ENABLED, "boolean", &[]).await;
+    set_gate(&app, PUSH_ENABLED, "boolean", &[]).await;
     // An SMS for someone MPI does not know: one MPI call, the row skipped, nothing sent.
     let sms = app
         .client
@@ -86,9 +90,6 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
     assert_eq!(sms.send().await.unwrap().status(), 200);
     app.deliver_all().await;
     assert_eq!(mpi.requests().len(), 1);
-    // SMS and push on for everyone, for the per-channel error rates of the interval.
-    set_gate(&app, SMS_ENABLED, "boolean", &[]).await;
-    set_gate(&app, PUSH_ENABLED, "boolean", &[]).await;
     let reachable: Vec<String> = (0..8).map(|n| format!("600300{n:03}")).collect();
     for (n, id) in reachable.iter().enumerate() {
         mpi.add_patient(id, &format!("10123456{n:02}V123456"), Some("JOHN"));
