@@ -152,16 +152,16 @@ pub async fn claim(
     .await
 }
 
+/// The claim statement (`sql/claim.sql`), exposed so a test can EXPLAIN it against a large backlog (and
+/// pinned to the lifecycle by unit tests).
+pub const CLAIM_SQL: &str = include_str!("sql/claim.sql");
+
 /// Calls whose outcome is unknown: no answer was recorded (`in_flight`), or the call timed out or lost
 /// its connection after the request was sent. Kept in step with `notify::outcome_in_doubt`; spelled
 /// out in `sql/claim.sql` and `sql/finish.sql` (a test pins both to this).
 #[cfg(test)]
 const IN_DOUBT_ATTEMPT: &str =
     "(a.outcome = 'in_flight' or (a.outcome = 'retryable' and a.error_class in ('timeout', 'transport')))";
-
-/// The claim statement's text, for the tests that pin it to the lifecycle.
-#[cfg(test)]
-const CLAIM_SQL: &str = include_str!("sql/claim.sql");
 
 /// How an earlier call whose outcome was unknown turned out, learned by looking it up.
 #[derive(Clone, Copy, Debug)]
@@ -317,7 +317,8 @@ fn prior_columns(prior: Option<PriorCall>) -> (Option<&'static str>, Option<Uuid
 pub async fn queue_depth(pool: &PgPool) -> Result<(Vec<(String, i64)>, f64), sqlx::Error> {
     let depth = sqlx::query_file!("src/outbox/sql/queue_depth.sql").fetch_all(pool).await?;
     let depth = depth.into_iter().map(|r| (r.status, r.count)).collect();
-    let oldest = sqlx::query_file_scalar!("src/outbox/sql/oldest_due.sql").fetch_one(pool).await?;
+    let oldest =
+        sqlx::query_file_scalar!("src/outbox/sql/oldest_due.sql", &CHANNELS as &[&str]).fetch_one(pool).await?;
     Ok((depth, oldest.unwrap_or(0.0).max(0.0)))
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ebg_testkit::va_notify::{Endpoint, Reply};
 use ebg_testkit::{FakeBgs, FakeVaNotify};
+use serde_json::Value;
 
 use crate::helpers::*;
 
@@ -181,4 +182,72 @@ async fn an_open_push_breaker_holds_push_rows_while_email_and_sms_flow() {
     let after = fakes.notify.requests_to(Endpoint::Push);
     assert_eq!(after.iter().filter(|r| r.status == 201).count() as i64, EACH, "each push row sent once");
     let _database = app.stop().await;
+}
+
+/// A shut lane's backlog costs the other lanes' claims nothing: with 50,000 pushes due first (the push
+/// breaker open, so the worker claims email and SMS only), the claim reads the email rows it takes and
+/// none of the pushes (`notifications_due_by_channel`, one ordered scan per admitted channel). Counted in
+/// rows the plan visited, not in time.
+#[tokio::test]
+async fn a_claim_for_email_and_sms_reads_none_of_a_shut_push_lanes_backlog() {
+    let app = app().spawn().await;
+    sqlx::query(
+        "insert into notifications (id, channel, participant_id, template_id, status, attempts, next_attempt_at)
+         select gen_random_uuid(), 'push', (600000000 + g)::text, 'push_template', 'retry_wait', 1,
+                now() - interval '2 hours' + g * interval '10 ms'
+         from generate_series(1, 50000) g",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into notifications (id, channel, participant_id, template_id, status, next_attempt_at)
+         select gen_random_uuid(), 'email', (700000000 + g)::text, $1, 'queued', now() - interval '1 minute'
+         from generate_series(1, 100) g",
+    )
+    .bind(TEMPLATE_ID)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query("analyze notifications").execute(&app.db).await.unwrap();
+
+    let mut tx = app.db.begin().await.unwrap();
+    let explain = format!("explain (analyze, format json) {}", ebg_notify::outbox::CLAIM_SQL);
+    let plan: Value = sqlx::query_scalar(&explain)
+        .bind(64_i64)
+        .bind(sqlx::postgres::types::PgInterval { months: 0, days: 0, microseconds: 60_000_000 })
+        .bind(None::<i32>)
+        .bind(ebg_notify::outbox::owner::OWNER_LOCK_CLASS)
+        .bind(vec!["email", "sms"])
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let claimed: i64 = sqlx::query_scalar("select count(*) from notifications where status = 'sending'")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    assert_eq!(claimed, 64, "the claim took a full batch of email");
+    let mut visited = 0;
+    rows_visited(&plan, &mut visited);
+    assert!(visited < 1_000, "rows visited on notifications' indexes: {visited} (the pushes are 50,000)\n{plan:#}");
+}
+
+/// Rows the index scans on `notifications` returned or filtered away, in an EXPLAIN (ANALYZE, FORMAT JSON) plan.
+fn rows_visited(plan: &Value, total: &mut u64) {
+    match plan {
+        Value::Array(items) => items.iter().for_each(|i| rows_visited(i, total)),
+        Value::Object(node) => {
+            let on_notifications = node.get("Relation Name").and_then(Value::as_str) == Some("notifications");
+            let scan = node.get("Node Type").and_then(Value::as_str).is_some_and(|k| k.contains("Scan"));
+            if on_notifications && scan {
+                let count = |key: &str| node.get(key).and_then(Value::as_u64).unwrap_or(0);
+                let loops = count("Actual Loops").max(1);
+                *total += (count("Actual Rows") + count("Rows Removed by Filter")) * loops;
+            }
+            node.values().for_each(|v| rows_visited(v, total));
+        }
+        _ => {}
+    }
 }

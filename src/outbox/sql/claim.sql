@@ -1,5 +1,5 @@
 -- Leases up to $1 due rows of the channels $5 for $2 (see `outbox::claim`). `status in (...)` spells lifecycle::PENDING
--- literally, as the partial index `notifications_due` does (a unit test pins both).
+-- literally, as the partial index `notifications_due_by_channel` does (a unit test pins both).
 with live_owners as materialized (
     select l.objid::int8 as owner from pg_locks l
     where l.locktype = 'advisory' and l.classid = $4::int4::oid and l.objsubid = 2 and l.granted
@@ -13,12 +13,18 @@ with live_owners as materialized (
     limit $1
     for update skip locked
 ), due as (
-    select id, next_attempt_at from notifications
-    where status in ('queued', 'retry_wait', 'sending') and next_attempt_at <= now()
-      and channel = any($5::text[])
-    order by next_attempt_at
-    limit $1
-    for update skip locked
+    -- Each channel's own ordered scan of `notifications_due_by_channel`, so a shut lane's backlog (a channel
+    -- left out of $5) is never stepped over. Each may lock up to $1 rows; those not picked are let go when the
+    -- statement ends, so another replica's claim skips them only for that moment.
+    select d.id, d.next_attempt_at
+    from unnest($5::text[]) as c(channel)
+    cross join lateral (
+        select id, next_attempt_at from notifications
+        where channel = c.channel and status in ('queued', 'retry_wait', 'sending') and next_attempt_at <= now()
+        order by next_attempt_at
+        limit $1
+        for update skip locked
+    ) d
 ), picked as (
     select id from (select id, 0 as first, next_attempt_at from orphaned
                     union all select id, 1, next_attempt_at from due) p
