@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, Utc};
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -182,42 +182,8 @@ impl Deliverer {
             let free = permits.len();
             let plan =
                 ClaimPlan::new(|lane| if trials.outstanding(lane) { Admits::None } else { self.notify.admits(lane) });
-            let mut started = 0;
-            for lane in plan.trials {
-                let Some(permit) = permits.pop() else { break };
-                let row = match self.claim(1, &channel_names(lane)).await {
-                    Ok(mut rows) => rows.pop(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claiming a trial notification failed");
-                        None
-                    }
-                };
-                let Some(row) = row else { continue };
-                // Nothing more of this lane is claimed until the trial has settled its breaker.
-                trials.begin(lane);
-                let (this, trials) = (self.clone(), trials.clone());
-                tasks.spawn(async move {
-                    this.deliver(row).await;
-                    trials.end(lane);
-                    drop(permit);
-                });
-                started += 1;
-            }
-            if !plan.open.is_empty() && !permits.is_empty() {
-                match self.claim(permits.len(), &plan.open).await {
-                    Ok(rows) => {
-                        for (row, permit) in rows.into_iter().zip(permits.drain(..)) {
-                            let this = self.clone();
-                            tasks.spawn(async move {
-                                this.deliver(row).await;
-                                drop(permit);
-                            });
-                            started += 1;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "claiming due notifications failed"),
-                }
-            }
+            let mut started = self.start_trials(&plan.trials, &mut permits, &trials, &tasks).await;
+            started += self.start_open(&plan.open, &mut permits, &tasks).await;
             backlog = started == free;
             if started > 0 {
                 continue;
@@ -236,6 +202,68 @@ impl Deliverer {
         tasks.wait().await;
         // Released only after the deliveries finished, so nobody takes their rows meanwhile.
         let _ = owner_lock.await;
+    }
+
+    /// Claims one trial row for each half-open lane in `lanes`, each on one of `permits`, and delivers it in
+    /// `tasks`; returns how many it started. Nothing more of a lane is claimed until its trial has settled the
+    /// breaker (`trials`).
+    async fn start_trials(
+        &self,
+        lanes: &[Lane],
+        permits: &mut Vec<OwnedSemaphorePermit>,
+        trials: &Arc<Trials>,
+        tasks: &TaskTracker,
+    ) -> usize {
+        let mut started = 0;
+        for &lane in lanes {
+            let Some(permit) = permits.pop() else { break };
+            let row = match self.claim(1, &channel_names(lane)).await {
+                Ok(mut rows) => rows.pop(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming a trial notification failed");
+                    None
+                }
+            };
+            let Some(row) = row else { continue };
+            trials.begin(lane);
+            let (this, trials) = (self.clone(), trials.clone());
+            tasks.spawn(async move {
+                this.deliver(row).await;
+                trials.end(lane);
+                drop(permit);
+            });
+            started += 1;
+        }
+        started
+    }
+
+    /// Claims due rows of `channels` (the closed lanes'), one per remaining permit, and delivers them in
+    /// `tasks`; returns how many it started.
+    async fn start_open(
+        &self,
+        channels: &[&'static str],
+        permits: &mut Vec<OwnedSemaphorePermit>,
+        tasks: &TaskTracker,
+    ) -> usize {
+        if channels.is_empty() || permits.is_empty() {
+            return 0;
+        }
+        let rows = match self.claim(permits.len(), channels).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming due notifications failed");
+                return 0;
+            }
+        };
+        let started = rows.len();
+        for (row, permit) in rows.into_iter().zip(permits.drain(..)) {
+            let this = self.clone();
+            tasks.spawn(async move {
+                this.deliver(row).await;
+                drop(permit);
+            });
+        }
+        started
     }
 
     /// Leases up to `limit` due rows of `channels` for this process.
