@@ -236,13 +236,7 @@ async fn the_universal_link_feature_swaps_only_swappable_email_templates() {
     assert_eq!((requested, shown), (json!(TEMPLATE_ID), json!(null)));
 
     // On for this participant (an actor gate, keyed by participant id): the mobile-link template is sent.
-    sqlx::query("insert into flipper_gates (feature_key, key, value) values ($1, 'actors', $2)")
-        .bind(UNIVERSAL_LINK)
-        .bind(PARTICIPANT_ID)
-        .execute(&w.app.db)
-        .await
-        .unwrap();
-    w.app.state.toggles.refresh().await.unwrap();
+    crate::helpers::enable_actor(&w.app, UNIVERSAL_LINK, PARTICIPANT_ID).await;
     let (sent, stored, requested, shown) = email_with(&w, TEMPLATE_ID).await;
     assert_eq!((sent.as_str(), stored.as_deref()), (MOBILE_LINK_TEMPLATE, Some(MOBILE_LINK_TEMPLATE)));
     assert_eq!((requested, shown), (json!(TEMPLATE_ID), json!(MOBILE_LINK_TEMPLATE)), "history shows both");

@@ -235,13 +235,7 @@ async fn a_person_mpi_does_not_know_skips_sms_and_push_while_the_email_goes() {
 async fn the_icn_keyed_sms_toggle_off_suppresses_the_sms_while_the_email_sends() {
     let w = wired().await;
     // Push on for this ICN only (an actor gate keyed by the plain ICN); SMS off for everyone.
-    sqlx::query("insert into flipper_gates (feature_key, key, value) values ($1, 'actors', $2)")
-        .bind(PUSH_FEATURE)
-        .bind(ICN)
-        .execute(&w.app.db)
-        .await
-        .unwrap();
-    w.app.state.toggles.refresh().await.unwrap();
+    crate::helpers::enable_actor(&w.app, PUSH_FEATURE, ICN).await;
     let body =
         json!({"email_template_id": TEMPLATE_ID, "sms_template_id": SMS_TEMPLATE, "push_template_id": PUSH_TEMPLATE});
     let answered = channels(post(&w.app, ALL_PATH, PARTICIPANT_ID, body, None).await).await;
@@ -265,12 +259,7 @@ async fn the_icn_keyed_sms_toggle_off_suppresses_the_sms_while_the_email_sends()
 async fn sms_and_push_off_for_everyone_are_suppressed_without_asking_mpi() {
     let w = wired().await;
     // SMS has no gate at all; push has an actor gate for this ICN but is paused (the kill switch).
-    sqlx::query("insert into flipper_gates (feature_key, key, value) values ($1, 'actors', $2)")
-        .bind(PUSH_FEATURE)
-        .bind(ICN)
-        .execute(&w.app.db)
-        .await
-        .unwrap();
+    crate::helpers::enable_actor(&w.app, PUSH_FEATURE, ICN).await;
     let pause = w
         .app
         .client

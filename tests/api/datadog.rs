@@ -33,23 +33,14 @@ async fn datadogs_own_check_submits_what_the_monitors_dashboard_and_report_need(
         ("EBG_ROLLOUT__ENABLED", "false"),
     ];
     settings.extend_from_slice(CLICKS_ON);
-    // ICNs come from the fake MPI over mutual TLS, so its request latency family is exposed too.
+    // ICNs come from the fake MPI over mutual TLS, so its request latency family is exposed too; pushes go
+    // through the fake's separate push service.
     let pki = ebg_testkit::TestPki::generate();
     let mpi = ebg_testkit::FakeMpi::start(&pki).await;
-    let mpi_settings = [
-        ("EBG_MPI__MODE", "fhir".to_owned()),
-        ("EBG_MPI__URL", mpi.base_url()),
-        ("EBG_MPI__SENDER_ID", "200ENTF".to_owned()),
-        ("EBG_MPI__CLIENT_CERT_PATH", pki.client_cert_path().display().to_string()),
-        ("EBG_MPI__CLIENT_KEY_PATH", pki.client_key_path().display().to_string()),
-        ("EBG_MPI__CA_PATH", pki.ca_path().display().to_string()),
-    ];
-    settings.extend(mpi_settings.iter().map(|(k, v)| (*k, v.as_str())));
-    // As `wired_app`, with the push key too (pushes go through the fake's separate push service).
     let notify = ebg_testkit::FakeVaNotify::start().await;
     let bgs = ebg_testkit::FakeBgs::start().await;
     bgs.add_person(PARTICIPANT_ID, "JANE");
-    let mut builder = app().notify(&notify).bgs(&bgs).env("EBG_NOTIFY__PUSH_API_KEY", notify.push_api_key());
+    let mut builder = app().notify(&notify).push(&notify).bgs(&bgs).mpi(&mpi, &pki);
     for (k, v) in &settings {
         builder = builder.env(k, v);
     }

@@ -671,6 +671,17 @@ pub async fn enable(app: &TestApp, feature: &str) {
     app.state.toggles.refresh().await.unwrap();
 }
 
+/// Turns `feature` on for `actor` alone (an actors gate) and refreshes the app's snapshot.
+pub async fn enable_actor(app: &TestApp, feature: &str, actor: &str) {
+    sqlx::query("insert into flipper_gates (feature_key, key, value) values ($1, 'actors', $2)")
+        .bind(feature)
+        .bind(actor)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.state.toggles.refresh().await.unwrap();
+}
+
 /// POSTs `body` as JSON to `path` for `participant` (optionally with an Idempotency-Key), asking for JSON.
 pub async fn post(app: &TestApp, path: &str, participant: &str, body: Value, key: Option<&str>) -> reqwest::Response {
     let mut request = app
