@@ -34,6 +34,32 @@ fn start_binary(env: &[(String, String)], port: u16) -> KillOnDrop {
         .expect("binary starts")
 }
 
+/// Starts the binary with `env` on a free port and turns `features` on; returns once the process has had time
+/// to see them (the toggle refresh interval is 200 ms in tests). The process, its port and the database.
+async fn start_with(env: &[(String, String)], features: &[&str]) -> (KillOnDrop, u16, sqlx::PgPool) {
+    let database_url = env.iter().rev().find(|(k, _)| k == "EBG_DATABASE__URL").unwrap().1.clone();
+    let port = free_port();
+    let process = start_binary(env, port);
+    wait_ready(&reqwest::Client::new(), port).await;
+    let db = sqlx::PgPool::connect(&database_url).await.unwrap();
+    for feature in features {
+        enable_feature(&db, feature).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    (process, port, db)
+}
+
+/// SIGKILLs `process` (no shutdown hooks run) once `acked()` reaches `enough`, or after 4 s.
+async fn kill_once(process: &mut KillOnDrop, acked: impl Fn() -> usize, enough: usize) {
+    let mut waited = 0;
+    while acked() < enough && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    process.kill().unwrap();
+    process.wait().unwrap();
+}
+
 async fn wait_ready(client: &reqwest::Client, port: u16) {
     for _ in 0..200 {
         if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health/ready")).send().await {
@@ -87,29 +113,13 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
         .env("EBG_WORKER__CONCURRENCY", 8)
         .env("EBG_WORKER__LEASE_SECONDS", 60)
         .into_env();
-    let database_url = env.iter().rev().find(|(k, _)| k == "EBG_DATABASE__URL").unwrap().1.clone();
     let client = reqwest::Client::new();
-
-    let port = free_port();
-    let mut first = start_binary(&env, port);
-    wait_ready(&client, port).await;
-    let db = sqlx::PgPool::connect(&database_url).await.unwrap();
-    sqlx::query("insert into flipper_gates (feature_key, key, value) values ('event_bus_gateway_emails_enabled', 'boolean', 'true')")
-        .execute(&db)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await; // toggle refresh interval is 200 ms in tests
+    let (mut first, port, db) = start_with(&env, &[EMAIL_FEATURE]).await;
 
     let acked = Arc::new(Mutex::new(Vec::new()));
     let running = tokio::spawn(load(port, 0, 600, acked.clone()));
     // Kill once a good part of the load is acknowledged and deliveries are in flight.
-    let mut waited = 0;
-    while acked.lock().unwrap().len() < 150 && waited < 200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += 1;
-    }
-    first.kill().unwrap(); // SIGKILL: no shutdown hooks run
-    first.wait().unwrap();
+    kill_once(&mut first, || acked.lock().unwrap().len(), 150).await;
     let _ = running.await;
     let before_restart = acked.lock().unwrap().len();
     assert!(before_restart >= 150, "load too small to mean anything: {before_restart}");
@@ -218,28 +228,13 @@ async fn sigkill_under_mixed_channel_load_loses_nothing_and_doubles_only_pushes_
         .env("EBG_WORKER__CONCURRENCY", 16)
         .env("EBG_WORKER__LEASE_SECONDS", 60)
         .into_env();
-    let database_url = env.iter().rev().find(|(k, _)| k == "EBG_DATABASE__URL").unwrap().1.clone();
     let client = reqwest::Client::new();
-
-    let port = free_port();
-    let mut first = start_binary(&env, port);
-    wait_ready(&client, port).await;
-    let db = sqlx::PgPool::connect(&database_url).await.unwrap();
-    for feature in [EMAIL_FEATURE, SMS_FEATURE, PUSH_FEATURE] {
-        enable_feature(&db, feature).await;
-    }
-    tokio::time::sleep(Duration::from_millis(600)).await; // toggle refresh interval is 200 ms in tests
+    let (mut first, port, db) = start_with(&env, &[EMAIL_FEATURE, SMS_FEATURE, PUSH_FEATURE]).await;
 
     let acked: Acked = Arc::new(Mutex::new(Vec::new()));
     let running = tokio::spawn(load_mixed(port, 0, BEFORE, acked.clone()));
     // Kill once a good part of the load is acknowledged and calls of every channel are in flight.
-    let mut waited = 0;
-    while acked.lock().unwrap().len() < 3 * 100 && waited < 200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += 1;
-    }
-    first.kill().unwrap(); // SIGKILL: no shutdown hooks run
-    first.wait().unwrap();
+    kill_once(&mut first, || acked.lock().unwrap().len(), 3 * 100).await;
     let _ = running.await;
     let before_restart = acked.lock().unwrap().len();
     assert!(before_restart >= 3 * 100, "load too small to mean anything: {before_restart} rows");
