@@ -15,17 +15,21 @@ use crate::helpers::{
 const ALL_PATH: &str = "/v0/event_bus_gateway/send_notifications";
 const UNIVERSAL_LINK: &str = "event_bus_gateway_letter_ready_email_universal_link";
 
-/// POSTs a release; the answer's status and JSON body.
-async fn release(app: &TestApp, body: Value) -> (u16, Value) {
-    let response = app
-        .client
-        .post(format!("{}/admin/notifications/release", app.address))
+/// POSTs `body` to the admin path `path` (an operator's write, with its reason).
+async fn admin_post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(format!("{}{path}", app.address))
         .bearer_auth(ADMIN_TOKEN)
         .header("X-Reason", "rollback undone")
         .json(&body)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// POSTs a release; the answer's status and JSON body.
+async fn release(app: &TestApp, body: Value) -> (u16, Value) {
+    let response = admin_post(app, "/admin/notifications/release", body).await;
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
@@ -36,15 +40,7 @@ fn range(feature: &str, dry_run: bool) -> Value {
 
 /// Changes a gate through the Flipper API, as an operator would (audited, snapshot refreshed).
 async fn flipper(app: &TestApp, feature: &str, gate: &str, body: Value) {
-    let response = app
-        .client
-        .post(format!("{}/flipper/api/features/{feature}/{gate}", app.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("X-Reason", "rollback undone")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = admin_post(app, &format!("/flipper/api/features/{feature}/{gate}"), body).await;
     assert!(response.status().is_success(), "{}", response.status());
 }
 
